@@ -1,0 +1,166 @@
+//! Deploy benchmark on the real local testbed: `testbed up --hosts 3`, then
+//! `deploy --vms 30`, printing the wall time from deploy start to the last guest up and
+//! the memory each guest costs. A one-guest deploy in the same run is the baseline (the
+//! machine is shared and noisy: the ratio is the figure to compare).
+//!
+//!     cargo test --release -p launcher --bench deploy      # or: cargo bench -p launcher --bench deploy
+//!     DVMS_BENCH_HOSTS=4 DVMS_BENCH_VMS=60 cargo bench -p launcher --bench deploy
+//!
+//! Needs root, like the testbed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dvms-launch");
+const ID: &str = "40";
+
+fn state() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-state")
+}
+
+fn launch(args: &[&str]) -> String {
+    let o = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(state())
+        .arg("--image-cache")
+        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("images"))
+        .args(["--id", ID])
+        .args(args)
+        .output()
+        .expect("dvms-launch runs");
+    if !o.status.success() {
+        let _ = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(state())
+            .args(["--id", ID, "testbed", "down"])
+            .status();
+        panic!(
+            "dvms-launch {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Seconds from deploy start to the last guest up, from the report.
+fn deploy_seconds(args: &[&str]) -> f64 {
+    let mut a = vec!["deploy", "--json"];
+    a.extend_from_slice(args);
+    let r: serde_json::Value = serde_json::from_str(&launch(&a)).expect("JSON report");
+    assert_eq!(r["failed"], 0, "{r}");
+    r["wall_seconds"].as_f64().unwrap()
+}
+
+fn kib(pid: &str, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn busy_share(secs: u64) -> f64 {
+    let read = || -> (u64, u64) {
+        let s = std::fs::read_to_string("/proc/stat").unwrap();
+        let v: Vec<u64> = s
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v[3] + v[4];
+        (v.iter().take(8).sum::<u64>() - idle, idle)
+    };
+    let (b0, i0) = read();
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    let (b1, i1) = read();
+    (b1 - b0) as f64 / ((b1 - b0) + (i1 - i0)) as f64
+}
+
+fn main() {
+    let hosts: usize = std::env::var("DVMS_BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let vms: usize = std::env::var("DVMS_BENCH_VMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    launch(&["testbed", "down"]);
+    let t = Instant::now();
+    launch(&[
+        "testbed",
+        "up",
+        "--hosts",
+        &hosts.to_string(),
+        "--host-memory",
+        "8192",
+    ]);
+    let up = t.elapsed().as_secs_f64();
+
+    let one = deploy_seconds(&["--vms", "1"]);
+    launch(&["destroy", "--all"]);
+    let (_, avail0) = launcher::util::meminfo_mib().unwrap();
+    let all = deploy_seconds(&["--vms", &vms.to_string()]);
+    std::thread::sleep(std::time::Duration::from_secs(10)); // boot activity settles
+    let (_, avail1) = launcher::util::meminfo_mib().unwrap();
+    let idle = busy_share(10);
+
+    let dir = state().join(format!("testbed-{ID}/hosts"));
+    let mut pids = Vec::new();
+    for h in std::fs::read_dir(&dir).unwrap().flatten() {
+        if let Ok(rd) = std::fs::read_dir(h.path().join("run/qemu")) {
+            for f in rd
+                .flatten()
+                .filter(|f| f.path().extension().is_some_and(|e| e == "pid"))
+            {
+                pids.push(std::fs::read_to_string(f.path()).unwrap().trim().to_owned());
+            }
+        }
+    }
+    assert_eq!(pids.len(), vms, "QEMU processes");
+    let rss: u64 = pids.iter().map(|p| kib(p, "status", "VmRSS:")).sum();
+    let pss: u64 = pids.iter().map(|p| kib(p, "smaps_rollup", "Pss:")).sum();
+    launch(&["testbed", "down"]);
+
+    let n = vms as f64;
+    println!("dvms-launch deploy benchmark ({cores} cores, guests of 128 MiB under TCG)");
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!("| testbed up, {hosts} hosts | {up:.1} s |");
+    println!("| deploy 1 guest (baseline) | {one:.1} s |");
+    println!("| deploy {vms} guests, start to last guest up | {all:.1} s |");
+    println!(
+        "| ratio to {vms} x baseline (lower = better parallelism) | {:.2} |",
+        all / (n * one)
+    );
+    println!(
+        "| ratio to {vms} x baseline / {cores} cores (1.0 = CPU-bound, perfectly packed) | {:.2} |",
+        all * cores as f64 / (n * one)
+    );
+    println!(
+        "| memory per guest: QEMU RSS / PSS | {:.0} / {:.0} MiB |",
+        rss as f64 / n / 1024.0,
+        pss as f64 / n / 1024.0
+    );
+    println!(
+        "| memory per guest: machine available before - after | {:.0} MiB |",
+        (avail0 as f64 - avail1 as f64) / n
+    );
+    println!(
+        "| idle CPU with {vms} guests up | {:.0} % of one core |",
+        idle * 100.0 * cores as f64
+    );
+    println!(
+        "target (issue 2): {vms} guests up in <= 60 s: {}",
+        if all <= 60.0 { "met" } else { "MISSED" }
+    );
+}

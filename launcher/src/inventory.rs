@@ -1,0 +1,228 @@
+//! The inventory: what was deployed where, with addresses and images, as JSON (for the
+//! next steps: daemons, experiments) and CSV (for spreadsheets and scripts).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Cluster, Provider};
+
+/// Where each host keeps the name-to-address map of the deployment's VMs.
+pub const ADDRESS_MAP_PATH: &str = "/var/lib/libvirt/dvms-hosts";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InventoryHost {
+    pub name: String,
+    pub site: String,
+    pub address: String,
+    pub libvirt_uri: String,
+    pub peer_uri: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InventoryVm {
+    pub name: String,
+    pub host: String,
+    pub site: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub mac: String,
+    pub ip: String,
+    pub kernel: String,
+    pub initrd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    pub console_log: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Inventory {
+    pub provider: Provider,
+    pub testbed_id: Option<u8>,
+    pub hosts: Vec<InventoryHost>,
+    pub vms: Vec<InventoryVm>,
+}
+
+impl Inventory {
+    pub fn json_path(cluster: &Cluster) -> PathBuf {
+        cluster.state_dir.join("inventory.json")
+    }
+
+    pub fn load(cluster: &Cluster) -> Result<Inventory> {
+        let p = Self::json_path(cluster);
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("no inventory at {} (deploy first)", p.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid inventory", p.display()))
+    }
+
+    pub fn hosts_of(cluster: &Cluster) -> Vec<InventoryHost> {
+        cluster
+            .hosts
+            .iter()
+            .map(|h| InventoryHost {
+                name: h.name.clone(),
+                site: h.site.clone(),
+                address: h.address.clone(),
+                libvirt_uri: h.libvirt_uri.clone(),
+                peer_uri: h.peer_uri.clone(),
+                cpus: h.cpus,
+                memory_mib: h.memory_mib,
+            })
+            .collect()
+    }
+
+    /// Writes `inventory.json` and `inventory.csv` beside the cluster file.
+    pub fn save(&self, cluster: &Cluster) -> Result<(PathBuf, PathBuf)> {
+        let json = Self::json_path(cluster);
+        crate::util::write_atomic(&json, serde_json::to_string_pretty(self)?.as_bytes())?;
+        let csv_path = cluster.state_dir.join("inventory.csv");
+        crate::util::write_atomic(&csv_path, self.to_csv().as_bytes())?;
+        Ok((json, csv_path))
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut s =
+            String::from("vm,host,site,host_address,vcpus,memory_mib,mac,ip,kernel,initrd,disk\n");
+        for v in &self.vms {
+            let addr = self
+                .hosts
+                .iter()
+                .find(|h| h.name == v.host)
+                .map(|h| h.address.as_str())
+                .unwrap_or("");
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                v.name,
+                v.host,
+                v.site,
+                addr,
+                v.vcpus,
+                v.memory_mib,
+                v.mac,
+                v.ip,
+                v.kernel,
+                v.initrd,
+                v.disk.as_deref().unwrap_or("")
+            ));
+        }
+        s
+    }
+
+    /// `/etc/hosts`-style lines: `IP NAME # mac=MAC host=HOST`.
+    pub fn address_map(&self) -> String {
+        let mut s =
+            String::from("# DVMS-rs deployment: VM name-to-address map (written by dvms-launch)\n");
+        for v in &self.vms {
+            s.push_str(&format!(
+                "{} {} # mac={} host={}\n",
+                v.ip, v.name, v.mac, v.host
+            ));
+        }
+        s
+    }
+
+    /// Puts the address map on every host.
+    pub fn distribute_map(&self, cluster: &Cluster) -> Result<()> {
+        let local = cluster.state_dir.join("address-map");
+        crate::util::write_atomic(&local, self.address_map().as_bytes())?;
+        let hosts: Vec<_> = cluster.hosts.iter().collect();
+        let results = crate::util::fan_out(&hosts, 8, |h| {
+            crate::remote::copy_to(h, &local, ADDRESS_MAP_PATH)
+        });
+        for (h, r) in hosts.iter().zip(results) {
+            r.with_context(|| format!("host {}: cannot write the address map", h.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// The guest's own uptime (seconds) from the last complete TICK or GUEST-UP line of its
+/// console, and its boot id from the last GUEST-UP line (a new one means it rebooted).
+pub fn guest_uptime(console_tail: &str) -> Option<(f64, Option<String>)> {
+    let field = |l: &str, k: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .map(str::to_owned)
+    };
+    let complete: Vec<&str> = match console_tail.rfind('\n') {
+        Some(end) => console_tail[..end].lines().collect(),
+        None => Vec::new(),
+    };
+    let up = complete
+        .iter()
+        .rev()
+        .filter(|l| l.starts_with("TICK ") || l.starts_with(crate::libvirt::GUEST_UP))
+        .find_map(|l| field(l, "up=")?.parse::<f64>().ok())?;
+    let boot = complete
+        .iter()
+        .rev()
+        .find(|l| l.starts_with(crate::libvirt::GUEST_UP))
+        .and_then(|l| field(l, "boot="));
+    Some((up, boot))
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_comes_from_the_last_tick() {
+        let log = "GUEST-UP name=vm-1 up=1.80 boot=abc\nTICK 0 up=1.81 load=0\nTICK 1 up=2.81 load=50\nTICK 2 up=3.";
+        assert_eq!(guest_uptime(log), Some((2.81, Some("abc".into()))));
+        assert_eq!(
+            guest_uptime("GUEST-UP name=x up=1.5 boot=z\n"),
+            Some((1.5, Some("z".into())))
+        );
+        assert_eq!(
+            guest_uptime("1 up=2.0 load=0\nTICK 9 up=20.5 load=0\n"),
+            Some((20.5, None))
+        );
+        assert_eq!(guest_uptime("garbage\n"), None);
+    }
+
+    #[test]
+    fn csv_and_map_list_every_vm() {
+        let inv = Inventory {
+            provider: Provider::Local,
+            testbed_id: Some(1),
+            hosts: vec![InventoryHost {
+                name: "h1".into(),
+                site: "s".into(),
+                address: "10.77.1.1".into(),
+                libvirt_uri: "u".into(),
+                peer_uri: "u".into(),
+                cpus: 2,
+                memory_mib: 100,
+            }],
+            vms: vec![InventoryVm {
+                name: "vm-1".into(),
+                host: "h1".into(),
+                site: "s".into(),
+                vcpus: 1,
+                memory_mib: 128,
+                mac: "52:54:00:01:00:00".into(),
+                ip: "10.200.0.1".into(),
+                kernel: "k".into(),
+                initrd: "i".into(),
+                disk: None,
+                console_log: "c".into(),
+            }],
+        };
+        let csv = inv.to_csv();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "vm-1,h1,s,10.77.1.1,1,128,52:54:00:01:00:00,10.200.0.1,k,i,"
+        );
+        assert!(inv
+            .address_map()
+            .contains("10.200.0.1 vm-1 # mac=52:54:00:01:00:00 host=h1"));
+    }
+}

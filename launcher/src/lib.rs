@@ -1,0 +1,26 @@
+//! `dvms-launch`: deploys hypervisor hosts and VMs for DVMS-rs, as Flauncher and vm5k did
+//! on Grid'5000, on any machine.
+//!
+//! - [`testbed`]: the `local` provider, N libvirt hosts on this machine in network
+//!   namespaces, with emulated inter-site latency ([`delay`], [`latency`]).
+//! - [`ssh`]: the `ssh` provider, existing libvirt hosts over SSH (hosts file or OAR node file).
+//! - [`image`]: the tiny testbed guest (kernel + busybox initramfs with cpulimit), qcow2 overlays.
+//! - [`request`]: what to deploy (distributions, topology files, Entropy configurations).
+//! - [`deploy`]: parallel, health-checked, retried boots; [`inventory`]: what runs where.
+//! - [`remote`]: commands and copies on hosts; [`libvirt`]: domain XML and operations.
+//!
+//! See the crate README for the commands.
+
+pub mod cluster;
+pub mod delay;
+pub mod deploy;
+pub mod image;
+pub mod inventory;
+pub mod latency;
+pub mod libvirt;
+pub mod netns;
+pub mod remote;
+pub mod request;
+pub mod ssh;
+pub mod testbed;
+pub mod util;

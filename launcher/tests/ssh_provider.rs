@@ -1,0 +1,121 @@
+//! The ssh provider for real: SSH servers run inside the hosts of a local testbed, and the
+//! launcher deploys, inspects, runs commands, copies and migrates over SSH only (an OAR
+//! node file lists the hosts, as on Grid'5000).
+
+mod common;
+use common::*;
+
+#[test]
+fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
+    let tb = Testbed::up(34, &["--hosts", "2", "--ssh"]);
+    let ssh = tb.dir().join("ssh");
+    let nodes = std::fs::read_to_string(ssh.join("nodes")).unwrap();
+    assert_eq!(
+        nodes.lines().filter(|l| *l == "10.77.34.1").count(),
+        4,
+        "one line per core: {nodes}"
+    );
+    let remote = tb.state.join("remote");
+    let s = |p: &str| ssh.join(p).to_string_lossy().into_owned();
+    let remote_dir = remote.to_string_lossy().into_owned();
+    let cluster = |args: &[&str]| -> std::process::Output {
+        let mut a = vec!["--cluster", "g5k"];
+        a.extend_from_slice(args);
+        tb.run(&a)
+    };
+    let ok = |o: std::process::Output| -> String {
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = ok(cluster(&[
+        "deploy",
+        "--provider",
+        "ssh",
+        "--hosts-file",
+        &s("nodes"),
+        "--ssh-key",
+        &s("id_ed25519"),
+        "--known-hosts",
+        &s("known_hosts"),
+        "--peer-uri",
+        "qemu+tcp://{host}/system",
+        "--domain-type",
+        "qemu",
+        "--remote-dir",
+        &remote_dir,
+        "--vms",
+        "2",
+    ]));
+    assert!(
+        out.contains("2 created, 0 already running, 0 failed"),
+        "{out}"
+    );
+
+    // The cluster file records SSH access, and the launcher's libvirt goes over SSH too.
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tb.state.join("g5k/cluster.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["provider"], "ssh");
+    assert_eq!(c["hosts"][0]["access"]["kind"], "ssh");
+    assert!(c["hosts"][0]["libvirt_uri"]
+        .as_str()
+        .unwrap()
+        .starts_with("qemu+libssh://root@10.77.34.1:22/system"));
+    assert_eq!(c["hosts"][0]["cpus"], 4, "cores counted from the node file");
+
+    let st: serde_json::Value = serde_json::from_str(&ok(cluster(&["status", "--json"]))).unwrap();
+    let running: Vec<(&str, &str)> = st["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["host"].as_str().unwrap()))
+        .collect();
+    assert_eq!(running, [("vm-1", "10.77.34.1"), ("vm-2", "10.77.34.2")]);
+
+    // Commands run on each host through sshd: its own network namespace answers.
+    let ex = ok(cluster(&[
+        "exec",
+        "all",
+        "--json",
+        "--",
+        "cat",
+        "/etc/libvirt/libvirtd.conf",
+    ]));
+    let ex: serde_json::Value = serde_json::from_str(&ex).unwrap();
+    for (i, r) in ex.as_array().unwrap().iter().enumerate() {
+        assert!(
+            r["stdout"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("listen_addr = \"10.77.34.{}\"", i + 1)),
+            "{r}"
+        );
+    }
+    let f = tb.state.join("payload.txt");
+    std::fs::write(&f, "over scp").unwrap();
+    let dest = format!("all:{remote_dir}/copied/payload.txt");
+    ok(cluster(&["copy", f.to_str().unwrap(), &dest]));
+    assert_eq!(
+        std::fs::read_to_string(remote.join("copied/payload.txt")).unwrap(),
+        "over scp"
+    );
+
+    // The guest's command port answers over SSH, and a migration between SSH hosts works.
+    assert!(ok(cluster(&["guest", "vm-1", "ping"])).starts_with("pong "));
+    let m = ok(cluster(&["migrate", "vm-1", "10.77.34.2"]));
+    assert!(m.contains("vm-1: 10.77.34.1 -> 10.77.34.2"), "{m}");
+    // Nothing was written to the user's ssh configuration.
+    assert!(
+        !std::path::Path::new("/root/.ssh/known_hosts").exists()
+            || !std::fs::read_to_string("/root/.ssh/known_hosts")
+                .unwrap()
+                .contains("10.77.34.")
+    );
+    drop(tb);
+    let _ = std::fs::remove_dir_all(remote);
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what DVMS-rs needs on a fresh Debian 12 machine, as root. Idempotent:
+# a second run installs nothing and takes about a second.
+#   scripts/install-deps.sh
+set -euo pipefail
+
+[ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
+
+# The testbed's hypervisors (libvirt + QEMU/TCG), the guest image's inputs
+# (busybox, cpulimit), namespaces and latency emulation (iproute2, iptables),
+# the ssh provider and its test (openssh), and what the `virt` crate links.
+# NOT libvirt-daemon-system: it pulls in systemd (see shared/testbed/RECIPE.md §1).
+PKGS=(
+  qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  libvirt-dev pkg-config
+  busybox-static cpio cpulimit
+  iproute2 iptables util-linux
+  openssh-server openssh-client
+  gcc ca-certificates curl
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The qemu driver resolves its compiled-in user before it reads qemu.conf, and the
+# package that would create it is the one we must not install.
+getent passwd libvirt-qemu >/dev/null ||
+  useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+          --shell /usr/sbin/nologin libvirt-qemu
+
+# Rust: the machine image ships rustup; a bare Debian gets it from the distribution.
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+  echo "install-deps: installing the Rust toolchain (Debian's cargo)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cargo rustc >/dev/null
+fi
+exit 0

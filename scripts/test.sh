@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs all of DVMS-rs's checks and tests on this machine, as root (the tests build real
+# libvirt testbeds in network namespaces). Installs what it needs first.
+#   sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== tests (unit, and integration on real libvirt/QEMU testbeds)"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+
+echo "== benchmark: deploy on the local testbed"
+cargo test -p launcher --bench deploy
