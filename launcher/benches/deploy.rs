@@ -82,7 +82,20 @@ fn busy_share(secs: u64) -> f64 {
     (b1 - b0) as f64 / ((b1 - b0) + (i1 - i0)) as f64
 }
 
+/// Tears the testbed down however the benchmark ends.
+struct Teardown;
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(state())
+            .args(["--id", ID, "testbed", "down"])
+            .status();
+    }
+}
+
 fn main() {
+    let _teardown = Teardown;
     let hosts: usize = std::env::var("DVMS_BENCH_HOSTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -122,7 +135,15 @@ fn main() {
                 .flatten()
                 .filter(|f| f.path().extension().is_some_and(|e| e == "pid"))
             {
-                pids.push(std::fs::read_to_string(f.path()).unwrap().trim().to_owned());
+                // libvirt keeps its own pid files there too: keep the guests' QEMUs.
+                let pid = std::fs::read_to_string(f.path())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.starts_with("qemu-system") {
+                    pids.push(pid);
+                }
             }
         }
     }
@@ -130,7 +151,6 @@ fn main() {
     let rss: u64 = pids.iter().map(|p| kib(p, "status", "VmRSS:")).sum();
     let pss: u64 = pids.iter().map(|p| kib(p, "smaps_rollup", "Pss:")).sum();
     launch(&["testbed", "down"]);
-
     let n = vms as f64;
     println!("dvms-launch deploy benchmark ({cores} cores, guests of 128 MiB under TCG)");
     println!("| measure | value |");

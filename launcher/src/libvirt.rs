@@ -89,11 +89,22 @@ pub fn domain_xml(g: &GuestDef) -> String {
     <serial type='file'><source path='{console}' append='on'/><target port='0'/></serial>
     <serial type='unix'><source mode='bind' path='/run/libvirt/qemu/{name}.cmd.sock'/><target port='1'/></serial>
     <controller type='usb' model='none'/>
-    <memballoon model='virtio'><stats period='5'/></memballoon>
+    {balloon}
   </devices>
 </domain>
 "#,
         args = FAST_BOOT_ARGS,
+        // The balloon only serves a guest that loads its driver (dvms.balloon=1); otherwise
+        // it is one more device to probe at boot and a stats timer in QEMU.
+        balloon = if g
+            .extra_args
+            .split_whitespace()
+            .any(|a| a == "dvms.balloon=1")
+        {
+            "<memballoon model='virtio'><stats period='5'/></memballoon>"
+        } else {
+            "<memballoon model='none'/>"
+        },
         dtype = esc(g.domain_type),
         name = esc(g.name),
         mac = esc(g.mac),
@@ -225,5 +236,11 @@ mod tests {
             ..g
         });
         assert!(!kvm.contains("tb-cache") && !kvm.contains("<disk"));
+        assert!(x.contains("<memballoon model='none'/>"));
+        let with_balloon = domain_xml(&GuestDef {
+            extra_args: "dvms.balloon=1",
+            ..g
+        });
+        assert!(with_balloon.contains("<memballoon model='virtio'>"));
     }
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use launcher::cluster::Cluster;
 use launcher::deploy::{self, DeployOptions};
-use launcher::inventory::{guest_uptime, path_str, Inventory, InventoryVm};
+use launcher::inventory::{path_str, Inventory, InventoryVm};
 use launcher::request::{self, Addressing, Distribution};
 use launcher::{image, latency, libvirt, netns, remote, ssh, testbed};
 
@@ -683,9 +683,7 @@ fn status_cmd(cli: &Cli, json: bool) -> Result<i32> {
             Ok(doms) => {
                 for d in doms {
                     let up = if d.running {
-                        remote::console_tail(&c, h, &d.name, 4096)
-                            .ok()
-                            .and_then(|t| guest_uptime(&t))
+                        remote::guest_uptime(&c, h, &d.name)
                     } else {
                         None
                     };

@@ -225,6 +225,22 @@ pub fn guest_command(h: &Host, vm: &str, line: &str) -> Result<String> {
     }
 }
 
+/// A running guest's uptime (seconds) and boot id, from its console: the last tick plus,
+/// on this machine, the time since the console was last written (the guest ticks every
+/// few seconds).
+pub fn guest_uptime(cluster: &Cluster, h: &Host, vm: &str) -> Option<(f64, Option<String>)> {
+    let (up, boot) = crate::inventory::guest_uptime(&console_tail(cluster, h, vm, 4096).ok()?)?;
+    let since = match h.access {
+        Access::Local { .. } => std::fs::metadata(cluster.console_log(vm))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .map_or(0.0, |e| e.as_secs_f64()),
+        Access::Ssh { .. } => 0.0,
+    };
+    Some((up + since, boot))
+}
+
 /// Result of a command on one host of a fan-out.
 #[derive(Debug, serde::Serialize)]
 pub struct HostResult {
