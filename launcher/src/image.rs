@@ -264,19 +264,7 @@ fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
 
 /// Downloads (once) and unpacks Debian's cloud kernel; returns vmlinuz and the modules.
 fn debian_kernel(cache: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let deps = run_stdout(Command::new("apt-cache").args(["depends", KERNEL_META]))?;
-    let pkg = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .map(str::to_owned)
-        .with_context(|| format!("cannot resolve {KERNEL_META}: run `apt-get update` first"))?;
-    let show = run_stdout(Command::new("apt-cache").args(["show", "--no-all-versions", &pkg]))?;
-    let version = show
-        .lines()
-        .find_map(|l| l.strip_prefix("Version: "))
-        .with_context(|| format!("no version for {pkg}"))?
-        .to_owned();
+    let (pkg, version) = resolve_kernel_package(cache)?;
     let dir = cache.join(format!("kernel-{pkg}_{version}"));
     let vmlinuz = dir.join("vmlinuz");
     if !vmlinuz.is_file() {
@@ -335,6 +323,40 @@ fn debian_kernel(cache: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
         .collect();
     modules.sort();
     Ok((vmlinuz, modules))
+}
+
+/// The kernel package and version behind the metapackage. `apt-cache` costs about two
+/// seconds of CPU here, so the answer is kept until apt's package lists change.
+fn resolve_kernel_package(cache: &Path) -> Result<(String, String)> {
+    let lists_stamp = std::fs::metadata("/var/lib/apt/lists")
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos().to_string())
+        .unwrap_or_default();
+    let memo = cache.join("kernel-package.txt");
+    if let Ok(text) = std::fs::read_to_string(&memo) {
+        let f: Vec<&str> = text.split_whitespace().collect();
+        if f.len() == 3 && f[0] == lists_stamp && !lists_stamp.is_empty() {
+            return Ok((f[1].to_owned(), f[2].to_owned()));
+        }
+    }
+    let deps = run_stdout(Command::new("apt-cache").args(["depends", KERNEL_META]))?;
+    let pkg = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .with_context(|| format!("cannot resolve {KERNEL_META}: run `apt-get update` first"))?;
+    let show = run_stdout(Command::new("apt-cache").args(["show", "--no-all-versions", &pkg]))?;
+    let version = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .with_context(|| format!("no version for {pkg}"))?
+        .to_owned();
+    std::fs::create_dir_all(cache)?;
+    write_atomic(&memo, format!("{lists_stamp} {pkg} {version}\n").as_bytes())?;
+    Ok((pkg, version))
 }
 
 /// `root/<single version dir>/sub`.

@@ -6,21 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Cluster, Provider};
+use crate::cluster::{Cluster, Host, Provider};
 
 /// Where each host keeps the name-to-address map of the deployment's VMs.
 pub const ADDRESS_MAP_PATH: &str = "/var/lib/libvirt/dvms-hosts";
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InventoryHost {
-    pub name: String,
-    pub site: String,
-    pub address: String,
-    pub libvirt_uri: String,
-    pub peer_uri: String,
-    pub cpus: u32,
-    pub memory_mib: u64,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InventoryVm {
@@ -42,7 +31,7 @@ pub struct InventoryVm {
 pub struct Inventory {
     pub provider: Provider,
     pub testbed_id: Option<u8>,
-    pub hosts: Vec<InventoryHost>,
+    pub hosts: Vec<Host>,
     pub vms: Vec<InventoryVm>,
 }
 
@@ -57,22 +46,6 @@ impl Inventory {
             .with_context(|| format!("no inventory at {} (deploy first)", p.display()))?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid inventory", p.display()))
-    }
-
-    pub fn hosts_of(cluster: &Cluster) -> Vec<InventoryHost> {
-        cluster
-            .hosts
-            .iter()
-            .map(|h| InventoryHost {
-                name: h.name.clone(),
-                site: h.site.clone(),
-                address: h.address.clone(),
-                libvirt_uri: h.libvirt_uri.clone(),
-                peer_uri: h.peer_uri.clone(),
-                cpus: h.cpus,
-                memory_mib: h.memory_mib,
-            })
-            .collect()
     }
 
     /// Writes `inventory.json` and `inventory.csv` beside the cluster file.
@@ -193,7 +166,7 @@ mod tests {
         let inv = Inventory {
             provider: Provider::Local,
             testbed_id: Some(1),
-            hosts: vec![InventoryHost {
+            hosts: vec![Host {
                 name: "h1".into(),
                 site: "s".into(),
                 address: "10.77.1.1".into(),
@@ -201,6 +174,10 @@ mod tests {
                 peer_uri: "u".into(),
                 cpus: 2,
                 memory_mib: 100,
+                access: crate::cluster::Access::Local {
+                    netns: "n".into(),
+                    dir: "/d".into(),
+                },
             }],
             vms: vec![InventoryVm {
                 name: "vm-1".into(),

@@ -612,7 +612,7 @@ fn deploy_cmd(cli: &Cli, a: &DeployArgs) -> Result<i32> {
     let inv = Inventory {
         provider: cluster.provider,
         testbed_id: cluster.testbed_id,
-        hosts: Inventory::hosts_of(&cluster),
+        hosts: cluster.hosts.clone(),
         vms: req
             .vms
             .iter()

@@ -21,13 +21,19 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-fn ssh_base(
-    prog: &str,
-    user: &str,
-    port: u16,
-    key: Option<&Path>,
-    known: Option<&Path>,
-) -> Command {
+/// `ssh` or `scp` set up for a remote host (batch mode, its key and known_hosts), and the
+/// `user@address` to append. `None` for a testbed host.
+fn ssh_base(prog: &str, access: &Access) -> Option<(Command, String)> {
+    let Access::Ssh {
+        user,
+        address,
+        port,
+        key,
+        known_hosts,
+    } = access
+    else {
+        return None;
+    };
     let mut c = Command::new(prog);
     c.args([
         "-o",
@@ -42,13 +48,12 @@ fn ssh_base(
     if let Some(k) = key {
         c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
     }
-    if let Some(kh) = known {
+    if let Some(kh) = known_hosts {
         c.arg("-o")
             .arg(format!("UserKnownHostsFile={}", kh.display()));
         c.args(["-o", "StrictHostKeyChecking=yes"]);
     }
-    let _ = user;
-    c
+    Some((c, format!("{user}@{address}")))
 }
 
 /// The command that runs `argv` on host `h`.
@@ -66,15 +71,9 @@ pub fn command_on(h: &Host, argv: &[String]) -> Result<Command> {
             c.args(argv);
             Ok(c)
         }
-        Access::Ssh {
-            user,
-            address,
-            port,
-            key,
-            known_hosts,
-        } => {
-            let mut c = ssh_base("ssh", user, *port, key.as_deref(), known_hosts.as_deref());
-            c.arg(format!("{user}@{address}")).arg("--");
+        Access::Ssh { .. } => {
+            let (mut c, target) = ssh_base("ssh", &h.access).expect("ssh access");
+            c.arg(target).arg("--");
             c.arg(
                 argv.iter()
                     .map(|a| shell_quote(a))
@@ -133,13 +132,7 @@ pub fn copy_to(h: &Host, local: &Path, remote_path: &str) -> Result<()> {
             )?;
             Ok(())
         }
-        Access::Ssh {
-            user,
-            address,
-            port,
-            key,
-            known_hosts,
-        } => {
+        Access::Ssh { .. } => {
             if let Some(parent) = Path::new(remote_path)
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -153,10 +146,10 @@ pub fn copy_to(h: &Host, local: &Path, remote_path: &str) -> Result<()> {
                     ],
                 )?;
             }
-            let mut c = ssh_base("scp", user, *port, key.as_deref(), known_hosts.as_deref());
+            let (mut c, target) = ssh_base("scp", &h.access).expect("ssh access");
             c.arg("-q")
                 .arg(local)
-                .arg(format!("{user}@{address}:{remote_path}"));
+                .arg(format!("{target}:{remote_path}"));
             crate::util::run(&mut c).with_context(|| format!("host {}: copy failed", h.name))?;
             Ok(())
         }

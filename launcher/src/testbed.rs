@@ -174,8 +174,12 @@ fn bring_up(
     };
     // Save first: if anything below fails, `down` still knows what was meant to exist.
     cluster.save()?;
-    // The first libvirtd probes QEMU's capabilities (~7 s); the others reuse its cache.
+    // libvirtd probes QEMU's capabilities at its first use (seconds of CPU): make the
+    // first host do it now, so that the others start with a copy of its cache.
     host_up(&cluster, 1)?;
+    crate::libvirt::connect(&cluster.hosts[0])?
+        .capabilities()
+        .context("host h1: cannot read libvirt capabilities")?;
     let rest: Vec<usize> = (2..=spec.hosts).collect();
     for r in crate::util::fan_out(&rest, 8, |&i| host_up(&cluster, i)) {
         r?;

@@ -109,6 +109,64 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
     assert!(ok(cluster(&["guest", "vm-1", "ping"])).starts_with("pong "));
     let m = ok(cluster(&["migrate", "vm-1", "10.77.34.2"]));
     assert!(m.contains("vm-1: 10.77.34.1 -> 10.77.34.2"), "{m}");
+    // A qcow2 base image: each VM gets a copy-on-write overlay of it on its host.
+    let base = tb.state.join("base.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status();
+    assert!(made.unwrap().success());
+    ok(cluster(&["destroy", "--all"]));
+    let out = ok(cluster(&[
+        "deploy",
+        "--provider",
+        "ssh",
+        "--hosts-file",
+        &s("nodes"),
+        "--ssh-key",
+        &s("id_ed25519"),
+        "--known-hosts",
+        &s("known_hosts"),
+        "--peer-uri",
+        "qemu+tcp://{host}/system",
+        "--domain-type",
+        "qemu",
+        "--remote-dir",
+        &remote_dir,
+        "--vms",
+        "2",
+        "--base-image",
+        base.to_str().unwrap(),
+    ]));
+    assert!(out.contains("2 created"), "{out}");
+    let staged = remote.join("images/base/base.qcow2");
+    for vm in ["vm-1", "vm-2"] {
+        let overlay = remote.join("images/overlays").join(format!("{vm}.qcow2"));
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--force-share", "--output=json"])
+            .arg(&overlay)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
+        assert_eq!(
+            info["backing-filename"],
+            staged.to_str().unwrap(),
+            "{vm}: {info}"
+        );
+    }
+    let xml = ok(cluster(&[
+        "exec",
+        "10.77.34.1",
+        "--",
+        "virsh",
+        "-c",
+        "qemu:///system",
+        "dumpxml",
+        "vm-1",
+    ]));
+    assert!(xml.contains("overlays/vm-1.qcow2"), "{xml}");
+
     // Nothing was written to the user's ssh configuration.
     assert!(
         !std::path::Path::new("/root/.ssh/known_hosts").exists()

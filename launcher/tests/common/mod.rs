@@ -60,6 +60,26 @@ impl Testbed {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Names of the domains libvirt lists on every host (`virsh list` options appended).
+    pub fn domain_names(&self, options: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "exec",
+            "all",
+            "--",
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///system",
+            "list",
+        ];
+        args.extend_from_slice(options);
+        self.ok(&args)
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("=="))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.state.join(format!("testbed-{}", self.id))
     }
