@@ -1,0 +1,234 @@
+//! Vivaldi's accuracy on real Internet latencies (RIPE Atlas, country to country).
+//!
+//!     cargo run --release -p vivaldi --example accuracy -- \
+//!         --data ../shared/data/country_rtt.csv.gz --seed 1 --holdout 0.2 --noise
+//!
+//! Keeps a random share of the measured pairs out of training; every node observes random
+//! training neighbours for a number of rounds (with --noise each sample is drawn from the
+//! pair's measured distribution: Gaussian with its avg and std, clamped to its min and
+//! max); then prints, as its last line, JSON with the median and 90th-percentile relative
+//! error |estimate - avg| / avg on the held-out pairs and on the training pairs.
+//! Options: --rounds N (default 2000), --dims 2..5 (default 3), --textbook (no filter,
+//! no gravity: the baseline of Dabek et al.), and overrides of the defaults: --cc, --ce,
+//! --window, --percentile, --rho.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use vivaldi::{Config, Node};
+
+struct Pair {
+    a: usize,
+    b: usize,
+    avg: f64,
+    std: f64,
+    min: f64,
+    max: f64,
+}
+
+struct Args {
+    data: String,
+    seed: u64,
+    holdout: f64,
+    noise: bool,
+    rounds: usize,
+    dims: usize,
+    textbook: bool,
+    tune: Vec<(String, f64)>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        data: String::new(),
+        seed: 1,
+        holdout: 0.2,
+        noise: false,
+        rounds: 2000,
+        dims: 3,
+        textbook: false,
+        tune: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match k.as_str() {
+            "--data" => a.data = val("--data")?,
+            "--seed" => a.seed = val("--seed")?.parse().context("--seed: a whole number")?,
+            "--holdout" => {
+                a.holdout = val("--holdout")?.parse().context("--holdout: a fraction")?
+            }
+            "--rounds" => {
+                a.rounds = val("--rounds")?
+                    .parse()
+                    .context("--rounds: a whole number")?
+            }
+            "--dims" => a.dims = val("--dims")?.parse().context("--dims: 2..5")?,
+            "--noise" => a.noise = true,
+            k @ ("--cc" | "--ce" | "--window" | "--percentile" | "--rho") => {
+                let v: f64 = val(k)?.parse().with_context(|| format!("{k}: a number"))?;
+                a.tune.push((k.trim_start_matches('-').to_owned(), v));
+            }
+            "--textbook" => a.textbook = true,
+            "--help" | "-h" => {
+                println!("usage: accuracy --data FILE.csv[.gz] [--seed S] [--holdout 0.2] [--noise] [--rounds N] [--dims D] [--textbook]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}' (try --help)"),
+        }
+    }
+    if a.data.is_empty() {
+        bail!("--data FILE is required (e.g. ../shared/data/country_rtt.csv.gz)");
+    }
+    if !(0.0..1.0).contains(&a.holdout) {
+        bail!("--holdout must be in [0, 1)");
+    }
+    Ok(a)
+}
+
+fn load(path: &str) -> Result<(Vec<String>, Vec<Pair>)> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
+    let mut text = String::new();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_string(&mut text)
+            .context("bad gzip")?;
+    } else {
+        text = String::from_utf8(raw).context("not UTF-8")?;
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut pairs = Vec::new();
+    let mut id = |s: &str, names: &mut Vec<String>| -> usize {
+        *index.entry(s.to_owned()).or_insert_with(|| {
+            names.push(s.to_owned());
+            names.len() - 1
+        })
+    };
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 7 {
+            bail!(
+                "{path}:{}: expected cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max",
+                i + 1
+            );
+        }
+        let num = |k: usize| {
+            f[k].trim()
+                .parse::<f64>()
+                .with_context(|| format!("{path}:{}: '{}'", i + 1, f[k]))
+        };
+        // A pair measured once has no standard deviation.
+        let std = if f[4].trim().is_empty() { 0.0 } else { num(4)? };
+        let (avg, min, max) = (num(3)?, num(5)?, num(6)?);
+        if f[0] == f[1] || avg <= 0.0 {
+            continue;
+        }
+        let (a, b) = (id(f[0], &mut names), id(f[1], &mut names));
+        pairs.push(Pair {
+            a,
+            b,
+            avg,
+            std: std.max(0.0),
+            min: min.max(0.01),
+            max: max.max(min),
+        });
+    }
+    Ok((names, pairs))
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Value {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut train = Vec::new();
+    let mut test = Vec::new();
+    for (i, _) in pairs.iter().enumerate() {
+        if rng.random::<f64>() < args.holdout {
+            test.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    let mut neighbours: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for &i in &train {
+        neighbours[pairs[i].a].push((pairs[i].b, i));
+        neighbours[pairs[i].b].push((pairs[i].a, i));
+    }
+    let mut cfg = if args.textbook {
+        Config {
+            filter_window: 1,
+            gravity_rho: 1e12,
+            ..Config::default()
+        }
+    } else {
+        Config::default()
+    };
+    for (k, v) in &args.tune {
+        match k.as_str() {
+            "cc" => cfg.cc = *v,
+            "ce" => cfg.ce = *v,
+            "window" => cfg.filter_window = *v as usize,
+            "percentile" => cfg.filter_percentile = *v,
+            _ => cfg.gravity_rho = *v,
+        }
+    }
+    let mut nodes: Vec<Node<D>> = (0..n).map(|_| Node::new(cfg.clone())).collect();
+    for _ in 0..args.rounds {
+        for me in 0..n {
+            if neighbours[me].is_empty() {
+                continue;
+            }
+            let (other, pi) = neighbours[me][rng.random_range(0..neighbours[me].len())];
+            let p = &pairs[pi];
+            let rtt = if args.noise && p.std > 0.0 {
+                let s = Normal::new(p.avg, p.std)
+                    .map(|d| d.sample(&mut rng))
+                    .unwrap_or(p.avg);
+                s.clamp(p.min, p.max)
+            } else {
+                p.avg
+            };
+            let (c, e) = (nodes[other].coordinate(), nodes[other].error());
+            let _ = nodes[me].observe(other as u64, &c, e, rtt, &mut rng);
+        }
+    }
+    let rel = |set: &[usize]| -> Vec<f64> {
+        set.iter()
+            .map(|&i| {
+                let p = &pairs[i];
+                let est = nodes[p.a]
+                    .coordinate()
+                    .estimate_rtt(&nodes[p.b].coordinate());
+                (est - p.avg).abs() / p.avg
+            })
+            .collect()
+    };
+    let (mut h, mut t) = (rel(&test), rel(&train));
+    serde_json::json!({
+        "seed": args.seed, "noise": args.noise, "dims": D, "rounds": args.rounds, "textbook": args.textbook,
+        "nodes": n, "train_pairs": train.len(), "heldout_pairs": test.len(),
+        "heldout_median": percentile(&mut h, 0.5), "heldout_p90": percentile(&mut h, 0.9),
+        "train_median": percentile(&mut t, 0.5), "train_p90": percentile(&mut t, 0.9),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let (names, pairs) = load(&args.data)?;
+    eprintln!("{} sites, {} measured pairs", names.len(), pairs.len());
+    let out = match args.dims {
+        2 => run::<2>(&args, names.len(), &pairs),
+        3 => run::<3>(&args, names.len(), &pairs),
+        4 => run::<4>(&args, names.len(), &pairs),
+        5 => run::<5>(&args, names.len(), &pairs),
+        d => bail!("--dims {d}: supported are 2..5"),
+    };
+    println!("{out}");
+    Ok(())
+}
