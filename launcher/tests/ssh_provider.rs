@@ -32,25 +32,31 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    let out = ok(cluster(&[
-        "deploy",
-        "--provider",
-        "ssh",
-        "--hosts-file",
-        &s("nodes"),
-        "--ssh-key",
-        &s("id_ed25519"),
-        "--known-hosts",
-        &s("known_hosts"),
-        "--peer-uri",
-        "qemu+tcp://{host}/system",
-        "--domain-type",
-        "qemu",
-        "--remote-dir",
-        &remote_dir,
-        "--vms",
-        "2",
-    ]));
+    let (nodes, key, known) = (s("nodes"), s("id_ed25519"), s("known_hosts"));
+    let deploy = |extra: &[&str]| {
+        let mut a = vec![
+            "deploy",
+            "--provider",
+            "ssh",
+            "--hosts-file",
+            &nodes,
+            "--ssh-key",
+            &key,
+            "--known-hosts",
+            &known,
+            "--peer-uri",
+            "qemu+tcp://{host}/system",
+            "--domain-type",
+            "qemu",
+            "--remote-dir",
+            &remote_dir,
+            "--vms",
+            "2",
+        ];
+        a.extend_from_slice(extra);
+        ok(cluster(&a))
+    };
+    let out = deploy(&[]);
     assert!(
         out.contains("2 created, 0 already running, 0 failed"),
         "{out}"
@@ -118,27 +124,7 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
         .status();
     assert!(made.unwrap().success());
     ok(cluster(&["destroy", "--all"]));
-    let out = ok(cluster(&[
-        "deploy",
-        "--provider",
-        "ssh",
-        "--hosts-file",
-        &s("nodes"),
-        "--ssh-key",
-        &s("id_ed25519"),
-        "--known-hosts",
-        &s("known_hosts"),
-        "--peer-uri",
-        "qemu+tcp://{host}/system",
-        "--domain-type",
-        "qemu",
-        "--remote-dir",
-        &remote_dir,
-        "--vms",
-        "2",
-        "--base-image",
-        base.to_str().unwrap(),
-    ]));
+    let out = deploy(&["--base-image", base.to_str().unwrap()]);
     assert!(out.contains("2 created"), "{out}");
     let staged = remote.join("images/base/base.qcow2");
     for vm in ["vm-1", "vm-2"] {
