@@ -29,6 +29,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The testbed guest's kernel is fetched with apt-get download: the package lists must know it.
+if ! apt-cache depends linux-image-cloud-amd64 2>/dev/null | grep -q "Depends: linux-image-"; then
+  apt-get update -qq
+fi
+
 # The qemu driver resolves its compiled-in user before it reads qemu.conf, and the
 # package that would create it is the one we must not install.
 getent passwd libvirt-qemu >/dev/null ||

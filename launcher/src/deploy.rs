@@ -355,7 +355,8 @@ fn boot_with_retries(
                     });
                     break;
                 };
-                *s.committed.entry(host.name.clone()).or_default() -= vm.memory_mib;
+                let freed = s.committed.entry(host.name.clone()).or_default();
+                *freed = freed.saturating_sub(vm.memory_mib);
                 *s.committed.entry(next.name.clone()).or_default() += vm.memory_mib;
                 host_name = next.name.clone();
             }
