@@ -71,6 +71,10 @@ pub struct Cluster {
     /// Round-trip times between sites in ms, `[from][to]`, in the order of `site_names`.
     pub site_names: Vec<String>,
     pub site_rtt_ms: Vec<Vec<f64>>,
+    /// The guest kernel chosen at creation (`None`: Debian's cloud kernel); every deploy
+    /// builds (or finds cached) the guest image from it.
+    #[serde(default)]
+    pub guest_kernel: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -124,5 +128,10 @@ impl Cluster {
 
     pub fn console_log(&self, vm: &str) -> PathBuf {
         self.console_dir.join(format!("{vm}.log"))
+    }
+
+    /// A VM's copy-on-write disk (with `--base-image`), as its host sees it.
+    pub fn overlay_path(&self, vm: &str) -> PathBuf {
+        self.image_dir.join("overlays").join(format!("{vm}.qcow2"))
     }
 }

@@ -93,34 +93,29 @@ enum Fault {
     Orphan(String),
 }
 
-/// Where the testbed image is (local provider) or must go (ssh provider).
-pub fn testbed_image(cluster: &Cluster) -> Result<GuestImage> {
-    let p = cluster.state_dir.join("image.json");
+/// The guest image as the hosts see it: the local build itself on a testbed (hosts share
+/// this machine's files), its staged copy under the cluster's image directory over SSH.
+pub fn image_on_hosts(cluster: &Cluster, built: &GuestImage) -> GuestImage {
     match cluster.provider {
-        Provider::Local => {
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            Ok(serde_json::from_str(&text)?)
-        }
+        Provider::Local => built.clone(),
         Provider::Ssh => {
-            let local: GuestImage =
-                serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| {
-                    format!(
-                        "cannot read {} (the image built for this cluster)",
-                        p.display()
-                    )
-                })?)?;
-            let dir = cluster.image_dir.join(format!("guest-{}", local.id));
-            Ok(GuestImage {
+            let dir = cluster.image_dir.join(format!("guest-{}", built.id));
+            GuestImage {
                 kernel: dir.join("kernel"),
                 initrd: dir.join("initrd"),
-                id: local.id,
-            })
+                id: built.id.clone(),
+            }
         }
     }
 }
 
-pub fn deploy(cluster: &Cluster, req: &Request, opts: &DeployOptions) -> Result<Report> {
+/// Deploys `req`, booting guests from `built` (the image built on this machine).
+pub fn deploy(
+    cluster: &Cluster,
+    req: &Request,
+    built: &GuestImage,
+    opts: &DeployOptions,
+) -> Result<Report> {
     let t0 = Instant::now();
     crate::request::check_capacity(req, &cluster.hosts, opts.vcpu_overcommit)?;
     if let Some(b) = &opts.base_image {
@@ -170,9 +165,9 @@ pub fn deploy(cluster: &Cluster, req: &Request, opts: &DeployOptions) -> Result<
         }
     }
 
-    let image = testbed_image(cluster)?;
+    let image = image_on_hosts(cluster, built);
     if cluster.provider == Provider::Ssh && !to_boot.is_empty() {
-        stage_images(cluster, &image, opts.base_image.as_deref())?;
+        stage_images(cluster, built, &image, opts.base_image.as_deref())?;
     }
 
     // Memory committed per host (for choosing a host when retrying elsewhere).
@@ -371,20 +366,11 @@ fn boot_with_retries(
     }
 }
 
-fn is_connection_error(e: &anyhow::Error) -> bool {
-    let s = format!("{e:#}").to_ascii_lowercase();
-    [
-        "cannot recv data",
-        "end of file",
-        "connection reset",
-        "broken pipe",
-        "unable to connect",
-        "cannot reach libvirt",
-        "client socket is closed",
-        "no route",
-    ]
-    .iter()
-    .any(|p| s.contains(p))
+/// Whether a failure is the host's: its libvirt no longer answers a new connection.
+/// (Asking beats parsing error texts: libvirt reports a lost connection under several
+/// codes, and the same codes for guest failures.)
+fn host_lost(host: &Host) -> bool {
+    libvirt::connect(host).is_err()
 }
 
 fn boot_once(
@@ -397,33 +383,10 @@ fn boot_once(
     let conn = libvirt::connect(host).map_err(|e| Fault::Host(format!("{e:#}")))?;
     let disk = match &opts.base_image {
         Some(base) => {
-            let overlay = cluster
-                .image_dir
-                .join("overlays")
-                .join(format!("{}.qcow2", vm.name));
-            let base_there = staged_base(cluster, base);
-            let mkdir = vec![
-                "mkdir".into(),
-                "-p".into(),
-                cluster
-                    .image_dir
-                    .join("overlays")
-                    .to_string_lossy()
-                    .into_owned(),
-            ];
-            let rm = vec![
-                "rm".into(),
-                "-f".into(),
-                overlay.to_string_lossy().into_owned(),
-            ];
-            let create = crate::image::overlay_command(
-                &base_there.to_string_lossy(),
-                &overlay.to_string_lossy(),
-            );
-            for cmd in [mkdir, rm, create] {
-                crate::remote::exec_ok(host, &cmd)
-                    .map_err(|e| Fault::Guest(format!("overlay: {e:#}")))?;
-            }
+            let overlay = cluster.overlay_path(&vm.name);
+            let create = crate::image::overlay_command(&staged_base(cluster, base), &overlay);
+            crate::remote::exec_ok(host, &create)
+                .map_err(|e| Fault::Guest(format!("overlay: {e:#}")))?;
             Some(overlay.to_string_lossy().into_owned())
         }
         None => None,
@@ -448,7 +411,7 @@ fn boot_once(
     let _ = libvirt::destroy_and_undefine(&conn, &vm.name);
     if let Err(e) = libvirt::define_and_start(&conn, &xml) {
         let _ = libvirt::destroy_and_undefine(&conn, &vm.name);
-        return Err(if is_connection_error(&e) {
+        return Err(if host_lost(host) {
             Fault::Host(format!("{e:#}"))
         } else {
             Fault::Guest(format!("{e:#}"))
@@ -475,8 +438,7 @@ fn boot_once(
                 ));
             }
             Err(e) => {
-                let e = anyhow::Error::from(e);
-                if is_connection_error(&e) || libvirt::connect(host).is_err() {
+                if host_lost(host) {
                     return Err(stop_orphan(
                         host,
                         &vm.name,
@@ -487,7 +449,7 @@ fn boot_once(
         }
         if Instant::now() > deadline {
             let _ = libvirt::destroy_and_undefine(&conn, &vm.name);
-            if libvirt::connect(host).is_err() {
+            if host_lost(host) {
                 return Err(stop_orphan(
                     host,
                     &vm.name,
@@ -559,13 +521,15 @@ fn staged_base(cluster: &Cluster, base: &Path) -> PathBuf {
 }
 
 /// Copies the guest image (and the base image) to every host that lacks it.
-fn stage_images(cluster: &Cluster, image: &GuestImage, base: Option<&Path>) -> Result<()> {
-    let local: GuestImage = serde_json::from_str(&std::fs::read_to_string(
-        cluster.state_dir.join("image.json"),
-    )?)?;
+fn stage_images(
+    cluster: &Cluster,
+    built: &GuestImage,
+    there: &GuestImage,
+    base: Option<&Path>,
+) -> Result<()> {
     let mut files: Vec<(PathBuf, PathBuf)> = vec![
-        (local.kernel.clone(), image.kernel.clone()),
-        (local.initrd.clone(), image.initrd.clone()),
+        (built.kernel.clone(), there.kernel.clone()),
+        (built.initrd.clone(), there.initrd.clone()),
     ];
     if let Some(b) = base {
         files.push((b.to_path_buf(), staged_base(cluster, b)));

@@ -369,15 +369,18 @@ fn glob_one_dir(root: &Path, sub: &str) -> Result<PathBuf> {
     Ok(first.join(sub))
 }
 
-/// The command that creates a copy-on-write overlay of `base` at `overlay` (run on the
-/// host that will run the VM).
-pub fn overlay_command(base: &str, overlay: &str) -> Vec<String> {
-    [
-        "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, overlay,
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect()
+/// The command that creates (or replaces) a copy-on-write overlay of `base` at
+/// `overlay`, directory included, to run on the host that will run the VM.
+pub fn overlay_command(base: &Path, overlay: &Path) -> Vec<String> {
+    let q = |p: &Path| crate::remote::shell_quote(&p.to_string_lossy());
+    let dir = overlay.parent().unwrap_or(Path::new("/"));
+    let script = format!(
+        "mkdir -p {} && exec qemu-img create -q -f qcow2 -F qcow2 -b {} {}",
+        q(dir),
+        q(base),
+        q(overlay)
+    );
+    vec!["sh".into(), "-c".into(), script]
 }
 
 /// Checks that a file is a qcow2 image (magic `QFI\xfb`).
@@ -522,8 +525,8 @@ mod tests {
             .arg("64M"))
         .unwrap();
         check_qcow2(&base).unwrap();
-        let overlay = dir.join("vm1.qcow2");
-        let cmd = overlay_command(base.to_str().unwrap(), overlay.to_str().unwrap());
+        let overlay = dir.join("overlays/vm1.qcow2");
+        let cmd = overlay_command(&base, &overlay);
         run(Command::new(&cmd[0]).args(&cmd[1..])).unwrap();
         let info = run_stdout(
             Command::new("qemu-img")

@@ -48,6 +48,46 @@ impl Inventory {
             .with_context(|| format!("{} is not a valid inventory", p.display()))
     }
 
+    /// What a deploy leaves: every VM of the request that runs, where it runs, how it boots.
+    pub fn of_deploy(
+        cluster: &Cluster,
+        req: &crate::request::Request,
+        report: &crate::deploy::Report,
+        image: &crate::image::GuestImage,
+        with_disks: bool,
+    ) -> Inventory {
+        let vms = req
+            .vms
+            .iter()
+            .zip(&report.vms)
+            .filter_map(|(v, o)| {
+                let host = o.host.clone()?;
+                Some(InventoryVm {
+                    site: cluster
+                        .host(&host)
+                        .map(|h| h.site.clone())
+                        .unwrap_or_default(),
+                    host,
+                    name: v.name.clone(),
+                    vcpus: v.vcpus,
+                    memory_mib: v.memory_mib,
+                    mac: v.mac.clone(),
+                    ip: v.ip.to_string(),
+                    kernel: path_str(&image.kernel),
+                    initrd: path_str(&image.initrd),
+                    disk: with_disks.then(|| path_str(&cluster.overlay_path(&v.name))),
+                    console_log: path_str(&cluster.console_log(&v.name)),
+                })
+            })
+            .collect();
+        Inventory {
+            provider: cluster.provider,
+            testbed_id: cluster.testbed_id,
+            hosts: cluster.hosts.clone(),
+            vms,
+        }
+    }
+
     /// Writes `inventory.json` and `inventory.csv` beside the cluster file.
     pub fn save(&self, cluster: &Cluster) -> Result<(PathBuf, PathBuf)> {
         let json = Self::json_path(cluster);
@@ -138,7 +178,7 @@ pub fn guest_uptime(console_tail: &str) -> Option<(f64, Option<String>)> {
     Some((up, boot))
 }
 
-pub fn path_str(p: &Path) -> String {
+fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use launcher::cluster::Cluster;
 use launcher::deploy::{self, DeployOptions};
-use launcher::inventory::{path_str, Inventory, InventoryVm};
+use launcher::inventory::Inventory;
 use launcher::request::{self, Addressing, Distribution};
 use launcher::{image, latency, libvirt, netns, remote, ssh, testbed};
 
@@ -541,20 +541,9 @@ fn testbed_up(cli: &Cli, a: &UpArgs) -> Result<i32> {
 
 fn deploy_cmd(cli: &Cli, a: &DeployArgs) -> Result<i32> {
     let cluster = match a.provider {
-        ProviderArg::Local => {
-            let c = cli.load_cluster()?;
-            // The guest image follows its inputs (init script, kernel, busybox, cpulimit):
-            // rebuilt here if one changed since `testbed up`.
-            let img = image::ensure_testbed_image(&cli.image_cache(), None, false)?;
-            launcher::util::write_atomic(
-                &c.state_dir.join("image.json"),
-                serde_json::to_string_pretty(&img)?.as_bytes(),
-            )?;
-            c
-        }
+        ProviderArg::Local => cli.load_cluster()?,
         ProviderArg::Ssh => {
             let name = cli.cluster.clone().unwrap_or_else(|| "ssh".into());
-            let dir = cli.state_dir.join(&name);
             let defaults = ssh::SshDefaults {
                 user: a.ssh_user.clone(),
                 port: a.ssh_port,
@@ -569,16 +558,20 @@ fn deploy_cmd(cli: &Cli, a: &DeployArgs) -> Result<i32> {
                 &defaults,
             )?;
             ssh::fill_capacities(&mut hosts)?;
-            let c = ssh::ssh_cluster(dir.clone(), hosts, &a.remote_dir, &a.domain_type);
-            let img = image::ensure_testbed_image(&cli.image_cache(), None, false)?;
+            let c = ssh::ssh_cluster(
+                cli.state_dir.join(&name),
+                hosts,
+                &a.remote_dir,
+                &a.domain_type,
+            );
             c.save()?;
-            launcher::util::write_atomic(
-                &dir.join("image.json"),
-                serde_json::to_string_pretty(&img)?.as_bytes(),
-            )?;
             c
         }
     };
+    // The guest image follows its inputs (init script, kernel, busybox, cpulimit): found
+    // in the cache, or rebuilt if one changed.
+    let built =
+        image::ensure_testbed_image(&cli.image_cache(), cluster.guest_kernel.as_deref(), false)?;
     let addr = Addressing {
         mac_tag: cluster.testbed_id.unwrap_or(0),
         subnet: std::net::Ipv4Addr::new(10, 200, 0, 0),
@@ -607,45 +600,9 @@ fn deploy_cmd(cli: &Cli, a: &DeployArgs) -> Result<i32> {
         base_image: a.base_image.clone(),
         progress: !a.json,
     };
-    let report = deploy::deploy(&cluster, &req, &opts)?;
-    let image = deploy::testbed_image(&cluster)?;
-    let inv = Inventory {
-        provider: cluster.provider,
-        testbed_id: cluster.testbed_id,
-        hosts: cluster.hosts.clone(),
-        vms: req
-            .vms
-            .iter()
-            .zip(&report.vms)
-            .filter_map(|(v, o)| {
-                let host = o.host.clone()?;
-                let site = cluster
-                    .host(&host)
-                    .map(|h| h.site.clone())
-                    .unwrap_or_default();
-                Some(InventoryVm {
-                    name: v.name.clone(),
-                    host,
-                    site,
-                    vcpus: v.vcpus,
-                    memory_mib: v.memory_mib,
-                    mac: v.mac.clone(),
-                    ip: v.ip.to_string(),
-                    kernel: path_str(&image.kernel),
-                    initrd: path_str(&image.initrd),
-                    disk: a.base_image.as_ref().map(|_| {
-                        path_str(
-                            &cluster
-                                .image_dir
-                                .join("overlays")
-                                .join(format!("{}.qcow2", v.name)),
-                        )
-                    }),
-                    console_log: path_str(&cluster.console_log(&v.name)),
-                })
-            })
-            .collect(),
-    };
+    let report = deploy::deploy(&cluster, &req, &built, &opts)?;
+    let image = deploy::image_on_hosts(&cluster, &built);
+    let inv = Inventory::of_deploy(&cluster, &req, &report, &image, a.base_image.is_some());
     let (json, csv) = inv.save(&cluster)?;
     let map_result = inv.distribute_map(&cluster);
     if a.json {

@@ -214,6 +214,7 @@ pub fn ssh_cluster(
         testbed_id: None,
         site_names,
         site_rtt_ms: Vec::new(),
+        guest_kernel: None,
     }
 }
 

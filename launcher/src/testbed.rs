@@ -106,9 +106,10 @@ pub fn up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
             );
         }
     }
-    let image =
-        crate::image::ensure_testbed_image(&spec.image_cache, spec.kernel.as_deref(), false)?;
-    match bring_up(state_root, spec, &image) {
+    // Build (or find) the guest image now, so that a missing input fails before anything
+    // is created; every deploy finds it again in the cache.
+    crate::image::ensure_testbed_image(&spec.image_cache, spec.kernel.as_deref(), false)?;
+    match bring_up(state_root, spec) {
         Ok(c) => Ok(c),
         Err(e) => {
             let _ = down(state_root, spec.id);
@@ -120,19 +121,11 @@ pub fn up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
     }
 }
 
-fn bring_up(
-    state_root: &Path,
-    spec: &TestbedSpec,
-    image: &crate::image::GuestImage,
-) -> Result<Cluster> {
+fn bring_up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
     let id = spec.id;
     let dir = testbed_dir(state_root, id);
     std::fs::create_dir_all(dir.join("console"))?;
     std::fs::create_dir_all(dir.join("hosts"))?;
-    write_atomic(
-        &dir.join("image.json"),
-        serde_json::to_string_pretty(image)?.as_bytes(),
-    )?;
     switch_up(id)?;
     let k = spec.site_names.len().max(1);
     let mut hosts = Vec::new();
@@ -161,16 +154,15 @@ fn bring_up(
         provider: Provider::Local,
         state_dir: dir.clone(),
         console_dir: dir.join("console"),
-        image_dir: image
-            .kernel
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .to_path_buf(),
+        // Per-VM overlays live with the testbed (removed by `down`); the guest image
+        // stays in the shared cache, which every host sees.
+        image_dir: dir.join("images"),
         domain_type: "qemu".into(),
         hosts,
         testbed_id: Some(id),
         site_names: spec.site_names.clone(),
         site_rtt_ms: spec.site_rtt_ms.clone(),
+        guest_kernel: spec.kernel.clone(),
     };
     // Save first: if anything below fails, `down` still knows what was meant to exist.
     cluster.save()?;
@@ -598,6 +590,7 @@ mod tests {
             testbed_id: Some(9),
             site_names: sites.iter().map(|s| s.to_string()).collect(),
             site_rtt_ms: rtt,
+            guest_kernel: None,
         }
     }
 
