@@ -452,12 +452,7 @@ fn internal(i: &InternalCmd) -> Result<i32> {
                 .iter()
                 .map(|q| launcher::delay::parse_queue_spec(q))
                 .collect::<Result<Vec<_>>>()?;
-            // Enter the namespace in this (single-threaded) process, then serve the queues.
-            let f = std::fs::File::open(netns::netns_path(ns))?;
-            nix::sched::setns(
-                std::os::fd::AsFd::as_fd(&f),
-                nix::sched::CloneFlags::CLONE_NEWNET,
-            )?;
+            netns::enter_netns(&netns::netns_path(ns))?;
             launcher::delay::run(&qs)?;
         }
     }

@@ -37,7 +37,9 @@ pub fn have_cgroup_v1() -> bool {
         .all(|c| Path::new(&format!("/sys/fs/cgroup/{c}/cgroup.procs")).exists())
 }
 
-fn enter_netns(path: &str) -> Result<()> {
+/// Moves the calling thread into a network namespace (only this thread: fine for the
+/// single-threaded helpers).
+pub fn enter_netns(path: &str) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("no network namespace {path}"))?;
     setns(f.as_fd(), CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter {path}"))?;
     Ok(())

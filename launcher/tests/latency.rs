@@ -6,7 +6,6 @@ mod common;
 use common::*;
 
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 
 fn in_netns<T: Send + 'static>(
     ns: String,
@@ -14,8 +13,7 @@ fn in_netns<T: Send + 'static>(
 ) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
         // setns(CLONE_NEWNET) applies to this thread only.
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        launcher::netns::enter_netns(&format!("/run/netns/{ns}")).unwrap();
         f()
     })
 }
