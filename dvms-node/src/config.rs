@@ -1,0 +1,243 @@
+//! The daemon's configuration: a TOML file, overridden by command-line flags. Every
+//! problem is reported with the setting (and file) it comes from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use libp2p::{identity, pnet::PreSharedKey, Multiaddr, PeerId};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// As written in the TOML file; every field optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    pub psk_file: Option<PathBuf>,
+    pub identity_file: Option<PathBuf>,
+    pub allow: Option<Vec<String>>,
+    pub http: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub ping_interval_ms: Option<u64>,
+    pub idle_timeout_s: Option<u64>,
+    #[serde(default)]
+    pub overlay: Option<overlay::Config>,
+}
+
+/// The settled configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: Multiaddr,
+    pub bootstrap: Vec<Multiaddr>,
+    pub psk_file: PathBuf,
+    pub identity_file: PathBuf,
+    pub allow: Option<Vec<PeerId>>,
+    pub http: SocketAddr,
+    pub log_format: LogFormat,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub overlay: overlay::Config,
+}
+
+pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/7070";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7080";
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Checks and converts every field.
+    pub fn settle(self) -> anyhow::Result<Config> {
+        let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: Multiaddr = listen.parse().with_context(|| {
+            format!("listen: {listen:?} is not a multiaddr (e.g. {DEFAULT_LISTEN})")
+        })?;
+        let bootstrap = self
+            .bootstrap
+            .iter()
+            .map(|b| {
+                b.parse::<Multiaddr>().with_context(|| {
+                    format!("bootstrap: {b:?} is not a multiaddr (e.g. /ip4/10.0.0.1/tcp/7070)")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let allow = match self.allow {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| {
+                        p.parse::<PeerId>().with_context(|| {
+                            format!("allow: {p:?} is not a peer id (see `dvms-node peer-id`)")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            ),
+        };
+        let http = self.http.as_deref().unwrap_or(DEFAULT_HTTP);
+        let http: SocketAddr = http.parse().with_context(|| {
+            format!("http: {http:?} is not an address:port (e.g. {DEFAULT_HTTP})")
+        })?;
+        let Some(psk_file) = self.psk_file else {
+            bail!("no pre-shared key: set psk_file (or --psk-file); create one with `dvms-node psk FILE` and copy it to every host")
+        };
+        let Some(identity_file) = self.identity_file else {
+            bail!("no identity file: set identity_file (or --identity-file); it is created if missing")
+        };
+        let overlay = self.overlay.unwrap_or_default();
+        overlay
+            .validate()
+            .map_err(|e| anyhow::anyhow!("overlay: {e}"))?;
+        let ping_interval = Duration::from_millis(self.ping_interval_ms.unwrap_or(1_000));
+        if ping_interval.is_zero() {
+            bail!("ping_interval_ms must be > 0");
+        }
+        Ok(Config {
+            listen,
+            bootstrap,
+            psk_file,
+            identity_file,
+            allow,
+            http,
+            log_format: self.log_format.unwrap_or_default(),
+            ping_interval,
+            idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(300)),
+            overlay,
+        })
+    }
+}
+
+pub fn read_psk(path: &Path) -> anyhow::Result<PreSharedKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read pre-shared key file {}", path.display()))?;
+    text.parse::<PreSharedKey>().map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a pre-shared key file ({e}); expected the libp2p swarm key format, as written by `dvms-node psk`",
+            path.display()
+        )
+    })
+}
+
+pub fn write_psk(path: &Path) -> anyhow::Result<PreSharedKey> {
+    let key = PreSharedKey::new(rand::random());
+    write_new_secret(path, key.to_key_file().as_bytes())?;
+    Ok(key)
+}
+
+/// Loads the node's identity, creating it if the file does not exist.
+pub fn load_or_create_identity(path: &Path) -> anyhow::Result<(identity::Keypair, bool)> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let key = identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                anyhow::anyhow!("{} is not a libp2p identity key: {e}", path.display())
+            })?;
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .context("encoding the new identity")?;
+            write_new_secret(path, &bytes)?;
+            Ok((key, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read identity file {}", path.display())),
+    }
+}
+
+/// Writes a secret to a new file, readable by its owner only; never overwrites.
+fn write_new_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {} (it is never overwritten)", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settle(toml: &str) -> anyhow::Result<Config> {
+        toml::from_str::<FileConfig>(toml)?.settle()
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_defaults() {
+        let c = settle("psk_file = \"k\"\nidentity_file = \"i\"").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.http.to_string(), DEFAULT_HTTP);
+        assert!(c.allow.is_none());
+        assert_eq!(c.overlay, overlay::Config::default());
+    }
+
+    #[test]
+    fn each_bad_setting_is_named_in_the_error() {
+        let base = "psk_file = \"k\"\nidentity_file = \"i\"\n";
+        for (extra, needle) in [
+            ("listen = \"tcp:7070\"", "listen"),
+            ("bootstrap = [\"10.0.0.1\"]", "bootstrap"),
+            ("allow = [\"bob\"]", "allow"),
+            ("http = \"localhost\"", "http"),
+            ("colour = 3", "colour"),
+            ("[overlay]\nmode = \"star\"", "star"),
+            ("[overlay]\nsuspect_after = 100", "suspect_after"),
+        ] {
+            let err = format!("{:#}", settle(&format!("{base}{extra}")).unwrap_err());
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        let err = format!("{:#}", settle("identity_file = \"i\"").unwrap_err());
+        assert!(err.contains("pre-shared key"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_created_once_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dvms-node-cfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (psk, id) = (dir.join("swarm.key"), dir.join("id.key"));
+        let key = write_psk(&psk).unwrap();
+        assert_eq!(
+            read_psk(&psk).unwrap().fingerprint().to_string(),
+            key.fingerprint().to_string()
+        );
+        assert!(write_psk(&psk).is_err());
+        let (a, created) = load_or_create_identity(&id).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_identity(&id).unwrap();
+        assert!(!created);
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        for f in [&psk, &id] {
+            assert_eq!(
+                std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        std::fs::write(&psk, "garbage").unwrap();
+        assert!(format!("{:#}", read_psk(&psk).unwrap_err()).contains("not a pre-shared key"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

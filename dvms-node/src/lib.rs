@@ -1,0 +1,48 @@
+//! DVMS-rs node: the daemon that runs on every hypervisor. This first version joins the
+//! overlay (membership, failure suspicion, Vivaldi coordinates) over libp2p and reports
+//! what it sees over HTTP; the scheduler comes next.
+//!
+//! - [`protocol`]: wire messages, bounded and validated decoding.
+//! - [`net`]: the libp2p stack (TCP + pre-shared key + noise + yamux, allow-list, ping,
+//!   identify, request-response with a bounded frame codec).
+//! - [`runtime`]: the loop that drives the pure [`overlay`] state machine with real time
+//!   and the network.
+//! - [`api`]: `GET /status` (JSON) and `GET /metrics` (Prometheus).
+//! - [`config`]: TOML file + command line.
+//!
+//! Run `dvms-node --help`.
+
+pub mod api;
+pub mod config;
+pub mod net;
+pub mod protocol;
+pub mod runtime;
+
+use libp2p::PeerId;
+
+/// A daemon's identity in the overlay: its libp2p peer id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub PeerId);
+
+impl overlay::OverlayId for NodeId {
+    /// The last 8 bytes of the peer id's multihash (an ed25519 public key): uniform.
+    fn ring_key(&self) -> u64 {
+        let bytes = self.0.to_bytes();
+        let tail: [u8; 8] = bytes[bytes.len().saturating_sub(8)..]
+            .try_into()
+            .unwrap_or([0; 8]);
+        u64::from_be_bytes(tail)
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}

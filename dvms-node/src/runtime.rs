@@ -1,0 +1,577 @@
+//! The daemon's event loop: drives the pure [`overlay::Overlay`] with the wall clock and
+//! the libp2p swarm, answers status requests, and keeps the metrics.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::metrics::Recorder;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::{DialError, ListenError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm};
+use overlay::{Event, Input, Output, Overlay};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::api::{self, Api};
+use crate::config::{self, Config};
+use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
+use crate::protocol::{self, Ack};
+use crate::NodeId;
+
+/// What `GET /status` returns.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub uptime_ms: u64,
+    pub listen: Vec<String>,
+    pub mode: overlay::Mode,
+    pub coordinate: vivaldi::Coord,
+    pub error: f64,
+    /// Every other member, in ring order after this node.
+    pub members: Vec<MemberStatus>,
+    pub suspected: Vec<NodeId>,
+    /// The node a partition started here would grow by first.
+    pub best_outside_self: Option<NodeId>,
+    pub connected_peers: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    #[serde(flatten)]
+    pub view: overlay::MemberView<NodeId>,
+    pub connected: bool,
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// This daemon's own metrics (libp2p's are registered beside them).
+#[derive(Default)]
+struct Metrics {
+    members: Gauge,
+    suspected: Gauge,
+    sent: Counter,
+    received: Counter,
+    dropped: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    membership_events: Family<Labels, Counter>,
+    vivaldi_error: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Metrics {
+    fn register(r: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        r.register(
+            "overlay_members",
+            "Other members known (alive or suspected)",
+            m.members.clone(),
+        );
+        r.register(
+            "overlay_suspected",
+            "Members currently suspected",
+            m.suspected.clone(),
+        );
+        r.register("messages_sent", "Overlay messages sent", m.sent.clone());
+        r.register(
+            "messages_received",
+            "Valid overlay messages received",
+            m.received.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages dropped, by reason",
+            m.dropped.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused or failed, by reason",
+            m.refused.clone(),
+        );
+        r.register(
+            "membership_events",
+            "Membership changes, by kind",
+            m.membership_events.clone(),
+        );
+        r.register(
+            "vivaldi_error",
+            "This node's Vivaldi error estimate",
+            m.vivaldi_error.clone(),
+        );
+        m
+    }
+}
+
+pub struct Daemon {
+    swarm: Swarm<Behaviour>,
+    overlay: Overlay<NodeId>,
+    rng: StdRng,
+    started: Instant,
+    me: PeerId,
+    bootstrap: Vec<Multiaddr>,
+    /// Which peer answered at each bootstrap address.
+    bootstrap_peers: HashMap<Multiaddr, PeerId>,
+    listen_addrs: Vec<Multiaddr>,
+    pending: HashSet<OutboundRequestId>,
+    metrics: Metrics,
+    p2p_metrics: libp2p::metrics::Metrics,
+    status_rx: mpsc::Receiver<oneshot::Sender<Status>>,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+const REDIAL: Duration = Duration::from_secs(2);
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs the daemon until `shutdown` completes, then leaves the overlay gracefully.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let psk = config::read_psk(&cfg.psk_file)?;
+    let (key, created) = config::load_or_create_identity(&cfg.identity_file)?;
+    let me = key.public().to_peer_id();
+    if created {
+        info!(identity_file = %cfg.identity_file.display(), "generated a new identity");
+    }
+    info!(peer_id = %me, psk_fingerprint = %psk.fingerprint(), mode = ?cfg.overlay.mode, "starting");
+
+    let mut registry = Registry::default();
+    let mut swarm = net::build_swarm(
+        key,
+        &NetConfig {
+            psk,
+            allow: cfg.allow.clone(),
+            ping_interval: cfg.ping_interval,
+            idle_timeout: cfg.idle_timeout,
+        },
+        &mut registry,
+    )?;
+    let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
+    let metrics = Metrics::register(registry.sub_registry_with_prefix("dvms"));
+    swarm
+        .listen_on(cfg.listen.clone())
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+
+    let http = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot serve HTTP on {}", cfg.http))?;
+    info!(http = %http.local_addr()?, "serving /status and /metrics");
+    let (status_tx, status_rx) = mpsc::channel(16);
+    let api = Api {
+        status: status_tx,
+        registry: Arc::new(registry),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, api::router(api)).await {
+            warn!("HTTP server stopped: {e}");
+        }
+    });
+
+    let incarnation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1);
+    let mut daemon = Daemon {
+        swarm,
+        overlay: Overlay::new(NodeId(me), incarnation, cfg.overlay.clone()),
+        rng: StdRng::from_os_rng(),
+        started: Instant::now(),
+        me,
+        bootstrap: cfg.bootstrap.clone(),
+        bootstrap_peers: HashMap::new(),
+        listen_addrs: Vec::new(),
+        pending: HashSet::new(),
+        metrics,
+        p2p_metrics,
+        status_rx,
+    };
+    daemon.event_loop(shutdown).await
+}
+
+impl Daemon {
+    fn now(&self) -> overlay::Millis {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn event_loop(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(TICK);
+        let mut redial = tokio::time::interval(REDIAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = tick.tick() => self.input(Input::Tick),
+                _ = redial.tick() => self.dial_bootstrap(),
+                Some(reply) = self.status_rx.recv() => { let _ = reply.send(self.status()); }
+                _ = &mut shutdown => break,
+            }
+        }
+        info!("leaving the overlay");
+        self.pending.clear();
+        self.input(Input::Leave);
+        let deadline = tokio::time::sleep(LEAVE_GRACE);
+        tokio::pin!(deadline);
+        while !self.pending.is_empty() {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                _ = &mut deadline => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, input: Input<NodeId>) {
+        let now = self.now();
+        let outputs = self.overlay.handle(now, input, &mut self.rng);
+        for o in outputs {
+            match o {
+                Output::Send { to, msg } => self.send(to.0, &msg),
+                Output::Event(e) => self.on_overlay_event(e),
+            }
+        }
+    }
+
+    fn send(&mut self, to: PeerId, msg: &overlay::Message<NodeId>) {
+        let bytes = match protocol::encode_envelope(msg) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(%to, "message not sent: {e}");
+                return;
+            }
+        };
+        let id = if self.swarm.is_connected(&to) {
+            self.swarm
+                .behaviour_mut()
+                .messages
+                .send_request(&to, Frame::Bytes(bytes))
+        } else {
+            let addrs = self
+                .overlay
+                .member(&NodeId(to), 0)
+                .map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default();
+            self.swarm
+                .behaviour_mut()
+                .messages
+                .send_request_with_addresses(&to, Frame::Bytes(bytes), addrs)
+        };
+        self.pending.insert(id);
+        self.metrics.sent.inc();
+    }
+
+    fn on_overlay_event(&mut self, e: Event<NodeId>) {
+        let kind = match &e {
+            Event::Joined(id) => {
+                info!(peer = %id, "member joined");
+                "joined"
+            }
+            Event::Suspected(id) => {
+                info!(peer = %id, "member suspected (no heartbeat)");
+                "suspected"
+            }
+            Event::Recovered(id) => {
+                info!(peer = %id, "member recovered");
+                "recovered"
+            }
+            Event::Failed(id) => {
+                info!(peer = %id, "member failed and was dropped");
+                "failed"
+            }
+            Event::Left(id) => {
+                info!(peer = %id, "member left");
+                "left"
+            }
+            Event::Rejected { from, reason } => {
+                warn!(peer = %from, "dropped a gossiped record: {reason}");
+                self.metrics
+                    .dropped
+                    .get_or_create(&vec![("reason", "invalid_record")])
+                    .inc();
+                "rejected"
+            }
+        };
+        self.metrics
+            .membership_events
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
+        self.metrics.members.set(self.overlay.len() as i64);
+        let suspected = self
+            .overlay
+            .members(0)
+            .iter()
+            .filter(|m| m.health == overlay::Health::Suspected)
+            .count();
+        self.metrics.suspected.set(suspected as i64);
+    }
+
+    /// Dials every bootstrap address whose peer is not a live, connected member, so that
+    /// a node that started first, or restarted, finds the others again.
+    fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            if self.listen_addrs.contains(&addr) {
+                continue;
+            }
+            if let Some(peer) = self.bootstrap_peers.get(&addr) {
+                if *peer == self.me
+                    || (self.overlay.is_alive(&NodeId(*peer)) && self.swarm.is_connected(peer))
+                {
+                    continue;
+                }
+            }
+            debug!(%addr, "dialing bootstrap peer");
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&ev);
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!("listening on {address}/p2p/{}", self.me);
+                self.listen_addrs.push(address);
+                self.advertise();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+                self.advertise();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if endpoint.is_dialer() {
+                    let addr = without_p2p(endpoint.get_remote_address());
+                    if self.bootstrap.contains(&addr) {
+                        self.bootstrap_peers.insert(addr, peer_id);
+                    }
+                }
+                self.input(Input::Seed(NodeId(peer_id)));
+            }
+            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                debug!(peer = %peer_id, ?cause, "connection closed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                peer_id,
+                ..
+            } => match error {
+                ListenError::Denied { cause } => {
+                    warn!(peer = %peer_id.map(|p| p.to_string()).unwrap_or_default(), from = %send_back_addr, "refused connection: {cause} (peer not on the allow-list)");
+                    self.refused("not_allowed");
+                }
+                ListenError::Transport(e) => {
+                    warn!(from = %send_back_addr, "incoming connection failed: {}", net::explain_connection_error(&e));
+                    self.refused("handshake");
+                }
+                other => debug!(from = %send_back_addr, "incoming connection failed: {other}"),
+            },
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => match error {
+                DialError::Denied { cause } => {
+                    warn!(peer = %peer_id.map(|p| p.to_string()).unwrap_or_default(), "connection refused: {cause} (peer not on the allow-list)");
+                    self.refused("not_allowed");
+                }
+                DialError::Transport(errors) => {
+                    for (addr, e) in errors {
+                        warn!(%addr, "cannot connect: {}", net::explain_connection_error(&e));
+                    }
+                    self.refused("handshake");
+                }
+                other => debug!(peer = ?peer_id, "dial failed: {other}"),
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => {
+                self.p2p_metrics.record(&ev);
+                if let Ok(rtt) = ev.result {
+                    let rtt_ms = rtt.as_secs_f64() * 1e3;
+                    self.input(Input::Rtt {
+                        peer: NodeId(ev.peer),
+                        rtt_ms,
+                    });
+                    self.metrics.vivaldi_error.set(self.overlay.error());
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => {
+                self.p2p_metrics.record(&ev);
+                if let libp2p::identify::Event::Received { peer_id, info, .. } = ev {
+                    for addr in info.listen_addrs.into_iter().take(protocol::MAX_ADDRS) {
+                        self.swarm.add_peer_address(peer_id, addr);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Messages(ev)) => self.on_message(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Allow(never)) => match never {},
+            _ => {}
+        }
+    }
+
+    fn refused(&mut self, reason: &'static str) {
+        self.metrics
+            .refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    fn dropped(&mut self, reason: &'static str) {
+        self.metrics
+            .dropped
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    fn on_message(&mut self, ev: request_response::Event<Frame, Frame>) {
+        use request_response::{Event as E, Message as M};
+        match ev {
+            E::Message {
+                peer,
+                message: M::Request {
+                    request, channel, ..
+                },
+                ..
+            } => {
+                let ack = match request {
+                    Frame::Invalid(reason) => {
+                        warn!(%peer, "dropped an incoming message: {reason}");
+                        self.dropped("unreadable");
+                        Ack::Rejected(reason)
+                    }
+                    Frame::Bytes(request) => match protocol::decode_envelope(&request) {
+                        Ok(msg) => {
+                            self.metrics.received.inc();
+                            self.input(Input::Message {
+                                from: NodeId(peer),
+                                msg,
+                            });
+                            Ack::Ok
+                        }
+                        Err(e) => {
+                            warn!(%peer, bytes = request.len(), "dropped a malformed message: {e}");
+                            self.dropped("malformed");
+                            Ack::Rejected(e.to_string())
+                        }
+                    },
+                };
+                if let Ok(bytes) = protocol::encode(&ack) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .messages
+                        .send_response(channel, Frame::Bytes(bytes));
+                }
+            }
+            E::Message {
+                peer,
+                message:
+                    M::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.pending.remove(&request_id);
+                let ack = match response {
+                    Frame::Bytes(b) => protocol::decode::<Ack>(&b).map_err(|e| e.to_string()),
+                    Frame::Invalid(reason) => Err(reason),
+                };
+                match ack {
+                    Ok(Ack::Ok) => {}
+                    Ok(Ack::Rejected(reason)) => {
+                        warn!(%peer, "peer rejected our message: {reason:.200}")
+                    }
+                    Err(e) => warn!(%peer, "malformed acknowledgement: {e}"),
+                }
+            }
+            E::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.pending.remove(&request_id);
+                debug!(%peer, "message not delivered: {error}");
+            }
+            E::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "incoming message failed: {error}");
+            }
+            E::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The addresses gossiped for this node: the non-loopback listen addresses if there
+    /// are any (a loopback address points every peer at itself), else the loopback ones.
+    fn advertise(&mut self) {
+        let routable: Vec<&Multiaddr> = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_loopback(a))
+            .collect();
+        let chosen: Vec<&Multiaddr> = if routable.is_empty() {
+            self.listen_addrs.iter().collect()
+        } else {
+            routable
+        };
+        let addrs = chosen
+            .into_iter()
+            .take(protocol::MAX_ADDRS)
+            .map(|a| a.to_string())
+            .collect();
+        self.overlay.set_addrs(addrs);
+    }
+
+    fn status(&self) -> Status {
+        let now = self.now();
+        let members: Vec<MemberStatus> = self
+            .overlay
+            .members(now)
+            .into_iter()
+            .map(|view| MemberStatus {
+                connected: self.swarm.is_connected(&view.id.0),
+                view,
+            })
+            .collect();
+        let suspected = members
+            .iter()
+            .filter(|m| m.view.health == overlay::Health::Suspected)
+            .map(|m| m.view.id)
+            .collect();
+        let me = NodeId(self.me);
+        Status {
+            id: me,
+            incarnation: self.overlay.me().incarnation,
+            uptime_ms: now,
+            listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            mode: self.overlay.config().mode,
+            coordinate: self.overlay.coordinate(),
+            error: self.overlay.error(),
+            members,
+            suspected,
+            best_outside_self: self.overlay.best_outside(&me, |id| *id == me),
+            connected_peers: self.swarm.connected_peers().count(),
+        }
+    }
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}

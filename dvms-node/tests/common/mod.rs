@@ -1,0 +1,220 @@
+//! Real `dvms-node` processes for tests: each with its own identity, ports, log file and
+//! state directory; killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dvms-node");
+
+/// A directory for one test's keys and logs, removed when dropped.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(name: &str) -> Dir {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("node-{name}"));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
+    /// A new pre-shared key file.
+    pub fn psk(&self, name: &str) -> PathBuf {
+        let p = self.0.join(name);
+        let out = Command::new(BIN).arg("psk").arg(&p).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        p
+    }
+
+    pub fn peer_id(&self, name: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["peer-id", "--identity-file"])
+            .arg(self.0.join(format!("{name}.id")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && std::env::var_os("KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Node {
+    pub name: String,
+    pub p2p_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a daemon on loopback; `extra` are more `run` flags.
+    pub fn start(dir: &Dir, name: &str, psk: &Path, bootstrap: &[u16], extra: &[&str]) -> Node {
+        let (p2p_port, http_port) = (free_port(), free_port());
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--listen".into(),
+            format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+            "--http".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--psk-file".into(),
+            psk.display().to_string(),
+            "--identity-file".into(),
+            dir.0.join(format!("{name}.id")).display().to_string(),
+        ];
+        for b in bootstrap {
+            args.push("--bootstrap".into());
+            args.push(format!("/ip4/127.0.0.1/tcp/{b}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = Node {
+            name: name.into(),
+            p2p_port,
+            http_port,
+            log: dir.0.join(format!("{name}.log")),
+            child: None,
+            args,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dvms-node starts");
+        self.child = Some(child);
+        self.wait_http();
+    }
+
+    fn wait_http(&self) {
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} never served HTTP:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Same identity, ports and flags, new process.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        http_get(self.http_port, path)
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}\n{}", self.name, self.logs()))
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status")).unwrap()
+    }
+
+    pub fn id(&self) -> String {
+        self.status()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Ids of the members this node lists (alive or suspected).
+    pub fn member_ids(&self) -> Vec<String> {
+        self.status()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub fn multiaddr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_owned(),
+        ));
+    }
+    Ok(body.to_owned())
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes; returns the time it took.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,205 @@
+//! Real daemons on loopback: joining, refusals (key, allow-list), failure and restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{wait_for, Dir, Node};
+
+fn all_see_all(nodes: &[Node]) -> bool {
+    let ids: BTreeSet<String> = nodes.iter().map(|n| n.id()).collect();
+    nodes.iter().all(|n| {
+        let mut seen: BTreeSet<String> = n.member_ids().into_iter().collect();
+        seen.insert(n.id());
+        seen == ids
+    })
+}
+
+#[test]
+fn five_daemons_form_one_overlay_within_ten_seconds() {
+    let dir = Dir::new("five");
+    let psk = dir.psk("swarm.key");
+    let first = Node::start(&dir, "n0", &psk, &[], &[]);
+    let boot = [first.p2p_port];
+    let mut nodes = vec![first];
+    let started = std::time::Instant::now();
+    for i in 1..5 {
+        nodes.push(Node::start(&dir, &format!("n{i}"), &psk, &boot, &[]));
+    }
+    let took = wait_for(Duration::from_secs(10), || all_see_all(&nodes));
+    assert!(
+        took.is_some(),
+        "no single overlay after 10 s:\n{}",
+        nodes
+            .iter()
+            .map(|n| format!("{}: {:?}\n", n.name, n.member_ids()))
+            .collect::<String>()
+    );
+    eprintln!(
+        "overlay of 5 formed {:?} after the first start",
+        started.elapsed()
+    );
+    // Every member is alive, has a gossiped address and a measured RTT soon after.
+    assert!(wait_for(Duration::from_secs(5), || nodes.iter().all(|n| {
+        n.status()["members"].as_array().unwrap().iter().all(|m| {
+            m["health"] == "alive"
+                && m["measured_rtt_ms"].as_f64().is_some()
+                && !m["addrs"].as_array().unwrap().is_empty()
+        })
+    }))
+    .is_some());
+    let metrics = nodes[0].get("/metrics");
+    for name in [
+        "dvms_overlay_members 4",
+        "libp2p_ping_rtt_seconds",
+        "libp2p_swarm_connections",
+        "dvms_messages_received_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+}
+
+#[test]
+fn a_daemon_with_another_key_or_not_on_the_allow_list_is_refused_and_the_refusal_logged() {
+    let dir = Dir::new("refused");
+    let psk = dir.psk("swarm.key");
+    let other_psk = dir.psk("other.key");
+    let ids: Vec<String> = (0..3).map(|i| dir.peer_id(&format!("m{i}"))).collect();
+    let allow: Vec<&str> = ids.iter().flat_map(|id| ["--allow", id.as_str()]).collect();
+    let first = Node::start(&dir, "m0", &psk, &[], &allow);
+    let boot = [first.p2p_port];
+    let mut members = vec![first];
+    for i in 1..3 {
+        members.push(Node::start(&dir, &format!("m{i}"), &psk, &boot, &allow));
+    }
+    // Right key, not on the list; and on no list but with another key.
+    let unlisted = Node::start(&dir, "unlisted", &psk, &boot, &[]);
+    let wrong_key = Node::start(&dir, "wrong-key", &other_psk, &boot, &[]);
+    assert!(wait_for(Duration::from_secs(10), || all_see_all(&members)).is_some());
+    std::thread::sleep(Duration::from_secs(5)); // several redials of the intruders
+    let intruders = [unlisted.id(), wrong_key.id()];
+    for m in &members {
+        let seen = m.member_ids();
+        assert_eq!(seen.len(), 2, "{}: {seen:?}", m.name);
+        assert!(intruders.iter().all(|i| !seen.contains(i)));
+    }
+    assert!(unlisted.member_ids().is_empty());
+    assert!(wrong_key.member_ids().is_empty());
+    let log = members[0].logs();
+    assert!(
+        log.contains("not on the allow-list") && log.contains(&intruders[0]),
+        "{log}"
+    );
+    assert!(
+        log.contains("pre-shared key"),
+        "the key mismatch is not named:\n{log}"
+    );
+    assert!(
+        wrong_key.logs().contains("pre-shared key"),
+        "{}",
+        wrong_key.logs()
+    );
+    let metrics = members[0].get("/metrics");
+    assert!(
+        metrics.contains("dvms_connections_refused_total{reason=\"not_allowed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dvms_connections_refused_total{reason=\"handshake\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_killed_daemon_is_dropped_within_the_timeout_and_is_a_member_again_after_restart() {
+    let dir = Dir::new("killed");
+    let psk = dir.psk("swarm.key");
+    let first = Node::start(&dir, "k0", &psk, &[], &[]);
+    let boot = [first.p2p_port];
+    let mut nodes = vec![first];
+    for i in 1..4 {
+        nodes.push(Node::start(&dir, &format!("k{i}"), &psk, &boot, &[]));
+    }
+    assert!(wait_for(Duration::from_secs(10), || all_see_all(&nodes)).is_some());
+    let victim = nodes[2].id();
+    nodes[2].kill();
+    let others = [0, 1, 3];
+    let dropped = wait_for(Duration::from_secs(8), || {
+        others
+            .iter()
+            .all(|i| !nodes[*i].member_ids().contains(&victim))
+    });
+    // Default fail_after is 4 s: dropped within 5 s everywhere, suspected first.
+    let dropped = dropped.expect("never dropped");
+    assert!(
+        dropped <= Duration::from_secs(5),
+        "dropped after {dropped:?}"
+    );
+    for i in others {
+        let log = nodes[i].logs();
+        assert!(
+            log.contains("member suspected") && log.contains("member failed"),
+            "{log}"
+        );
+    }
+    nodes[2].restart();
+    assert!(
+        wait_for(Duration::from_secs(10), || all_see_all(&nodes)).is_some(),
+        "the restarted daemon did not rejoin"
+    );
+    assert_eq!(nodes[2].id(), victim, "same identity after restart");
+}
+
+#[test]
+fn a_graceful_stop_is_announced_and_the_member_removed_at_once() {
+    let dir = Dir::new("leave");
+    let psk = dir.psk("swarm.key");
+    let a = Node::start(&dir, "a", &psk, &[], &[]);
+    let mut b = Node::start(&dir, "b", &psk, &[a.p2p_port], &[]);
+    assert!(wait_for(Duration::from_secs(10), || a.member_ids().len() == 1).is_some());
+    let pid = b.child.as_ref().unwrap().id();
+    let out = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let gone = wait_for(Duration::from_secs(3), || a.member_ids().is_empty());
+    assert!(gone.is_some_and(|t| t < Duration::from_secs(2)), "{gone:?}");
+    assert!(a.logs().contains("member left"));
+    assert!(wait_for(Duration::from_secs(3), || !b.is_running()).is_some());
+    assert!(b.logs().contains("leaving the overlay"));
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_setting_named() {
+    let dir = Dir::new("badcfg");
+    let psk = dir.psk("swarm.key");
+    let cfg = dir.0.join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "psk_file = {:?}\nidentity_file = \"x\"\n[overlay]\nmode = \"star\"\n",
+            psk
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node.toml") && err.contains("star"), "{err}");
+    let out = std::process::Command::new(common::BIN)
+        .args(["run", "--identity-file", "x", "--psk-file"])
+        .arg(dir.0.join("missing.key"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing.key"),
+        "{err}"
+    );
+}
