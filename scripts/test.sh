@@ -18,5 +18,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-echo "== benchmark: deploy on the local testbed"
+echo "== Vivaldi accuracy on real Internet latencies (seeds 1-3 against the target)"
+scripts/check-accuracy.sh
+
+echo "== benchmarks (run once each, in the test profile)"
+cargo test -p overlay --bench neighbours
 cargo test -p launcher --bench deploy

@@ -185,7 +185,7 @@ mod tests {
                 incarnation: 3,
                 heartbeat: i as u64,
                 coordinate: Coord {
-                    position: [1.0, -2.0, 3.5],
+                    position: [1.0, -2.0, 3.5, 0.0],
                     height: 0.5,
                 },
                 error: 0.3,

@@ -257,7 +257,7 @@ pub struct Overlay<Id: OverlayId> {
     cfg: Config,
     me: MemberInfo<Id>,
     my_ring: u64,
-    vivaldi: vivaldi::Node<3>,
+    vivaldi: vivaldi::Node<{ vivaldi::DIMS }>,
     members: Members<Id>,
     /// Ring order of the members (not including this node).
     ring: BTreeSet<(u64, Id)>,

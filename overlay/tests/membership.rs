@@ -64,7 +64,7 @@ impl Net {
             for (_, from, to, msg) in due {
                 self.input(to, Input::Message { from, msg });
             }
-            if self.now % 100 == 0 {
+            if self.now.is_multiple_of(100) {
                 for i in 0..self.nodes.len() as u32 {
                     self.input(i, Input::Tick);
                 }
@@ -152,7 +152,7 @@ fn a_node_that_leaves_is_removed_at_once_and_stale_gossip_does_not_revive_it() {
     }
 }
 
-fn record(id: u32, pos: [f64; 3]) -> MemberInfo<u32> {
+fn record(id: u32, pos: [f64; vivaldi::DIMS]) -> MemberInfo<u32> {
     MemberInfo {
         id,
         incarnation: 1,
@@ -167,7 +167,7 @@ fn record(id: u32, pos: [f64; 3]) -> MemberInfo<u32> {
 }
 
 /// Node 0 learning 1..=n at the given positions in one gossip message from node 1.
-fn overlay_with(mode: Mode, positions: &[[f64; 3]]) -> Overlay<u32> {
+fn overlay_with(mode: Mode, positions: &[[f64; vivaldi::DIMS]]) -> Overlay<u32> {
     let cfg = Config {
         mode,
         max_records: 10_000,
@@ -200,11 +200,11 @@ fn locality_mode_grows_toward_the_closest_node_outside_the_set() {
     let o = overlay_with(
         Mode::Locality,
         &[
-            [0.0, 0.0, 0.0],
-            [3.0, 0.0, 0.0],
-            [6.0, 0.0, 0.0],
-            [100.0, 0.0, 0.0],
-            [104.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0],
+            [3.0, 0.0, 0.0, 0.0],
+            [6.0, 0.0, 0.0, 0.0],
+            [100.0, 0.0, 0.0, 0.0],
+            [104.0, 0.0, 0.0, 0.0],
         ],
     );
     let set = |v: &[u32]| v.iter().copied().collect::<HashSet<u32>>();
@@ -222,7 +222,7 @@ fn locality_mode_grows_toward_the_closest_node_outside_the_set() {
 
 #[test]
 fn ring_mode_grows_along_the_ring_and_wraps_around() {
-    let o = overlay_with(Mode::Ring, &[[0.0; 3]; 9]);
+    let o = overlay_with(Mode::Ring, &[[0.0; vivaldi::DIMS]; 9]);
     let mut ring: Vec<u32> = (0..10).collect();
     ring.sort_by_key(overlay::OverlayId::ring_key);
     // From each node, the next one on the ring, and the one after if it is excluded.
@@ -258,7 +258,7 @@ fn suspected_members_are_not_chosen_for_partitions() {
 #[test]
 fn records_with_invalid_coordinates_are_rejected_and_reported() {
     let mut o = Overlay::new(0u32, 1, Config::default());
-    let mut bad = record(7, [f64::NAN, 0.0, 0.0]);
+    let mut bad = record(7, [f64::NAN, 0.0, 0.0, 0.0]);
     let mut rng = StdRng::seed_from_u64(1);
     let out = o.handle(
         0,
@@ -349,7 +349,7 @@ mod arbitrary_inputs {
             0u32..8,
             0u64..4,
             any::<u64>(),
-            [any_f64(), any_f64(), any_f64()],
+            [any_f64(), any_f64(), any_f64(), any_f64()],
             any_f64(),
             any_f64(),
         )

@@ -8,9 +8,9 @@
 //! pair's measured distribution: Gaussian with its avg and std, clamped to its min and
 //! max); then prints, as its last line, JSON with the median and 90th-percentile relative
 //! error |estimate - avg| / avg on the held-out pairs and on the training pairs.
-//! Options: --rounds N (default 2000), --dims 2..5 (default 3), --textbook (no filter,
-//! no gravity: the baseline of Dabek et al.), and overrides of the defaults: --cc, --ce,
-//! --window, --percentile, --rho.
+//! Options: --rounds N (default 6000), --dims 2..5 (default 4), --textbook (Dabek et al.
+//! as published: no filter, gravity, cap or smoothing), and overrides of the defaults:
+//! --cc, --cc-max, --ce, --window, --percentile, --rho, --cap, --smoothing.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -46,8 +46,8 @@ fn parse_args() -> Result<Args> {
         seed: 1,
         holdout: 0.2,
         noise: false,
-        rounds: 2000,
-        dims: 3,
+        rounds: 6000,
+        dims: 4,
         textbook: false,
         tune: Vec::new(),
     };
@@ -67,13 +67,14 @@ fn parse_args() -> Result<Args> {
             }
             "--dims" => a.dims = val("--dims")?.parse().context("--dims: 2..5")?,
             "--noise" => a.noise = true,
-            k @ ("--cc" | "--ce" | "--window" | "--percentile" | "--rho") => {
+            k @ ("--cc" | "--ce" | "--window" | "--percentile" | "--rho" | "--cap"
+            | "--smoothing" | "--cc-max") => {
                 let v: f64 = val(k)?.parse().with_context(|| format!("{k}: a number"))?;
                 a.tune.push((k.trim_start_matches('-').to_owned(), v));
             }
             "--textbook" => a.textbook = true,
             "--help" | "-h" => {
-                println!("usage: accuracy --data FILE.csv[.gz] [--seed S] [--holdout 0.2] [--noise] [--rounds N] [--dims D] [--textbook]");
+                println!("usage: accuracy --data FILE.csv[.gz] [--seed S] [--holdout 0.2] [--noise] [--rounds N] [--dims D] [--textbook] [--cc X --ce X --window N --percentile P --rho MS --cap F --smoothing F]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (try --help)"),
@@ -161,11 +162,7 @@ fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Val
         neighbours[pairs[i].b].push((pairs[i].a, i));
     }
     let mut cfg = if args.textbook {
-        Config {
-            filter_window: 1,
-            gravity_rho: 1e12,
-            ..Config::default()
-        }
+        Config::textbook()
     } else {
         Config::default()
     };
@@ -175,6 +172,9 @@ fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Val
             "ce" => cfg.ce = *v,
             "window" => cfg.filter_window = *v as usize,
             "percentile" => cfg.filter_percentile = *v,
+            "cap" => cfg.residual_cap = *v,
+            "cc-max" => cfg.cc_max = *v,
+            "smoothing" => cfg.smoothing = *v,
             _ => cfg.gravity_rho = *v,
         }
     }

@@ -1,0 +1,137 @@
+//! Helpers for the workspace integration tests in `tests/tests/`: they drive the built
+//! binaries (`dvms-launch`, `dvms-node`) against a local testbed, as a user would.
+//! Run with the whole workspace built: `cargo nextest run --workspace` (what CI does).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+/// A binary of the workspace, from the same target directory as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .expect("target directory");
+    assert!(
+        p.is_file(),
+        "{} is not built: run the tests with the whole workspace (cargo nextest run --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// `target/tmp`, where cargo keeps integration-test scratch files.
+fn target_tmp() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.ancestors()
+        .nth(3)
+        .map(|target| target.join("tmp"))
+        .expect("target directory")
+}
+
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let d = target_tmp().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A local testbed owned by one test, torn down when dropped (also on failure).
+pub struct Testbed {
+    pub id: u8,
+    pub state: PathBuf,
+}
+
+impl Testbed {
+    pub fn up(id: u8, args: &[&str]) -> Testbed {
+        let tb = Testbed {
+            id,
+            state: target_tmp().join(format!("testbed-state-{id}")),
+        };
+        let _ = tb.launch(&["testbed", "down"]); // leftovers of a crashed run
+        let mut a = vec!["testbed", "up"];
+        a.extend_from_slice(args);
+        let o = tb.launch(&a);
+        assert!(
+            o.status.success(),
+            "testbed up failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        tb
+    }
+
+    pub fn launch(&self, args: &[&str]) -> Output {
+        Command::new(bin("dvms-launch"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--id")
+            .arg(self.id.to_string())
+            .args(args)
+            .output()
+            .expect("dvms-launch runs")
+    }
+
+    pub fn netns(&self, host: usize) -> String {
+        format!("dvms{}-h{host}", self.id)
+    }
+
+    pub fn ip(&self, host: usize) -> String {
+        format!("10.77.{}.{host}", self.id)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = self.launch(&["testbed", "down"]);
+    }
+}
+
+/// A process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET returning the body of a 200 answer.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    match raw.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(std::io::Error::other(format!("bad answer: {raw:.200}"))),
+    }
+}
+
+pub fn status(addr: &str) -> Option<serde_json::Value> {
+    http_get(addr, "/status")
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+}
+
+/// Polls `cond` every 250 ms until it holds or `limit` passes; returns the time it took.
+pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
