@@ -8,7 +8,8 @@ set -euo pipefail
 
 # The testbed's hypervisors (libvirt + QEMU/TCG), the guest image's inputs
 # (busybox, cpulimit), namespaces and latency emulation (iproute2, iptables),
-# the ssh provider and its test (openssh), and what the `virt` crate links.
+# the ssh provider and its test (openssh), what the `virt` crate links, and what HiGHS
+# (the placement solver, built from source by highs-sys) needs: cmake, g++, libclang.
 # NOT libvirt-daemon-system: it pulls in systemd (see shared/testbed/RECIPE.md §1).
 PKGS=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -17,6 +18,7 @@ PKGS=(
   iproute2 iptables util-linux
   openssh-server openssh-client
   gcc ca-certificates curl
+  cmake g++ libclang-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

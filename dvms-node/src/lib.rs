@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod net;
+pub mod placement;
 pub mod protocol;
 pub mod runtime;
 

@@ -203,3 +203,22 @@ fn bad_configuration_is_refused_with_the_setting_named() {
         "{err}"
     );
 }
+
+#[test]
+fn json_logs_are_one_json_object_per_line() {
+    let dir = Dir::new("jsonlog");
+    let psk = dir.psk("swarm.key");
+    let a = Node::start(&dir, "a", &psk, &[], &["--log-format", "json"]);
+    let b = Node::start(&dir, "b", &psk, &[a.p2p_port], &["--log-format", "json"]);
+    assert!(wait_for(Duration::from_secs(10), || a.member_ids().len() == 1).is_some());
+    drop(b);
+    let logs = a.logs();
+    let mut joined = false;
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+        joined |= v["fields"]["message"] == "member joined";
+    }
+    assert!(joined, "{logs}");
+}

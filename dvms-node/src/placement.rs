@@ -1,0 +1,2 @@
+//! placeholder
+pub fn _probe() { let _ = good_lp::variables!(); }
