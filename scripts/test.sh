@@ -23,4 +23,5 @@ scripts/check-accuracy.sh
 
 echo "== benchmarks (run once each, in the test profile)"
 cargo test -p overlay --bench neighbours
+cargo test -p dvms-node --bench placement
 cargo test -p launcher --bench deploy

@@ -1,7 +1,14 @@
-//! DVMS-rs node: the daemon that runs on every hypervisor. This first version joins the
-//! overlay (membership, failure suspicion, Vivaldi coordinates) over libp2p and reports
-//! what it sees over HTTP; the scheduler comes next.
+//! DVMS-rs node: the daemon that runs on every hypervisor. It joins the overlay
+//! (membership, failure suspicion, Vivaldi coordinates) over libp2p and reports what it
+//! sees over HTTP. The scheduling core is being built as pure modules: the placement
+//! solver, migration plans and anti-oscillation rules are here; the ISP state machine and
+//! its wiring into the runtime come next.
 //!
+//! - [`placement`]: the partition's placement problem; greedy repair, then an exact MILP
+//!   (HiGHS, or microlp without the `highs` feature); infeasibility reported as such.
+//! - [`plan`]: rounds of parallel live migrations that never exceed a host's memory,
+//!   within per-host limits; cycles broken through a pivot host.
+//! - [`load`]: overload detection with hysteresis and a hold time; per-VM cooldowns.
 //! - [`protocol`]: wire messages, bounded and validated decoding.
 //! - [`net`]: the libp2p stack (TCP + pre-shared key + noise + yamux, allow-list, ping,
 //!   identify, request-response with a bounded frame codec).
@@ -14,8 +21,10 @@
 
 pub mod api;
 pub mod config;
+pub mod load;
 pub mod net;
 pub mod placement;
+pub mod plan;
 pub mod protocol;
 pub mod runtime;
 

@@ -1,2 +1,596 @@
-//! placeholder
-pub fn _probe() { let _ = good_lp::variables!(); }
+//! The placement problem of a partition and its solvers. Pure: no I/O.
+//!
+//! Model: hosts with a CPU capacity (the share the scheduler may use, i.e. capacity ×
+//! threshold, in any unit, e.g. % of a core) and a memory capacity (MiB); VMs with a CPU
+//! demand, a memory size and a current host. A solution puts every VM on one host so that
+//! no host exceeds either capacity, with the fewest migrations, ties broken by the least
+//! memory moved.
+//!
+//! Layered, as the seeds' measurements suggest: a greedy repair first (microseconds, often
+//! optimal, and it proves it when it reaches a lower bound); otherwise an exact MILP
+//! through good_lp (HiGHS with the `highs` feature, else microlp) under a time limit,
+//! warm-started from the greedy answer. Infeasibility is reported as such: it is the
+//! signal for the partition to grow. Every solution is checked before it is returned.
+
+use std::time::Duration;
+
+use good_lp::{
+    constraint, variable, Expression, ProblemVariables, Solution as _, SolverModel, Variable,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    pub cpu: f64,
+    pub mem: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub cpu: f64,
+    pub mem: u64,
+    /// Index of its current host in [`Problem::hosts`].
+    pub host: usize,
+    /// Must stay where it is (e.g. it migrated recently: see [`crate::load::Cooldowns`]).
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Problem {
+    pub hosts: Vec<Host>,
+    pub vms: Vec<Vm>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Nothing to do: no host is over capacity.
+    None,
+    Greedy,
+    Milp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Solution {
+    /// New host of each VM, by index.
+    pub placement: Vec<usize>,
+    pub migrations: usize,
+    pub memory_moved: u64,
+    /// Proven optimal (fewest migrations, then least memory moved).
+    pub optimal: bool,
+    pub method: Method,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Solved(Solution),
+    /// No placement of these VMs on these hosts exists: grow the partition.
+    Infeasible(String),
+    /// The time limit passed without any feasible placement found; growing may help.
+    Unknown(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SolverConfig {
+    /// Limit on the exact solver, after which its best placement (if any) is used.
+    pub time_limit: Duration,
+    /// Skip the exact solver (greedy only; for comparison and for very large problems).
+    pub greedy_only: bool,
+}
+
+impl Default for SolverConfig {
+    fn default() -> Self {
+        SolverConfig {
+            time_limit: Duration::from_secs(2),
+            greedy_only: false,
+        }
+    }
+}
+
+/// Why a placement is not valid for a problem.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum Invalid {
+    #[error("placement has {0} entries for {1} VMs")]
+    Length(usize, usize),
+    #[error("VM {0} is put on host {1}, which does not exist")]
+    NoHost(usize, usize),
+    #[error("VM {0} is pinned to its host but would move")]
+    Pinned(usize),
+    #[error("host {host} would carry {used:.1} CPU for a capacity of {cap:.1}")]
+    Cpu { host: usize, used: f64, cap: f64 },
+    #[error("host {host} would carry {used} MiB for a capacity of {cap} MiB")]
+    Mem { host: usize, used: u64, cap: u64 },
+}
+
+/// Tolerance on CPU sums (floating point).
+const EPS: f64 = 1e-6;
+
+impl Problem {
+    /// Per-host CPU and memory use under `placement`.
+    pub fn loads(&self, placement: &[usize]) -> Vec<(f64, u64)> {
+        let mut l = vec![(0.0, 0u64); self.hosts.len()];
+        for (v, h) in self.vms.iter().zip(placement) {
+            if let Some(x) = l.get_mut(*h) {
+                x.0 += v.cpu;
+                x.1 = x.1.saturating_add(v.mem);
+            }
+        }
+        l
+    }
+
+    pub fn current(&self) -> Vec<usize> {
+        self.vms.iter().map(|v| v.host).collect()
+    }
+
+    /// Hosts over capacity in the current placement.
+    pub fn overloaded(&self) -> Vec<usize> {
+        let loads = self.loads(&self.current());
+        (0..self.hosts.len())
+            .filter(|h| over(&self.hosts[*h], loads[*h]))
+            .collect()
+    }
+
+    /// Checks a placement: every VM on an existing host, no host over capacity.
+    pub fn check(&self, placement: &[usize]) -> Result<(), Invalid> {
+        if placement.len() != self.vms.len() {
+            return Err(Invalid::Length(placement.len(), self.vms.len()));
+        }
+        if let Some((v, h)) = placement
+            .iter()
+            .enumerate()
+            .find(|(_, h)| **h >= self.hosts.len())
+        {
+            return Err(Invalid::NoHost(v, *h));
+        }
+        if let Some(v) =
+            (0..self.vms.len()).find(|v| self.vms[*v].pinned && placement[*v] != self.vms[*v].host)
+        {
+            return Err(Invalid::Pinned(v));
+        }
+        for (h, (cpu, mem)) in self.loads(placement).into_iter().enumerate() {
+            let host = &self.hosts[h];
+            if cpu > host.cpu + EPS {
+                return Err(Invalid::Cpu {
+                    host: h,
+                    used: cpu,
+                    cap: host.cpu,
+                });
+            }
+            if mem > host.mem {
+                return Err(Invalid::Mem {
+                    host: h,
+                    used: mem,
+                    cap: host.mem,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Migrations and memory moved by going from the current placement to `placement`.
+    pub fn cost(&self, placement: &[usize]) -> (usize, u64) {
+        self.vms
+            .iter()
+            .zip(placement)
+            .filter(|(v, h)| v.host != **h)
+            .fold((0, 0), |(n, m), (v, _)| (n + 1, m + v.mem))
+    }
+
+    /// The sub-problem where only the VMs of overloaded hosts may move: the others are
+    /// folded into their hosts' capacities. Returns it and the moved VMs' indices.
+    fn movable_only(&self) -> (Problem, Vec<usize>) {
+        let over = self.overloaded();
+        let movable: Vec<usize> = (0..self.vms.len())
+            .filter(|v| over.contains(&self.vms[*v].host))
+            .collect();
+        let mut hosts = self.hosts.clone();
+        for v in self.vms.iter().filter(|v| !over.contains(&v.host)) {
+            let h = &mut hosts[v.host];
+            h.cpu = (h.cpu - v.cpu).max(0.0);
+            h.mem = h.mem.saturating_sub(v.mem);
+        }
+        let vms = movable.iter().map(|v| self.vms[*v].clone()).collect();
+        (Problem { hosts, vms }, movable)
+    }
+
+    /// The full placement from a placement of the movable VMs.
+    fn expand(&self, movable: &[usize], x: &[usize]) -> Vec<usize> {
+        let mut full = self.current();
+        for (v, h) in movable.iter().zip(x) {
+            full[*v] = *h;
+        }
+        full
+    }
+
+    fn solution(&self, placement: Vec<usize>, optimal: bool, method: Method) -> Solution {
+        let (migrations, memory_moved) = self.cost(&placement);
+        Solution {
+            placement,
+            migrations,
+            memory_moved,
+            optimal,
+            method,
+        }
+    }
+
+    /// Fewest VMs that must leave each overloaded host (a lower bound on migrations), and
+    /// for hosts where one VM suffices, the least memory such a VM has.
+    fn lower_bound(&self) -> (usize, Vec<(usize, usize, Option<u64>)>) {
+        let loads = self.loads(&self.current());
+        let mut total = 0;
+        let mut per_host = Vec::new();
+        for h in self.overloaded() {
+            let (cpu, mem) = loads[h];
+            let host = &self.hosts[h];
+            let mut on: Vec<&Vm> = self
+                .vms
+                .iter()
+                .filter(|v| v.host == h && !v.pinned)
+                .collect();
+            let need = |excess_cpu: f64, excess_mem: u64, on: &mut Vec<&Vm>| -> usize {
+                on.sort_by(|a, b| b.cpu.total_cmp(&a.cpu));
+                let by_cpu = count_to_cover(on.iter().map(|v| v.cpu), excess_cpu);
+                on.sort_by_key(|v| std::cmp::Reverse(v.mem));
+                let by_mem = count_to_cover(on.iter().map(|v| v.mem as f64), excess_mem as f64);
+                by_cpu.max(by_mem)
+            };
+            let excess_cpu = cpu - host.cpu;
+            let excess_mem = mem.saturating_sub(host.mem);
+            let k = need(excess_cpu, excess_mem, &mut on);
+            let single = (k == 1).then(|| {
+                on.iter()
+                    .filter(|v| v.cpu + EPS >= excess_cpu && v.mem >= excess_mem)
+                    .map(|v| v.mem)
+                    .min()
+            });
+            total += k;
+            per_host.push((h, k, single.flatten()));
+        }
+        (total, per_host)
+    }
+}
+
+fn over(h: &Host, (cpu, mem): (f64, u64)) -> bool {
+    cpu > h.cpu + EPS || mem > h.mem
+}
+
+/// How many of the values (largest first) it takes to reach `excess`.
+fn count_to_cover(values: impl Iterator<Item = f64>, excess: f64) -> usize {
+    if excess <= EPS {
+        return 0;
+    }
+    let mut sum = 0.0;
+    for (i, v) in values.enumerate() {
+        sum += v;
+        if sum + EPS >= excess {
+            return i + 1;
+        }
+    }
+    usize::MAX / 2 // cannot be covered by moving VMs away: only more capacity would help
+}
+
+/// Greedy repair: empties each overloaded host of the fewest, smallest VMs that bring it
+/// under capacity, onto the host with the least room that still fits them (best fit).
+/// `None` when it cannot find room.
+pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
+    let mut placement = p.current();
+    let mut loads = p.loads(&placement);
+    for h in p.overloaded() {
+        loop {
+            let host = &p.hosts[h];
+            let (cpu, mem) = loads[h];
+            if !over(host, (cpu, mem)) {
+                break;
+            }
+            let (ex_cpu, ex_mem) = (cpu - host.cpu, mem.saturating_sub(host.mem));
+            let on: Vec<usize> = (0..p.vms.len())
+                .filter(|v| placement[*v] == h && !p.vms[*v].pinned)
+                .collect();
+            // A VM that fixes the host alone, the one with least memory; else the largest.
+            let pick = on
+                .iter()
+                .copied()
+                .filter(|v| p.vms[*v].cpu + EPS >= ex_cpu && p.vms[*v].mem >= ex_mem)
+                .filter(|v| best_fit(p, &loads, *v, h).is_some())
+                .min_by_key(|v| p.vms[*v].mem)
+                .or_else(|| {
+                    on.iter()
+                        .copied()
+                        .filter(|v| best_fit(p, &loads, *v, h).is_some())
+                        .max_by(|a, b| {
+                            let key = |v: usize| {
+                                p.vms[v].cpu / host.cpu.max(EPS) * f64::from(ex_cpu > EPS)
+                                    + p.vms[v].mem as f64 / host.mem.max(1) as f64
+                                        * f64::from(ex_mem > 0)
+                            };
+                            key(*a).total_cmp(&key(*b))
+                        })
+                })?;
+            let to = best_fit(p, &loads, pick, h)?;
+            let vm = &p.vms[pick];
+            loads[h].0 -= vm.cpu;
+            loads[h].1 -= vm.mem;
+            loads[to].0 += vm.cpu;
+            loads[to].1 += vm.mem;
+            placement[pick] = to;
+        }
+    }
+    Some(placement)
+}
+
+/// The host other than `from` with the least room left after taking `v`, if any fits.
+fn best_fit(p: &Problem, loads: &[(f64, u64)], v: usize, from: usize) -> Option<usize> {
+    let vm = &p.vms[v];
+    (0..p.hosts.len())
+        .filter(|h| *h != from)
+        .filter(|h| {
+            let (cpu, mem) = loads[*h];
+            cpu + vm.cpu <= p.hosts[*h].cpu + EPS && mem + vm.mem <= p.hosts[*h].mem
+        })
+        .min_by(|a, b| {
+            let room = |h: usize| (p.hosts[h].cpu - loads[h].0 - vm.cpu) / p.hosts[h].cpu.max(EPS);
+            room(*a).total_cmp(&room(*b))
+        })
+}
+
+/// The layered solver.
+pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
+    if p.overloaded().is_empty() {
+        return Outcome::Solved(p.solution(p.current(), true, Method::None));
+    }
+    if let Some(reason) = obviously_infeasible(p) {
+        return Outcome::Infeasible(reason);
+    }
+    let greedy = greedy(p).filter(|g| p.check(g).is_ok());
+    if let Some(g) = &greedy {
+        if greedy_is_optimal(p, g) {
+            return Outcome::Solved(p.solution(g.clone(), true, Method::Greedy));
+        }
+    }
+    if cfg.greedy_only {
+        return match greedy {
+            Some(g) => Outcome::Solved(p.solution(g, false, Method::Greedy)),
+            None => Outcome::Unknown("greedy repair found no room".into()),
+        };
+    }
+    let (bound, _) = p.lower_bound();
+    let mut milp_result = None;
+    // First the VMs of the overloaded hosts only, the others fixed: a much smaller model.
+    // If its optimum reaches the lower bound on migrations it is the global optimum (a
+    // solution with that few migrations moves no other VM, so it is in this model).
+    let (reduced, movable) = p.movable_only();
+    let reduced_start = greedy
+        .as_ref()
+        .map(|g| movable.iter().map(|v| g[*v]).collect::<Vec<_>>());
+    match milp(&reduced, reduced_start.as_deref(), cfg.time_limit) {
+        Milp::Optimal(x) => {
+            let full = p.expand(&movable, &x);
+            if p.cost(&full).0 == bound {
+                return Outcome::Solved(p.solution(full, true, Method::Milp));
+            }
+            milp_result = Some(Milp::Feasible(full));
+        }
+        Milp::Feasible(x) => milp_result = Some(Milp::Feasible(p.expand(&movable, &x))),
+        Milp::Infeasible | Milp::Failed(_) => {}
+    }
+    let full = milp(p, greedy.as_deref(), cfg.time_limit);
+    let full = match (full, milp_result) {
+        (Milp::Optimal(x), _) => Milp::Optimal(x),
+        (Milp::Feasible(a), Some(Milp::Feasible(b))) => {
+            Milp::Feasible(if p.cost(&a) <= p.cost(&b) { a } else { b })
+        }
+        (Milp::Failed(_), Some(r)) => r,
+        (other, _) => other,
+    };
+    match full {
+        Milp::Optimal(x) => Outcome::Solved(p.solution(x, true, Method::Milp)),
+        Milp::Feasible(x) => {
+            // Time limit: the better of the MILP's incumbent and the greedy answer.
+            let cand = match greedy {
+                Some(g) if p.cost(&g) <= p.cost(&x) => p.solution(g, false, Method::Greedy),
+                _ => p.solution(x, false, Method::Milp),
+            };
+            Outcome::Solved(cand)
+        }
+        Milp::Infeasible => {
+            Outcome::Infeasible("the exact solver proved no placement exists".into())
+        }
+        Milp::Failed(why) => match greedy {
+            Some(g) => Outcome::Solved(p.solution(g, false, Method::Greedy)),
+            None => Outcome::Unknown(why),
+        },
+    }
+}
+
+/// Cheap certificates of infeasibility (total demand above total capacity; a VM larger
+/// than every host).
+fn obviously_infeasible(p: &Problem) -> Option<String> {
+    let cpu: f64 = p.vms.iter().map(|v| v.cpu).sum();
+    let cap: f64 = p.hosts.iter().map(|h| h.cpu).sum();
+    if cpu > cap + EPS {
+        return Some(format!(
+            "total CPU demand {cpu:.1} exceeds the hosts' {cap:.1}"
+        ));
+    }
+    let mem: u64 = p.vms.iter().map(|v| v.mem).sum();
+    let cap_mem: u64 = p.hosts.iter().map(|h| h.mem).sum();
+    if mem > cap_mem {
+        return Some(format!(
+            "total memory {mem} MiB exceeds the hosts' {cap_mem} MiB"
+        ));
+    }
+    for (i, v) in p.vms.iter().enumerate() {
+        if !p
+            .hosts
+            .iter()
+            .any(|h| v.cpu <= h.cpu + EPS && v.mem <= h.mem)
+        {
+            return Some(format!("VM {i} fits on no host"));
+        }
+    }
+    None
+}
+
+/// Greedy reached the lower bound on migrations, and on every host that needed one VM to
+/// leave, moved the one with least memory: no placement can do better.
+fn greedy_is_optimal(p: &Problem, g: &[usize]) -> bool {
+    let (bound, per_host) = p.lower_bound();
+    let (migrations, _) = p.cost(g);
+    if migrations != bound {
+        return false;
+    }
+    per_host.iter().all(|(h, k, least)| {
+        *k == 1 && {
+            let moved: Vec<u64> = p
+                .vms
+                .iter()
+                .zip(g)
+                .filter(|(v, to)| v.host == *h && **to != *h)
+                .map(|(v, _)| v.mem)
+                .collect();
+            moved.len() == 1 && Some(moved[0]) == *least
+        }
+    })
+}
+
+enum Milp {
+    Optimal(Vec<usize>),
+    Feasible(Vec<usize>),
+    Infeasible,
+    Failed(String),
+}
+
+/// x[v][h] binary; each VM on one host; CPU and memory capacities; minimise
+/// Σ moved_v × (BIG + mem_v) with BIG > total memory (so migrations count first).
+fn milp(p: &Problem, start: Option<&[usize]>, limit: Duration) -> Milp {
+    let (nv, nh) = (p.vms.len(), p.hosts.len());
+    let mut vars = ProblemVariables::new();
+    let x: Vec<Vec<Variable>> = (0..nv)
+        .map(|_| (0..nh).map(|_| vars.add(variable().binary())).collect())
+        .collect();
+    let big = p.vms.iter().map(|v| v.mem).sum::<u64>() as f64 + 1.0;
+    // Minimising Σ stay_v × -(BIG + mem_v) is the same as minimising the moves.
+    let objective: Expression = p
+        .vms
+        .iter()
+        .enumerate()
+        .map(|(v, vm)| -(big + vm.mem as f64) * x[v][vm.host])
+        .sum();
+    let mut model = new_model(vars.minimise(objective), limit);
+    for xv in &x {
+        model = model.with(constraint!(xv.iter().copied().sum::<Expression>() == 1));
+    }
+    for (h, host) in p.hosts.iter().enumerate() {
+        let cpu: Expression = p.vms.iter().zip(&x).map(|(vm, xv)| vm.cpu * xv[h]).sum();
+        let mem: Expression = p
+            .vms
+            .iter()
+            .zip(&x)
+            .map(|(vm, xv)| vm.mem as f64 * xv[h])
+            .sum();
+        model = model.with(constraint!(cpu <= host.cpu));
+        model = model.with(constraint!(mem <= host.mem as f64));
+    }
+    // Cover cuts: at least k_h VMs must leave overloaded host h (k_h from the sorted
+    // demands). They make the LP bound tight on migrations, which the solver otherwise
+    // spends its time proving.
+    let (_, per_host) = p.lower_bound();
+    for (h, k, _) in per_host {
+        let stay: Expression = (0..nv)
+            .filter(|v| p.vms[*v].host == h)
+            .map(|v| x[v][h])
+            .sum();
+        let on = p.vms.iter().filter(|v| v.host == h).count();
+        model = model.with(constraint!(stay <= on.saturating_sub(k) as f64));
+    }
+    for (v, vm) in p.vms.iter().enumerate().filter(|(_, vm)| vm.pinned) {
+        model = model.with(constraint!(x[v][vm.host] == 1));
+    }
+    // A VM can only go where it fits alone.
+    for (v, vm) in p.vms.iter().enumerate() {
+        for (h, host) in p.hosts.iter().enumerate() {
+            if vm.cpu > host.cpu + EPS || vm.mem > host.mem {
+                model = model.with(constraint!(x[v][h] == 0));
+            }
+        }
+    }
+    if let Some(s) = start {
+        model = warm_start(model, &x, s);
+    }
+    match model.solve() {
+        Ok(sol) => {
+            let placement: Vec<usize> = x
+                .iter()
+                .map(|xv| {
+                    (0..nh)
+                        .max_by(|a, b| sol.value(xv[*a]).total_cmp(&sol.value(xv[*b])))
+                        .unwrap_or(0)
+                })
+                .collect();
+            // Solvers may return fractional or slightly infeasible values on time-out:
+            // trust only what checks.
+            if p.check(&placement).is_err() {
+                return Milp::Failed("the exact solver returned an infeasible placement".into());
+            }
+            match sol.status() {
+                // A gap stop is optimal here: see the gap settings in `new_model`.
+                good_lp::SolutionStatus::Optimal | good_lp::SolutionStatus::GapLimit => {
+                    Milp::Optimal(placement)
+                }
+                good_lp::SolutionStatus::TimeLimit => Milp::Feasible(placement),
+            }
+        }
+        Err(good_lp::ResolutionError::Infeasible) => Milp::Infeasible,
+        Err(e) => Milp::Failed(format!("exact solver: {e}")),
+    }
+}
+
+#[cfg(feature = "highs")]
+type Model = good_lp::solvers::highs::HighsProblem;
+#[cfg(not(feature = "highs"))]
+type Model = good_lp::solvers::microlp::MicroLpProblem;
+
+#[cfg(feature = "highs")]
+fn new_model(u: good_lp::variable::UnsolvedProblem, limit: Duration) -> Model {
+    let mut m = u.using(good_lp::solvers::highs::highs);
+    m.set_verbose(false);
+    // The objective is integral, so a gap below 1 proves optimality: stop there (and
+    // only there: no relative gap, which would accept a worse plan).
+    m.set_time_limit(limit.as_secs_f64())
+        .set_threads(1)
+        .set_option("mip_rel_gap", 0.0)
+        .set_option("mip_abs_gap", 0.99)
+}
+
+#[cfg(not(feature = "highs"))]
+fn new_model(u: good_lp::variable::UnsolvedProblem, limit: Duration) -> Model {
+    use good_lp::WithTimeLimit;
+    u.using(good_lp::solvers::microlp::microlp)
+        .with_time_limit(limit.as_secs_f64())
+}
+
+#[cfg(feature = "highs")]
+fn warm_start(m: Model, x: &[Vec<Variable>], s: &[usize]) -> Model {
+    use good_lp::WithInitialSolution;
+    let init = x.iter().zip(s).flat_map(|(xv, h)| {
+        xv.iter()
+            .enumerate()
+            .map(move |(k, var)| (*var, if k == *h { 1.0 } else { 0.0 }))
+    });
+    m.with_initial_solution(init)
+}
+
+#[cfg(not(feature = "highs"))]
+fn warm_start(m: Model, _: &[Vec<Variable>], _: &[usize]) -> Model {
+    m // microlp takes no initial solution
+}
+
+/// Name of the exact solver this build uses.
+pub fn exact_solver_name() -> &'static str {
+    if cfg!(feature = "highs") {
+        "HiGHS"
+    } else {
+        "microlp"
+    }
+}

@@ -217,7 +217,10 @@ fn json_logs_are_one_json_object_per_line() {
     for line in logs.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
         joined |= v["fields"]["message"] == "member joined";
     }
     assert!(joined, "{logs}");

@@ -122,7 +122,7 @@ pub fn status(addr: &str) -> Option<serde_json::Value> {
         .and_then(|b| serde_json::from_str(&b).ok())
 }
 
-/// Polls `cond` every 250 ms until it holds or `limit` passes; returns the time it took.
+/// Polls `cond` every 100 ms until it holds or `limit` passes; returns the time it took.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let t = Instant::now();
     loop {
@@ -132,6 +132,6 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Durat
         if t.elapsed() > limit {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

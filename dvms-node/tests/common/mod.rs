@@ -2,8 +2,6 @@
 //! state directory; killed when dropped.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,14 +46,6 @@ impl Drop for Dir {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct Node {
     pub name: String,
     pub p2p_port: u16,
@@ -66,15 +56,15 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a daemon on loopback; `extra` are more `run` flags.
+    /// Starts a daemon on loopback; `extra` are more `run` flags. The daemon picks its own
+    /// ports (port 0), read back from its log: no race with other tests for free ports.
     pub fn start(dir: &Dir, name: &str, psk: &Path, bootstrap: &[u16], extra: &[&str]) -> Node {
-        let (p2p_port, http_port) = (free_port(), free_port());
         let mut args: Vec<String> = vec![
             "run".into(),
             "--listen".into(),
-            format!("/ip4/127.0.0.1/tcp/{p2p_port}"),
+            "/ip4/127.0.0.1/tcp/0".into(),
             "--http".into(),
-            format!("127.0.0.1:{http_port}"),
+            "127.0.0.1:0".into(),
             "--psk-file".into(),
             psk.display().to_string(),
             "--identity-file".into(),
@@ -87,8 +77,8 @@ impl Node {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut n = Node {
             name: name.into(),
-            p2p_port,
-            http_port,
+            p2p_port: 0,
+            http_port: 0,
             log: dir.0.join(format!("{name}.log")),
             child: None,
             args,
@@ -103,6 +93,7 @@ impl Node {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let start = log.metadata().unwrap().len() as usize;
         let child = Command::new(BIN)
             .args(&self.args)
             .env("RUST_LOG", "info")
@@ -111,17 +102,32 @@ impl Node {
             .spawn()
             .expect("dvms-node starts");
         self.child = Some(child);
-        self.wait_http();
+        self.read_ports(start);
     }
 
-    fn wait_http(&self) {
+    /// The ports this run of the daemon logged (text or JSON logs).
+    fn read_ports(&mut self, from: usize) {
         let t = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.http_port)).is_err() {
+        loop {
+            let text = self.logs();
+            let run = text.get(from..).unwrap_or("");
+            let after = |key: &str| -> Option<u16> {
+                let i = run.find(key)? + key.len();
+                let digits: String = run[i..].chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            };
+            let http = after("http=127.0.0.1:").or_else(|| after("\"http\":\"127.0.0.1:"));
+            let p2p = after("listening on /ip4/127.0.0.1/tcp/");
+            if let (Some(h), Some(p)) = (http, p2p) {
+                self.http_port = h;
+                self.p2p_port = p;
+                return;
+            }
             assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{} never served HTTP:\n{}",
+                t.elapsed() < Duration::from_secs(10) && self.is_running(),
+                "{} did not start:\n{}",
                 self.name,
-                self.logs()
+                run
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -184,37 +190,8 @@ impl Drop for Node {
     }
 }
 
-/// A minimal HTTP/1.1 GET on loopback.
-pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(
-            head.lines().next().unwrap_or("").to_owned(),
-        ));
-    }
-    Ok(body.to_owned())
-}
+pub use dvms_tests::wait_for;
 
-/// Polls `cond` every 100 ms until it holds or `limit` passes; returns the time it took.
-pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    loop {
-        if cond() {
-            return Some(t.elapsed());
-        }
-        if t.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    dvms_tests::http_get(&format!("127.0.0.1:{port}"), path)
 }

@@ -1,0 +1,215 @@
+//! The placement solvers against hand-made cases and against brute force.
+
+use dvms_node::placement::{greedy, solve, Host, Method, Outcome, Problem, SolverConfig, Vm};
+use proptest::prelude::*;
+
+fn host(cpu: f64, mem: u64) -> Host {
+    Host { cpu, mem }
+}
+fn vm(cpu: f64, mem: u64, host: usize) -> Vm {
+    Vm {
+        cpu,
+        mem,
+        host,
+        pinned: false,
+    }
+}
+fn solved(o: Outcome) -> dvms_node::placement::Solution {
+    match o {
+        Outcome::Solved(s) => s,
+        other => panic!("not solved: {other:?}"),
+    }
+}
+
+#[test]
+fn nothing_to_do_when_no_host_is_over_capacity() {
+    let p = Problem {
+        hosts: vec![host(100.0, 1024), host(100.0, 1024)],
+        vms: vec![vm(60.0, 512, 0), vm(90.0, 512, 1)],
+    };
+    let s = solved(solve(&p, &SolverConfig::default()));
+    assert_eq!((s.migrations, s.method), (0, Method::None));
+}
+
+#[test]
+fn greedy_moves_the_single_smallest_memory_vm_that_fixes_the_host_and_proves_it_optimal() {
+    // Host 0 is 30 over; the 40- and 35-CPU VMs each fix it alone; the 35 one has less memory.
+    let p = Problem {
+        hosts: vec![host(70.0, 8192), host(100.0, 8192)],
+        vms: vec![
+            vm(40.0, 2048, 0),
+            vm(35.0, 1024, 0),
+            vm(25.0, 512, 0),
+            vm(10.0, 512, 1),
+        ],
+    };
+    let s = solved(solve(&p, &SolverConfig::default()));
+    assert_eq!(s.method, Method::Greedy);
+    assert!(s.optimal);
+    assert_eq!((s.migrations, s.memory_moved), (1, 1024));
+    assert_eq!(s.placement, vec![0, 1, 0, 1]);
+}
+
+#[test]
+fn the_exact_solver_beats_greedy_on_memory_moved() {
+    // Host 0 is 60 over with VMs of 40, 30, 30 CPU. Two moves are needed either way;
+    // greedy moves the 40 (4 GiB) first, the optimum moves the two 30s (512 MiB each).
+    let p = Problem {
+        hosts: vec![host(40.0, 16384), host(60.0, 16384), host(40.0, 16384)],
+        vms: vec![vm(40.0, 4096, 0), vm(30.0, 512, 0), vm(30.0, 512, 0)],
+    };
+    let g = greedy(&p).unwrap();
+    assert_eq!(p.cost(&g), (2, 4608));
+    let s = solved(solve(&p, &SolverConfig::default()));
+    assert_eq!(s.method, Method::Milp);
+    assert!(s.optimal);
+    assert_eq!((s.migrations, s.memory_moved), (2, 1024));
+    p.check(&s.placement).unwrap();
+}
+
+#[test]
+fn an_impossible_partition_is_reported_infeasible_with_the_reason() {
+    let p = Problem {
+        hosts: vec![host(100.0, 4096), host(100.0, 4096)],
+        vms: vec![vm(90.0, 512, 0), vm(90.0, 512, 0), vm(30.0, 512, 1)],
+    };
+    match solve(&p, &SolverConfig::default()) {
+        Outcome::Infeasible(why) => assert!(why.contains("CPU"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Enough CPU in total, but the pieces do not fit (bin packing): the MILP proves it.
+    let p = Problem {
+        hosts: vec![host(100.0, 4096), host(100.0, 4096), host(100.0, 4096)],
+        vms: (0..3)
+            .map(|i| vm(60.0, 512, i % 2))
+            .chain([vm(60.0, 512, 2), vm(50.0, 512, 2)])
+            .collect(),
+    };
+    assert!(
+        matches!(solve(&p, &SolverConfig::default()), Outcome::Infeasible(_)),
+        "{:?}",
+        solve(&p, &SolverConfig::default())
+    );
+}
+
+#[test]
+fn pinned_vms_never_move_even_when_moving_them_would_be_cheapest() {
+    // The 35-CPU VM would fix host 0 alone, but it migrated recently.
+    let mut p = Problem {
+        hosts: vec![host(70.0, 8192), host(100.0, 8192)],
+        vms: vec![vm(40.0, 2048, 0), vm(35.0, 1024, 0), vm(25.0, 512, 0)],
+    };
+    p.vms[1].pinned = true;
+    let s = solved(solve(&p, &SolverConfig::default()));
+    assert_eq!(s.placement[1], 0);
+    assert_eq!((s.migrations, s.memory_moved), (1, 2048));
+    assert!(p
+        .check(&[0, 1, 0])
+        .unwrap_err()
+        .to_string()
+        .contains("pinned"));
+    // All of host 0's VMs pinned: nothing can fix it here.
+    for v in &mut p.vms {
+        v.pinned = true;
+    }
+    assert!(!matches!(
+        solve(&p, &SolverConfig::default()),
+        Outcome::Solved(_)
+    ));
+}
+
+#[test]
+fn invalid_placements_are_named() {
+    let p = Problem {
+        hosts: vec![host(100.0, 1024)],
+        vms: vec![vm(60.0, 512, 0), vm(60.0, 768, 0)],
+    };
+    assert!(p
+        .check(&[0])
+        .unwrap_err()
+        .to_string()
+        .contains("1 entries for 2 VMs"));
+    assert!(p
+        .check(&[0, 3])
+        .unwrap_err()
+        .to_string()
+        .contains("does not exist"));
+    assert!(p.check(&[0, 0]).unwrap_err().to_string().contains("CPU"));
+}
+
+/// Every placement, exhaustively: the best (migrations, memory), or None if none fits.
+fn brute_force(p: &Problem) -> Option<(usize, u64)> {
+    let (nh, nv) = (p.hosts.len(), p.vms.len());
+    let mut best: Option<(usize, u64)> = None;
+    let mut x = vec![0usize; nv];
+    loop {
+        if p.check(&x).is_ok() {
+            let c = p.cost(&x);
+            if best.is_none_or(|b| c < b) {
+                best = Some(c);
+            }
+        }
+        let mut i = 0;
+        loop {
+            if i == nv {
+                return best;
+            }
+            x[i] += 1;
+            if x[i] < nh {
+                break;
+            }
+            x[i] = 0;
+            i += 1;
+        }
+    }
+}
+
+fn any_problem() -> impl Strategy<Value = Problem> {
+    (2usize..=3, 1usize..=7).prop_flat_map(|(nh, nv)| {
+        (
+            proptest::collection::vec((50.0..150.0f64, prop_oneof![Just(2048u64), Just(4096)]), nh),
+            proptest::collection::vec(
+                (
+                    5.0..80.0f64,
+                    prop_oneof![Just(256u64), Just(512), Just(1024)],
+                    0..nh,
+                ),
+                nv,
+            ),
+        )
+            .prop_map(|(hosts, vms)| Problem {
+                hosts: hosts.into_iter().map(|(c, m)| host(c.round(), m)).collect(),
+                vms: vms
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (c, m, h))| Vm {
+                        pinned: i % 4 == 3,
+                        ..vm(c.round(), m, h)
+                    })
+                    .collect(),
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// The layered solver finds the optimum whenever one exists (and says infeasible
+    /// otherwise); greedy alone is never better than the optimum and always valid.
+    #[test]
+    fn the_solver_matches_brute_force(p in any_problem()) {
+        let truth = brute_force(&p);
+        match solve(&p, &SolverConfig::default()) {
+            Outcome::Solved(s) => {
+                prop_assert!(p.check(&s.placement).is_ok());
+                prop_assert!(s.optimal);
+                prop_assert_eq!(Some((s.migrations, s.memory_moved)), truth);
+            }
+            Outcome::Infeasible(_) => prop_assert_eq!(truth, None),
+            Outcome::Unknown(why) => prop_assert!(false, "unknown: {}", why),
+        }
+        if let Some(g) = greedy(&p) {
+            prop_assert!(p.check(&g).is_ok());
+            prop_assert!(truth.is_some_and(|t| p.cost(&g) >= t));
+        }
+    }
+}
