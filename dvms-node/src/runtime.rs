@@ -293,17 +293,11 @@ impl Daemon {
             }
             Event::Rejected { from, reason } => {
                 warn!(peer = %from, "dropped a gossiped record: {reason}");
-                self.metrics
-                    .dropped
-                    .get_or_create(&vec![("reason", "invalid_record")])
-                    .inc();
+                count(&self.metrics.dropped, "reason", "invalid_record");
                 "rejected"
             }
         };
-        self.metrics
-            .membership_events
-            .get_or_create(&vec![("kind", kind)])
-            .inc();
+        count(&self.metrics.membership_events, "kind", kind);
         self.metrics.members.set(self.overlay.len() as i64);
         let suspected = self
             .overlay
@@ -417,17 +411,11 @@ impl Daemon {
     }
 
     fn refused(&mut self, reason: &'static str) {
-        self.metrics
-            .refused
-            .get_or_create(&vec![("reason", reason)])
-            .inc();
+        count(&self.metrics.refused, "reason", reason);
     }
 
     fn dropped(&mut self, reason: &'static str) {
-        self.metrics
-            .dropped
-            .get_or_create(&vec![("reason", reason)])
-            .inc();
+        count(&self.metrics.dropped, "reason", reason);
     }
 
     fn on_message(&mut self, ev: request_response::Event<Frame, Frame>) {
@@ -560,6 +548,11 @@ impl Daemon {
             connected_peers: self.swarm.connected_peers().count(),
         }
     }
+}
+
+/// Adds one to the counter of `family` labelled `key = value`.
+fn count(family: &Family<Labels, Counter>, key: &'static str, value: &'static str) {
+    family.get_or_create(&vec![(key, value)]).inc();
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
