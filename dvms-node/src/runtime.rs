@@ -249,22 +249,20 @@ impl Daemon {
                 return;
             }
         };
-        let id = if self.swarm.is_connected(&to) {
-            self.swarm
-                .behaviour_mut()
-                .messages
-                .send_request(&to, Frame::Bytes(bytes))
+        // Connected: the connection is used. Otherwise dial the addresses it gossiped.
+        let addrs = if self.swarm.is_connected(&to) {
+            Vec::new()
         } else {
-            let addrs = self
-                .overlay
+            self.overlay
                 .member(&NodeId(to), 0)
                 .map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                .unwrap_or_default();
-            self.swarm
-                .behaviour_mut()
-                .messages
-                .send_request_with_addresses(&to, Frame::Bytes(bytes), addrs)
+                .unwrap_or_default()
         };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .messages
+            .send_request_with_addresses(&to, Frame::Bytes(bytes), addrs);
         self.pending.insert(id);
         self.metrics.sent.inc();
     }
@@ -299,12 +297,7 @@ impl Daemon {
         };
         count(&self.metrics.membership_events, "kind", kind);
         self.metrics.members.set(self.overlay.len() as i64);
-        let suspected = self
-            .overlay
-            .members(0)
-            .iter()
-            .filter(|m| m.health == overlay::Health::Suspected)
-            .count();
+        let suspected = self.overlay.suspected_count();
         self.metrics.suspected.set(suspected as i64);
     }
 

@@ -327,6 +327,14 @@ impl<Id: OverlayId> Overlay<Id> {
         self.members.is_empty()
     }
 
+    /// Number of members currently suspected.
+    pub fn suspected_count(&self) -> usize {
+        self.members
+            .values()
+            .filter(|e| e.health == Health::Suspected)
+            .count()
+    }
+
     pub fn is_alive(&self, id: &Id) -> bool {
         self.members
             .get(id)
