@@ -77,8 +77,15 @@ fn a_daemon_with_another_key_or_not_on_the_allow_list_is_refused_and_the_refusal
     let unlisted = Node::start(&dir, "unlisted", &psk, &boot, &[]);
     let wrong_key = Node::start(&dir, "wrong-key", &other_psk, &boot, &[]);
     assert!(wait_for(Duration::from_secs(10), || all_see_all(&members)).is_some());
-    std::thread::sleep(Duration::from_secs(5)); // several redials of the intruders
     let intruders = [unlisted.id(), wrong_key.id()];
+    // A handshake garbled by another key can hang until one side reads an impossible
+    // frame or the 20 s transport timeout fires, so wait for both refusals to be logged.
+    let both_refused = wait_for(Duration::from_secs(45), || {
+        let log = members[0].logs();
+        log.contains("not on the allow-list")
+            && log.contains("pre-shared key")
+            && wrong_key.logs().contains("pre-shared key")
+    });
     for m in &members {
         let seen = m.member_ids();
         assert_eq!(seen.len(), 2, "{}: {seen:?}", m.name);
@@ -87,6 +94,7 @@ fn a_daemon_with_another_key_or_not_on_the_allow_list_is_refused_and_the_refusal
     assert!(unlisted.member_ids().is_empty());
     assert!(wrong_key.member_ids().is_empty());
     let log = members[0].logs();
+    assert!(both_refused.is_some(), "refusals not logged:\n{log}");
     assert!(
         log.contains("not on the allow-list") && log.contains(&intruders[0]),
         "{log}"
