@@ -21,6 +21,9 @@ fi
 echo "== Vivaldi accuracy on real Internet latencies (seeds 1-3 against the target)"
 scripts/check-accuracy.sh
 
+echo "== simulator: one virtual hour of 64 hosts / 640 VMs, ring and locality modes"
+cargo run -q -p experiments --bin dvms-sim -- --hosts 64 --vms 640 --duration 1h --mode both
+
 echo "== benchmarks (run once each, in the test profile)"
 cargo test -p overlay --bench neighbours
 cargo test -p dvms-node --bench placement

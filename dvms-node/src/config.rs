@@ -9,6 +9,9 @@ use anyhow::{bail, Context};
 use libp2p::{identity, pnet::PreSharedKey, Multiaddr, PeerId};
 use serde::Deserialize;
 
+use crate::hypervisor::Capacity;
+use crate::isp;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -33,6 +36,91 @@ pub struct FileConfig {
     pub idle_timeout_s: Option<u64>,
     #[serde(default)]
     pub overlay: Option<overlay::Config>,
+    /// The scheduler; without `libvirt_uri` the daemon only runs the overlay.
+    #[serde(default)]
+    pub scheduler: Option<SchedulerFile>,
+}
+
+/// The `[scheduler]` section.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerFile {
+    /// This host's libvirt, e.g. `qemu:///system`.
+    pub libvirt_uri: Option<String>,
+    /// How a peer's libvirt is reached for migrations; `{host}` is the peer's IP address.
+    pub migration_uri: Option<String>,
+    /// Overrides of the capacity libvirt reports.
+    pub capacity: Option<Capacity>,
+    pub monitor_interval_ms: Option<u64>,
+    /// CPU use is averaged over this window.
+    pub cpu_window_ms: Option<u64>,
+    /// A migration still running after this is aborted (the VM stays on its source).
+    pub migration_timeout_s: Option<u64>,
+    /// JSON-lines file of every detection, partition change, plan, migration and end.
+    pub event_log: Option<PathBuf>,
+    /// Compute and log plans, migrate nothing.
+    pub dry_run: Option<bool>,
+    /// Thresholds, timeouts, solver and migration limits of the ISP.
+    pub isp: Option<isp::Config>,
+}
+
+/// The settled scheduler settings.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    pub libvirt_uri: String,
+    pub migration_uri: String,
+    pub capacity: Capacity,
+    pub monitor_interval: Duration,
+    pub cpu_window: Duration,
+    pub migration_timeout: Duration,
+    pub event_log: Option<PathBuf>,
+    pub dry_run: bool,
+    pub isp: isp::Config,
+}
+
+pub const DEFAULT_MIGRATION_URI: &str = "qemu+tcp://{host}/system";
+
+impl SchedulerFile {
+    fn settle(self) -> anyhow::Result<Option<Scheduler>> {
+        let Some(libvirt_uri) = self.libvirt_uri else {
+            return Ok(None);
+        };
+        let migration_uri = self
+            .migration_uri
+            .unwrap_or_else(|| DEFAULT_MIGRATION_URI.into());
+        if !migration_uri.contains("{host}") {
+            bail!("scheduler.migration_uri: {migration_uri:?} must contain {{host}} (e.g. {DEFAULT_MIGRATION_URI})");
+        }
+        let capacity = self.capacity.unwrap_or_default();
+        if capacity.cpu.is_some_and(|c| !(c.is_finite() && c > 0.0)) || capacity.mem_mib == Some(0)
+        {
+            bail!("scheduler.capacity: cpu and mem_mib must be positive");
+        }
+        let ms = |v: Option<u64>, default: u64, name: &str| -> anyhow::Result<Duration> {
+            match v.unwrap_or(default) {
+                0 => bail!("scheduler.{name} must be > 0"),
+                x => Ok(Duration::from_millis(x)),
+            }
+        };
+        let isp = self.isp.unwrap_or_default();
+        isp.validate()
+            .map_err(|e| anyhow::anyhow!("scheduler.isp: {e}"))?;
+        Ok(Some(Scheduler {
+            libvirt_uri,
+            migration_uri,
+            capacity,
+            monitor_interval: ms(self.monitor_interval_ms, 1_000, "monitor_interval_ms")?,
+            cpu_window: ms(self.cpu_window_ms, 3_000, "cpu_window_ms")?,
+            migration_timeout: ms(
+                self.migration_timeout_s.map(|s| s.saturating_mul(1000)),
+                120_000,
+                "migration_timeout_s",
+            )?,
+            event_log: self.event_log,
+            dry_run: self.dry_run.unwrap_or(false),
+            isp,
+        }))
+    }
 }
 
 /// The settled configuration the daemon runs with.
@@ -48,6 +136,7 @@ pub struct Config {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub overlay: overlay::Config,
+    pub scheduler: Option<Scheduler>,
 }
 
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/7070";
@@ -116,6 +205,7 @@ impl FileConfig {
             ping_interval,
             idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(300)),
             overlay,
+            scheduler: self.scheduler.unwrap_or_default().settle()?,
         })
     }
 }

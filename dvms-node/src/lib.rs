@@ -1,9 +1,10 @@
-//! DVMS-rs node: the daemon that runs on every hypervisor. It joins the overlay
-//! (membership, failure suspicion, Vivaldi coordinates) over libp2p and reports what it
-//! sees over HTTP. The scheduling core is being built as pure modules: the placement
-//! solver, migration plans and anti-oscillation rules are here; the ISP state machine and
-//! its wiring into the runtime come next.
+//! DVMS-rs node: the daemon that runs on every hypervisor, and the scheduling core it
+//! drives. The daemon joins the overlay (membership, failure suspicion, Vivaldi
+//! coordinates) over libp2p and reports what it sees over HTTP. The scheduling core is
+//! pure code (no I/O, no clock): the simulator (crate `experiments`) runs it too.
 //!
+//! - [`isp`]: the iterative scheduling procedure: partitions that grow by the overlay's
+//!   best node outside them until a plan exists, block, merge, time out, and apply plans.
 //! - [`placement`]: the partition's placement problem; greedy repair, then an exact MILP
 //!   (HiGHS, or microlp without the `highs` feature); infeasibility reported as such.
 //! - [`plan`]: rounds of parallel live migrations that never exceed a host's memory,
@@ -21,6 +22,8 @@
 
 pub mod api;
 pub mod config;
+pub mod hypervisor;
+pub mod isp;
 pub mod load;
 pub mod net;
 pub mod placement;
@@ -54,5 +57,18 @@ impl std::fmt::Display for NodeId {
 impl serde::Serialize for NodeId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for NodeId {
+    /// From the peer id's text form (bounded, validated).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() > 128 {
+            return Err(serde::de::Error::custom("peer id too long"));
+        }
+        s.parse::<PeerId>()
+            .map(NodeId)
+            .map_err(|e| serde::de::Error::custom(format!("peer id: {e}")))
     }
 }

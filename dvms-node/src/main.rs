@@ -14,7 +14,9 @@ use dvms_node::config::{self, FileConfig, LogFormat};
     about = "The DVMS daemon: joins the peer-to-peer overlay of hypervisors and reports what it sees",
     long_about = "The DVMS daemon: one per hypervisor. It joins the overlay of its peers over libp2p \
 (TCP + pre-shared key + noise + yamux), keeps the member list with failure suspicion, measures \
-RTTs into Vivaldi coordinates, and serves GET /status (JSON) and GET /metrics (Prometheus).\n\n\
+RTTs into Vivaldi coordinates, and serves GET /status (JSON) and GET /metrics (Prometheus). \
+With --libvirt-uri it also schedules: when its host's demand stays over the threshold it \
+starts an iterative scheduling procedure with its peers and live-migrates VMs.\n\n\
 First time: `dvms-node psk swarm.key` once for the whole cluster, copy it to every host, then \
 `dvms-node run --psk-file swarm.key --identity-file id.key --bootstrap /ip4/<a peer>/tcp/7070`."
 )]
@@ -26,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create a new pre-shared key file for a cluster (never overwrites).
     Psk { file: PathBuf },
     /// Create an identity file if missing and print its peer id (for allow-lists).
@@ -71,6 +73,16 @@ struct RunArgs {
     /// Drop a member after this many ms without a heartbeat.
     #[arg(long)]
     fail_after_ms: Option<u64>,
+    /// Schedule this host's VMs through its libvirt (e.g. qemu:///system); without it the
+    /// daemon only runs the overlay.
+    #[arg(long)]
+    libvirt_uri: Option<String>,
+    /// Write every scheduling event as a JSON line to this file.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+    /// Compute and log plans but migrate nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn settle(args: RunArgs) -> anyhow::Result<config::Config> {
@@ -101,6 +113,12 @@ fn settle(args: RunArgs) -> anyhow::Result<config::Config> {
     }
     if let Some(v) = args.fail_after_ms {
         ov.fail_after = v;
+    }
+    let sched = file.scheduler.get_or_insert_with(Default::default);
+    sched.libvirt_uri = args.libvirt_uri.or(sched.libvirt_uri.take());
+    sched.event_log = args.event_log.or(sched.event_log.take());
+    if args.dry_run {
+        sched.dry_run = Some(true);
     }
     file.settle().context(context)
 }
@@ -138,7 +156,7 @@ fn main() -> ExitCode {
         }),
         Command::PeerId { identity_file } => config::load_or_create_identity(&identity_file)
             .map(|(k, _)| println!("{}", k.public().to_peer_id())),
-        Command::Run(args) => settle(args).and_then(|cfg| {
+        Command::Run(args) => settle(*args).and_then(|cfg| {
             init_logs(cfg.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -218,7 +218,7 @@ impl Problem {
     /// for hosts where one VM suffices, the least memory such a VM has.
     fn lower_bound(&self) -> (usize, Vec<(usize, usize, Option<u64>)>) {
         let loads = self.loads(&self.current());
-        let mut total = 0;
+        let mut total: usize = 0;
         let mut per_host = Vec::new();
         for h in self.overloaded() {
             let (cpu, mem) = loads[h];
@@ -244,7 +244,8 @@ impl Problem {
                     .map(|v| v.mem)
                     .min()
             });
-            total += k;
+            // Two hosts that no move can fix would overflow the sum.
+            total = total.saturating_add(k);
             per_host.push((h, k, single.flatten()));
         }
         (total, per_host)

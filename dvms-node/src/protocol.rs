@@ -7,7 +7,7 @@ use overlay::MemberInfo;
 use serde::{Deserialize, Serialize};
 use vivaldi::Coord;
 
-use crate::NodeId;
+use crate::{isp, NodeId};
 
 /// Version of the message format; a peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -27,6 +27,14 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     Overlay(WireOverlay),
+    Isp(Box<isp::Message<NodeId>>),
+}
+
+/// A decoded, validated message for one of the daemon's state machines.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Incoming {
+    Overlay(overlay::Message<NodeId>),
+    Isp(Box<isp::Message<NodeId>>),
 }
 
 /// [`overlay::Message`] with peer ids as bytes (checked when decoded).
@@ -70,6 +78,8 @@ pub enum WireError {
     Version(u16),
     #[error("invalid member record: {0}")]
     Member(String),
+    #[error("invalid scheduling message: {0}")]
+    Isp(String),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -99,23 +109,37 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireErr
 }
 
 /// Decodes and validates a request: version, peer ids, addresses, numbers.
-pub fn decode_envelope(bytes: &[u8]) -> Result<overlay::Message<NodeId>, WireError> {
+pub fn decode_envelope(bytes: &[u8]) -> Result<Incoming, WireError> {
     let env: Envelope = decode(bytes)?;
     if env.version != PROTOCOL_VERSION {
         return Err(WireError::Version(env.version));
     }
     match env.body {
         Body::Overlay(WireOverlay::Leave { incarnation }) => {
-            Ok(overlay::Message::Leave { incarnation })
+            Ok(Incoming::Overlay(overlay::Message::Leave { incarnation }))
         }
         Body::Overlay(WireOverlay::Gossip { members, reply }) => {
             let members = members
                 .into_iter()
                 .map(member_from_wire)
                 .collect::<Result<_, _>>()?;
-            Ok(overlay::Message::Gossip { members, reply })
+            Ok(Incoming::Overlay(overlay::Message::Gossip {
+                members,
+                reply,
+            }))
+        }
+        Body::Isp(m) => {
+            m.validate().map_err(WireError::Isp)?;
+            Ok(Incoming::Isp(m))
         }
     }
+}
+
+pub fn encode_isp(msg: &isp::Message<NodeId>) -> Result<Vec<u8>, WireError> {
+    encode(&Envelope {
+        version: PROTOCOL_VERSION,
+        body: Body::Isp(Box::new(msg.clone())),
+    })
 }
 
 pub fn encode_envelope(msg: &overlay::Message<NodeId>) -> Result<Vec<u8>, WireError> {
@@ -202,7 +226,44 @@ mod tests {
     fn a_gossip_message_survives_the_round_trip() {
         let msg = sample(5);
         let bytes = encode_envelope(&msg).unwrap();
-        assert_eq!(decode_envelope(&bytes).unwrap(), msg);
+        assert_eq!(decode_envelope(&bytes).unwrap(), Incoming::Overlay(msg));
+    }
+
+    fn joined(cpu: f64) -> isp::Message<NodeId> {
+        isp::Message::Joined {
+            id: isp::PartitionId {
+                initiator: NodeId(PeerId::random()),
+                incarnation: 7,
+                seq: 1,
+            },
+            host: isp::HostState {
+                cpu: 800.0,
+                mem: 4096,
+                vms: vec![isp::VmState {
+                    id: isp::VmId(u128::MAX - 3),
+                    cpu,
+                    mem: 512,
+                    pinned: false,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn scheduling_messages_survive_the_round_trip_and_bad_numbers_are_refused() {
+        let msg = joined(42.5);
+        let bytes = encode_isp(&msg).unwrap();
+        assert_eq!(
+            decode_envelope(&bytes).unwrap(),
+            Incoming::Isp(Box::new(msg))
+        );
+        for bad in [f64::NAN, -1.0, f64::INFINITY] {
+            let bytes = encode_isp(&joined(bad)).unwrap();
+            match decode_envelope(&bytes) {
+                Err(WireError::Isp(reason)) => assert!(reason.contains("CPU demand"), "{reason}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use overlay::{Event, Input, Output, Overlay};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -26,6 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::{self, Api};
 use crate::config::{self, Config};
+use crate::hypervisor::{Hypervisor, Libvirt};
+use crate::isp::{self, HostState, Isp, VmId};
 use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
 use crate::protocol::{self, Ack};
 use crate::NodeId;
@@ -46,6 +49,24 @@ pub struct Status {
     /// The node a partition started here would grow by first.
     pub best_outside_self: Option<NodeId>,
     pub connected_peers: usize,
+    /// The scheduler's view, when the daemon schedules this host.
+    pub scheduler: Option<SchedulerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SchedulerStatus {
+    pub libvirt_uri: String,
+    pub dry_run: bool,
+    /// The last sample of this host: capacities and VMs with their CPU use.
+    pub host: Option<HostState>,
+    /// Demand over capacity.
+    pub load: f64,
+    pub threshold: f64,
+    pub overloaded: bool,
+    /// This node's part in a partition.
+    pub role: isp::RoleView<NodeId>,
+    /// The last plans this node computed as a leader.
+    pub last_plans: Vec<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -58,7 +79,6 @@ pub struct MemberStatus {
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// This daemon's own metrics (libp2p's are registered beside them).
-#[derive(Default)]
 struct Metrics {
     members: Gauge,
     suspected: Gauge,
@@ -68,6 +88,40 @@ struct Metrics {
     refused: Family<Labels, Counter>,
     membership_events: Family<Labels, Counter>,
     vivaldi_error: Gauge<f64, std::sync::atomic::AtomicU64>,
+    isp_events: Family<Labels, Counter>,
+    migrations: Family<Labels, Counter>,
+    migration_seconds: Histogram,
+    partition_size: Histogram,
+    plan_compute_seconds: Histogram,
+    host_load: Gauge<f64, std::sync::atomic::AtomicU64>,
+    monitor_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let exp = |start: f64, n: u16| {
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                start, 2.0, n,
+            ))
+        };
+        Metrics {
+            members: Gauge::default(),
+            suspected: Gauge::default(),
+            sent: Counter::default(),
+            received: Counter::default(),
+            dropped: Family::default(),
+            refused: Family::default(),
+            membership_events: Family::default(),
+            vivaldi_error: Gauge::default(),
+            isp_events: Family::default(),
+            migrations: Family::default(),
+            migration_seconds: exp(0.25, 12),
+            partition_size: exp(1.0, 12),
+            plan_compute_seconds: exp(0.0005, 14),
+            host_load: Gauge::default(),
+            monitor_errors: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -109,6 +163,41 @@ impl Metrics {
             "This node's Vivaldi error estimate",
             m.vivaldi_error.clone(),
         );
+        r.register(
+            "isp_events",
+            "Scheduling events (overloaded, started, planned, dissolved, ...), by kind",
+            m.isp_events.clone(),
+        );
+        r.register(
+            "migrations",
+            "Live migrations started here, by result",
+            m.migrations.clone(),
+        );
+        r.register(
+            "migration_seconds",
+            "Duration of live migrations started here",
+            m.migration_seconds.clone(),
+        );
+        r.register(
+            "partition_size",
+            "Hosts in the partitions this node dissolved as leader",
+            m.partition_size.clone(),
+        );
+        r.register(
+            "plan_compute_seconds",
+            "Time to compute a plan (placement solve and migration ordering)",
+            m.plan_compute_seconds.clone(),
+        );
+        r.register(
+            "host_load",
+            "This host's CPU demand over its capacity",
+            m.host_load.clone(),
+        );
+        r.register(
+            "monitor_errors",
+            "Failed samples of the hypervisor",
+            m.monitor_errors.clone(),
+        );
         m
     }
 }
@@ -127,6 +216,32 @@ pub struct Daemon {
     metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     status_rx: mpsc::Receiver<oneshot::Sender<Status>>,
+    sched: Option<Sched>,
+    hv_tx: mpsc::UnboundedSender<HvDone>,
+    hv_rx: mpsc::UnboundedReceiver<HvDone>,
+}
+
+/// The scheduling side of the daemon.
+struct Sched {
+    cfg: config::Scheduler,
+    isp: Isp<NodeId>,
+    hv: Arc<dyn Hypervisor>,
+    /// A sample is being taken (samples never overlap).
+    sampling: bool,
+    host: Option<HostState>,
+    events: Option<std::io::LineWriter<std::fs::File>>,
+    last_plans: std::collections::VecDeque<serde_json::Value>,
+    /// When each running migration started, and where to.
+    migrating: HashMap<VmId, (Instant, NodeId)>,
+}
+
+/// Results of blocking hypervisor calls, back on the event loop.
+enum HvDone {
+    Sample(Result<HostState, crate::hypervisor::HvError>),
+    Migrated {
+        vm: VmId,
+        result: Result<(), String>,
+    },
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -179,6 +294,37 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(1);
+    let sched = match cfg.scheduler.clone() {
+        None => None,
+        Some(sc) => {
+            let events = match &sc.event_log {
+                None => None,
+                Some(p) => Some(std::io::LineWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .with_context(|| format!("cannot open event log {}", p.display()))?,
+                )),
+            };
+            info!(libvirt = %sc.libvirt_uri, dry_run = sc.dry_run, "scheduling this host's VMs");
+            Some(Sched {
+                isp: Isp::new(NodeId(me), incarnation, sc.isp.clone()),
+                hv: Arc::new(Libvirt::new(
+                    &sc.libvirt_uri,
+                    sc.capacity.clone(),
+                    sc.cpu_window,
+                )),
+                sampling: false,
+                host: None,
+                events,
+                last_plans: std::collections::VecDeque::new(),
+                migrating: HashMap::new(),
+                cfg: sc,
+            })
+        }
+    };
+    let (hv_tx, hv_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         swarm,
         overlay: Overlay::new(NodeId(me), incarnation, cfg.overlay.clone()),
@@ -192,6 +338,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         metrics,
         p2p_metrics,
         status_rx,
+        sched,
+        hv_tx,
+        hv_rx,
     };
     daemon.event_loop(shutdown).await
 }
@@ -204,13 +353,24 @@ impl Daemon {
     async fn event_loop(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(TICK);
         let mut redial = tokio::time::interval(REDIAL);
+        let monitor_every = self
+            .sched
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s| s.cfg.monitor_interval);
+        let mut monitor = tokio::time::interval(monitor_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                _ = tick.tick() => self.input(Input::Tick),
+                _ = tick.tick() => {
+                    self.input(Input::Tick);
+                    self.isp_input(isp::Input::Tick);
+                }
+                _ = monitor.tick() => self.start_sample(),
+                Some(done) = self.hv_rx.recv() => self.on_hypervisor(done),
                 _ = redial.tick() => self.dial_bootstrap(),
                 Some(reply) = self.status_rx.recv() => { let _ = reply.send(self.status()); }
                 _ = &mut shutdown => break,
@@ -242,13 +402,13 @@ impl Daemon {
     }
 
     fn send(&mut self, to: PeerId, msg: &overlay::Message<NodeId>) {
-        let bytes = match protocol::encode_envelope(msg) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(%to, "message not sent: {e}");
-                return;
-            }
-        };
+        match protocol::encode_envelope(msg) {
+            Ok(bytes) => self.send_bytes(to, bytes),
+            Err(e) => warn!(%to, "message not sent: {e}"),
+        }
+    }
+
+    fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) {
         // Connected: the connection is used. Otherwise dial the addresses it gossiped.
         let addrs = if self.swarm.is_connected(&to) {
             Vec::new()
@@ -283,10 +443,12 @@ impl Daemon {
             }
             Event::Failed(id) => {
                 info!(peer = %id, "member failed and was dropped");
+                self.isp_input(isp::Input::PeerFailed(*id));
                 "failed"
             }
             Event::Left(id) => {
                 info!(peer = %id, "member left");
+                self.isp_input(isp::Input::PeerFailed(*id));
                 "left"
             }
             Event::Rejected { from, reason } => {
@@ -428,12 +590,17 @@ impl Daemon {
                         Ack::Rejected(reason)
                     }
                     Frame::Bytes(request) => match protocol::decode_envelope(&request) {
-                        Ok(msg) => {
+                        Ok(protocol::Incoming::Overlay(msg)) => {
                             self.metrics.received.inc();
                             self.input(Input::Message {
                                 from: NodeId(peer),
                                 msg,
                             });
+                            Ack::Ok
+                        }
+                        Ok(protocol::Incoming::Isp(msg)) => {
+                            self.metrics.received.inc();
+                            self.isp_message(NodeId(peer), *msg);
                             Ack::Ok
                         }
                         Err(e) => {
@@ -539,8 +706,247 @@ impl Daemon {
             suspected,
             best_outside_self: self.overlay.best_outside(&me, |id| *id == me),
             connected_peers: self.swarm.connected_peers().count(),
+            scheduler: self.sched.as_ref().map(|s| SchedulerStatus {
+                libvirt_uri: s.cfg.libvirt_uri.clone(),
+                dry_run: s.cfg.dry_run,
+                load: s.host.as_ref().map_or(0.0, HostState::load),
+                host: s.host.clone(),
+                threshold: s.cfg.isp.thresholds.high,
+                overloaded: s.isp.is_overloaded(),
+                role: s.isp.role(),
+                last_plans: s.last_plans.iter().cloned().collect(),
+            }),
         }
     }
+
+    /// Samples the hypervisor off the event loop (libvirt calls block).
+    fn start_sample(&mut self) {
+        let Some(s) = &mut self.sched else { return };
+        if s.sampling {
+            return;
+        }
+        s.sampling = true;
+        let hv = s.hv.clone();
+        let tx = self.hv_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(HvDone::Sample(hv.sample()));
+        });
+    }
+
+    fn on_hypervisor(&mut self, done: HvDone) {
+        match done {
+            HvDone::Sample(result) => {
+                let Some(s) = &mut self.sched else { return };
+                s.sampling = false;
+                match result {
+                    Ok(h) => {
+                        self.metrics.host_load.set(h.load());
+                        s.host = Some(h.clone());
+                        self.isp_input(isp::Input::Monitor(h));
+                    }
+                    Err(e) => {
+                        warn!("cannot sample the hypervisor: {e}");
+                        self.metrics.monitor_errors.inc();
+                    }
+                }
+            }
+            HvDone::Migrated { vm, result } => {
+                let Some(s) = &mut self.sched else { return };
+                let name = s.hv.name_of(vm);
+                let (secs, to) = s
+                    .migrating
+                    .remove(&vm)
+                    .map(|(t, to)| (t.elapsed().as_secs_f64(), Some(to)))
+                    .unwrap_or((0.0, None));
+                let ok = result.is_ok();
+                match &result {
+                    Ok(()) => info!(vm = %name, to = ?to, secs, "live migration done"),
+                    Err(e) => warn!(vm = %name, to = ?to, secs, "live migration failed: {e}"),
+                }
+                count(
+                    &self.metrics.migrations,
+                    "result",
+                    if ok { "ok" } else { "failed" },
+                );
+                if ok {
+                    self.metrics.migration_seconds.observe(secs);
+                }
+                let line = serde_json::json!({
+                    "event": "migration_result", "vm": name, "to": to, "ok": ok,
+                    "secs": secs, "error": result.err(),
+                });
+                self.log_event(line);
+                self.isp_input(isp::Input::MigrationDone { vm, ok });
+            }
+        }
+    }
+
+    fn isp_message(&mut self, from: NodeId, msg: isp::Message<NodeId>) {
+        if self.sched.is_none() {
+            self.dropped("not_scheduling");
+            return;
+        }
+        self.isp_input(isp::Input::Message { from, msg });
+    }
+
+    fn isp_input(&mut self, input: isp::Input<NodeId>) {
+        let now = self.now();
+        let Some(s) = &mut self.sched else { return };
+        let started = Instant::now();
+        let outputs = s.isp.handle(now, input, &self.overlay);
+        let compute = started.elapsed().as_secs_f64();
+        for o in outputs {
+            match o {
+                isp::Output::Send { to, msg } => match protocol::encode_isp(&msg) {
+                    Ok(bytes) => self.send_bytes(to.0, bytes),
+                    Err(e) => warn!(%to, "scheduling message not sent: {e}"),
+                },
+                isp::Output::Migrate { vm, to } => self.start_migration(vm, to),
+                isp::Output::Event(e) => {
+                    if matches!(e, isp::Event::Planned { .. }) {
+                        self.metrics.plan_compute_seconds.observe(compute);
+                    }
+                    self.on_isp_event(e);
+                }
+            }
+        }
+    }
+
+    fn on_isp_event(&mut self, e: isp::Event<NodeId>) {
+        let line = match serde_json::to_value(&e) {
+            Ok(v) => v,
+            Err(err) => serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
+        };
+        let mut line = line;
+        if let (
+            isp::Event::MigrationStarted { vm, .. } | isp::Event::MigrationEnded { vm, .. },
+            Some(s),
+            Some(o),
+        ) = (&e, &self.sched, line.as_object_mut())
+        {
+            o.insert("vm_name".into(), s.hv.name_of(*vm).into());
+        }
+        let kind = line["event"].as_str().unwrap_or("unknown").to_owned();
+        match &e {
+            isp::Event::Overloaded { load } => info!(load, "host overloaded"),
+            isp::Event::Cleared { load } => info!(load, "host back under its threshold"),
+            isp::Event::Started { id, .. } => info!(partition = ?id, "started a partition"),
+            isp::Event::Planned {
+                id,
+                migrations,
+                size,
+                ..
+            } => {
+                info!(partition = ?id, migrations, size, "computed a plan");
+                if let Some(s) = &mut self.sched {
+                    s.last_plans.push_back(line.clone());
+                    if s.last_plans.len() > 10 {
+                        s.last_plans.pop_front();
+                    }
+                }
+            }
+            isp::Event::Dissolved {
+                id,
+                reason,
+                members,
+                ..
+            } => {
+                info!(partition = ?id, ?reason, size = members.len(), "dissolved the partition");
+                self.metrics.partition_size.observe(members.len() as f64);
+            }
+            other => debug!(event = ?other, "scheduling event"),
+        }
+        self.metrics
+            .isp_events
+            .get_or_create(&vec![("kind", leak_kind(&kind))])
+            .inc();
+        self.log_event(line);
+    }
+
+    /// Appends one line to the event log: the event with a timestamp and this node.
+    fn log_event(&mut self, mut line: serde_json::Value) {
+        let Some(Sched {
+            events: Some(w), ..
+        }) = &mut self.sched
+        else {
+            return;
+        };
+        if let Some(o) = line.as_object_mut() {
+            let ts = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            o.insert("ts_ms".into(), ts.into());
+            o.insert("node".into(), self.me.to_string().into());
+        }
+        use std::io::Write as _;
+        if let Err(e) = writeln!(w, "{line}") {
+            warn!("cannot write the event log: {e}");
+        }
+    }
+
+    /// Starts a live migration ordered by this node's partition leader.
+    fn start_migration(&mut self, vm: VmId, to: NodeId) {
+        let Some(s) = &mut self.sched else { return };
+        let ip = self.overlay.member(&to, 0).and_then(|m| {
+            m.addrs
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .find_map(|a| {
+                    a.iter().find_map(|p| match p {
+                        Protocol::Ip4(ip) => Some(ip.to_string()),
+                        Protocol::Ip6(ip) => Some(format!("[{ip}]")),
+                        _ => None,
+                    })
+                })
+        });
+        s.migrating.insert(vm, (Instant::now(), to));
+        let tx = self.hv_tx.clone();
+        let Some(ip) = ip else {
+            let _ = tx.send(HvDone::Migrated {
+                vm,
+                result: Err(format!("no known address for {to}")),
+            });
+            return;
+        };
+        let dest = s.cfg.migration_uri.replace("{host}", &ip);
+        info!(vm = %s.hv.name_of(vm), %dest, dry_run = s.cfg.dry_run, "live-migrating");
+        if s.cfg.dry_run {
+            // Reported as done so that the plan goes on; nothing moved.
+            let _ = tx.send(HvDone::Migrated { vm, result: Ok(()) });
+            return;
+        }
+        let hv = s.hv.clone();
+        let timeout = s.cfg.migration_timeout;
+        tokio::task::spawn_blocking(move || {
+            let result = hv.migrate(vm, &dest, timeout).map_err(|e| e.to_string());
+            let _ = tx.send(HvDone::Migrated { vm, result });
+        });
+    }
+}
+
+/// Metric label values must be `'static`; event kinds are a small fixed set.
+fn leak_kind(kind: &str) -> &'static str {
+    const KINDS: &[&str] = &[
+        "overloaded",
+        "cleared",
+        "started",
+        "leading",
+        "reserved",
+        "blocked",
+        "merged",
+        "member_lost",
+        "planned",
+        "migration_started",
+        "migration_ended",
+        "dissolved",
+        "left",
+    ];
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Adds one to the counter of `family` labelled `key = value`.

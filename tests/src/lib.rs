@@ -74,6 +74,44 @@ impl Testbed {
             .expect("dvms-launch runs")
     }
 
+    /// Runs `dvms-launch`, asserting success; returns its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.launch(args);
+        assert!(
+            o.status.success(),
+            "dvms-launch {args:?} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// (vm, host) of every running guest, sorted.
+    pub fn running(&self) -> Vec<(String, String)> {
+        let s: serde_json::Value =
+            serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON");
+        let mut v: Vec<(String, String)> = s["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .filter(|v| v["state"] == "running")
+            .map(|v| {
+                let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                (text("name"), text("host"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The guest's uptime (s) and boot id, as it reports them on its command port.
+    pub fn guest_uptime(&self, vm: &str) -> (f64, String) {
+        let out = self.ok(&["guest", vm, "ping"]);
+        let f: Vec<&str> = out.split_whitespace().collect();
+        (f[1].parse().expect("uptime"), f[2].to_owned())
+    }
+
     pub fn netns(&self, host: usize) -> String {
         format!("dvms{}-h{host}", self.id)
     }

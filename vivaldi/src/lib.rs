@@ -245,9 +245,9 @@ impl Filter {
         }
         self.samples.push_back(rtt);
         let mut v: Vec<f64> = self.samples.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
         let k = ((v.len() - 1) as f64 * cfg.filter_percentile.clamp(0.0, 1.0)).round() as usize;
-        v[k]
+        // The k-th smallest without sorting the whole window (this runs on every sample).
+        *v.select_nth_unstable_by(k, f64::total_cmp).1
     }
 }
 

@@ -1,0 +1,264 @@
+//! What the scheduler needs from a hypervisor (capacity, VMs with their CPU use and
+//! memory, live migration with a timeout) and its libvirt implementation.
+//!
+//! Every call blocks: the runtime runs them on tokio's blocking threads. libvirt errors
+//! become [`HvError`]s that name the host, the VM and what failed; nothing panics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+use crate::isp::{HostState, VmId, VmState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HvError {
+    #[error("cannot reach libvirt at {uri}: {msg}")]
+    Connect { uri: String, msg: String },
+    #[error("no running VM {0} on this host")]
+    NoSuchVm(String),
+    #[error("migration of {vm} to {dest} did not finish within {secs} s and was aborted")]
+    Timeout { vm: String, dest: String, secs: u64 },
+    #[error("migration of {vm} to {dest} failed: {msg}")]
+    Migrate {
+        vm: String,
+        dest: String,
+        msg: String,
+    },
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+}
+
+/// The hypervisor as the scheduler sees it.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Capacities and the running VMs with their current CPU use (% of one core).
+    fn sample(&self) -> Result<HostState, HvError>;
+    /// Live-migrates `vm` to the hypervisor at `dest`; aborted after `timeout`. On error
+    /// the VM still runs here.
+    fn migrate(&self, vm: VmId, dest: &str, timeout: Duration) -> Result<(), HvError>;
+    /// A VM's name, for logs.
+    fn name_of(&self, vm: VmId) -> String;
+}
+
+/// Overrides of what libvirt reports as the host's capacity (e.g. on a testbed where
+/// several hosts share one machine's cores).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// CPU capacity, % of one core (default: the node's CPUs × 100).
+    pub cpu: Option<f64>,
+    /// Memory capacity, MiB (default: the node's memory).
+    pub mem_mib: Option<u64>,
+}
+
+/// CPU time samples of one domain.
+#[derive(Debug, Default)]
+struct Samples {
+    /// (when, cumulated CPU time in ns), oldest first, within the window.
+    points: Vec<(Instant, u64)>,
+}
+
+impl Samples {
+    fn push(&mut self, at: Instant, cpu_ns: u64, window: Duration) -> f64 {
+        self.points.push((at, cpu_ns));
+        // Keep the newest point older than the window as the base of the rate.
+        while self.points.len() > 2 && at.duration_since(self.points[1].0) >= window {
+            self.points.remove(0);
+        }
+        let (t0, c0) = self.points[0];
+        let dt = at.duration_since(t0).as_secs_f64();
+        if dt <= 0.0 || cpu_ns < c0 {
+            return 0.0;
+        }
+        (cpu_ns - c0) as f64 / 1e9 / dt * 100.0
+    }
+}
+
+/// A hypervisor driven through libvirt.
+pub struct Libvirt {
+    uri: String,
+    capacity: Capacity,
+    window: Duration,
+    conn: Mutex<Option<Arc<Connect>>>,
+    cpu: Mutex<HashMap<u128, Samples>>,
+    names: Mutex<HashMap<u128, String>>,
+}
+
+/// A VM's id from its libvirt UUID.
+pub fn vm_id(uuid: &uuid::Uuid) -> VmId {
+    VmId(uuid.as_u128())
+}
+
+impl Libvirt {
+    /// `window`: CPU use is the average over (at least) this long.
+    pub fn new(uri: &str, capacity: Capacity, window: Duration) -> Libvirt {
+        Libvirt {
+            uri: uri.to_owned(),
+            capacity,
+            window,
+            conn: Mutex::new(None),
+            cpu: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The connection, opened again if libvirt went away.
+    fn conn(&self) -> Result<Arc<Connect>, HvError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = guard.as_ref() {
+            if c.is_alive().unwrap_or(false) {
+                return Ok(c.clone());
+            }
+        }
+        virt::error::clear_error_callback();
+        let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connect {
+            uri: self.uri.clone(),
+            msg: e.to_string(),
+        })?;
+        let c = Arc::new(c);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    fn forget_connection(&self) {
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn domain(&self, conn: &Connect, vm: VmId) -> Result<Domain, HvError> {
+        let uuid = uuid::Uuid::from_u128(vm.0);
+        conn.lookup_domain_by_uuid(uuid)
+            .ok()
+            .filter(|d| d.is_active().unwrap_or(false))
+            .ok_or_else(|| HvError::NoSuchVm(self.name_of(vm)))
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn sample(&self) -> Result<HostState, HvError> {
+        let conn = self.conn()?;
+        let node = conn.node_info().map_err(|e| {
+            self.forget_connection();
+            HvError::Libvirt(format!("node info: {e}"))
+        })?;
+        let flags = virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
+        let doms = conn
+            .list_all_domains(flags)
+            .map_err(|e| HvError::Libvirt(format!("list domains: {e}")))?;
+        let now = Instant::now();
+        let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut vms = Vec::with_capacity(doms.len());
+        let mut seen = Vec::with_capacity(doms.len());
+        for d in doms {
+            // A domain may vanish between the listing and these calls (it migrated away).
+            let (Ok(uuid), Ok(info)) = (d.uuid(), d.info()) else {
+                continue;
+            };
+            // An incoming migration shows as a paused domain: it holds memory already.
+            let paused = info.state.to_raw() == virt::sys::VIR_DOMAIN_PAUSED;
+            let id = vm_id(&uuid);
+            if let Ok(name) = d.name() {
+                names.insert(id.0, name);
+            }
+            let use_pct = cpu
+                .entry(id.0)
+                .or_default()
+                .push(now, info.cpu_time, self.window);
+            seen.push(id.0);
+            vms.push(VmState {
+                id,
+                cpu: use_pct,
+                mem: info.max_mem / 1024,
+                pinned: paused,
+            });
+        }
+        cpu.retain(|k, _| seen.contains(k));
+        vms.sort_by_key(|v| v.id);
+        Ok(HostState {
+            cpu: self
+                .capacity
+                .cpu
+                .unwrap_or(f64::from(node.cpus.max(1)) * 100.0),
+            mem: self.capacity.mem_mib.unwrap_or(node.memory / 1024),
+            vms,
+        })
+    }
+
+    fn migrate(&self, vm: VmId, dest: &str, timeout: Duration) -> Result<(), HvError> {
+        let conn = self.conn()?;
+        let dom = Arc::new(self.domain(&conn, vm)?);
+        let name = self.name_of(vm);
+        let flags = virt::sys::VIR_MIGRATE_LIVE
+            | virt::sys::VIR_MIGRATE_PEER2PEER
+            | virt::sys::VIR_MIGRATE_PERSIST_DEST
+            | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        // A watchdog aborts the migration job when the timeout passes.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let watched = dom.clone();
+        let watchdog = std::thread::spawn(move || {
+            if done_rx.recv_timeout(timeout).is_err() {
+                // SAFETY: `watched` keeps the domain handle alive for this call;
+                // virDomainAbortJob is thread-safe and only fails if no job runs.
+                unsafe { virt::sys::virDomainAbortJob(watched.as_ptr()) };
+                return true;
+            }
+            false
+        });
+        let result = dom.migrate_to_uri3(
+            Some(dest),
+            virt::domain::MigrateParameters::default(),
+            flags,
+        );
+        let _ = done_tx.send(());
+        let aborted = watchdog.join().unwrap_or(false);
+        match result {
+            Ok(()) => Ok(()),
+            Err(_) if aborted => Err(HvError::Timeout {
+                vm: name,
+                dest: dest.to_owned(),
+                secs: timeout.as_secs(),
+            }),
+            Err(e) => Err(HvError::Migrate {
+                vm: name,
+                dest: dest.to_owned(),
+                msg: e.to_string(),
+            }),
+        }
+    }
+
+    fn name_of(&self, vm: VmId) -> String {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm.0)
+            .cloned()
+            .unwrap_or_else(|| uuid::Uuid::from_u128(vm.0).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_use_is_the_rate_of_cpu_time_over_the_window() {
+        let t0 = Instant::now();
+        let mut s = Samples::default();
+        let w = Duration::from_secs(2);
+        assert_eq!(s.push(t0, 0, w), 0.0); // one point: no rate yet
+        let half_core = s.push(t0 + Duration::from_secs(1), 500_000_000, w);
+        assert!((half_core - 50.0).abs() < 1e-6, "{half_core}");
+        // Later samples slide the window: the rate follows the recent use.
+        s.push(t0 + Duration::from_secs(2), 1_500_000_000, w);
+        let full = s.push(t0 + Duration::from_secs(4), 3_500_000_000, w);
+        assert!((full - 100.0).abs() < 1e-6, "{full}");
+        // A counter that went backwards (domain restarted) is not a negative use.
+        assert_eq!(s.push(t0 + Duration::from_secs(5), 10, w), 0.0);
+    }
+}

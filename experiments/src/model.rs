@@ -1,0 +1,355 @@
+//! The simulator's modelled hypervisors: hosts with CPU and memory capacities, VMs with a
+//! CPU demand and a memory size, and live migrations whose duration follows the pre-copy
+//! algorithm (memory sent over the link, then the pages dirtied meanwhile, round after
+//! round, until what is left is small enough to stop and copy).
+
+use dvms_node::isp::{HostState, Millis, VmId, VmState};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationModel {
+    /// Link bandwidth of a host, MiB/s, shared by its concurrent migrations.
+    pub bandwidth_mib_s: f64,
+    /// Pages dirtied per second by a VM at 100 % of one vCPU, MiB/s (scales with demand).
+    pub dirty_mib_s_at_full_cpu: f64,
+    /// Fixed cost of a migration (connection, device state), ms.
+    pub setup_ms: Millis,
+    /// Stop and copy once the dirty memory left is at most this, MiB.
+    pub stop_copy_mib: f64,
+    /// Pre-copy rounds before stopping anyway.
+    pub max_rounds: u32,
+}
+
+impl Default for MigrationModel {
+    fn default() -> Self {
+        MigrationModel {
+            bandwidth_mib_s: 1_190.0, // 10 Gbit/s
+            dirty_mib_s_at_full_cpu: 100.0,
+            setup_ms: 300,
+            stop_copy_mib: 32.0,
+            max_rounds: 30,
+        }
+    }
+}
+
+impl MigrationModel {
+    /// Duration of the live migration of a VM of `mem_mib` using `cpu` % of a vCPU when
+    /// it gets `share` of the link.
+    pub fn duration_ms(&self, mem_mib: u64, cpu: f64, share: f64) -> Millis {
+        let bw = (self.bandwidth_mib_s * share.clamp(1e-3, 1.0)).max(1e-3);
+        let dirty = self.dirty_mib_s_at_full_cpu * (cpu / 100.0).max(0.0);
+        let mut left = mem_mib as f64;
+        let mut secs = 0.0;
+        for _ in 0..self.max_rounds {
+            let t = left / bw;
+            secs += t;
+            left = (dirty * t).min(mem_mib as f64);
+            if left <= self.stop_copy_mib {
+                break;
+            }
+        }
+        secs += left / bw; // stop and copy
+        self.setup_ms + (secs * 1e3).ceil() as Millis
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostModel {
+    pub cpu: f64,
+    pub mem: u64,
+    pub alive: bool,
+    /// VMs resident here (a migrating VM stays resident on its source until it ends).
+    pub vms: Vec<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmModel {
+    pub cpu: f64,
+    pub mem: u64,
+    pub host: usize,
+    /// The running migration of this VM, if any.
+    pub migration: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MigrationRun {
+    pub vm: usize,
+    pub from: usize,
+    pub to: usize,
+    pub start: Millis,
+    pub end: Millis,
+}
+
+/// Why the modelled hypervisor refused to start a migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NoSuchVm,
+    NotThere,
+    AlreadyMigrating,
+    HostDown,
+    SameHost,
+    /// The destination has no room for the VM's memory: never happens with a correct plan.
+    Memory {
+        host: usize,
+        used: u64,
+        cap: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Datacenter {
+    pub hosts: Vec<HostModel>,
+    pub vms: Vec<VmModel>,
+    pub running: std::collections::BTreeMap<u64, MigrationRun>,
+    next_migration: u64,
+}
+
+impl Datacenter {
+    /// `vms`: (cpu demand, memory, host) of each VM.
+    pub fn new(hosts: &[(f64, u64)], vms: &[(f64, u64, usize)]) -> Datacenter {
+        let mut dc = Datacenter {
+            hosts: hosts
+                .iter()
+                .map(|&(cpu, mem)| HostModel {
+                    cpu,
+                    mem,
+                    alive: true,
+                    vms: Vec::new(),
+                })
+                .collect(),
+            ..Datacenter::default()
+        };
+        for (i, &(cpu, mem, host)) in vms.iter().enumerate() {
+            dc.vms.push(VmModel {
+                cpu,
+                mem,
+                host,
+                migration: None,
+            });
+            dc.hosts[host].vms.push(i);
+        }
+        dc
+    }
+
+    pub fn demand(&self, host: usize) -> f64 {
+        self.hosts[host].vms.iter().map(|v| self.vms[*v].cpu).sum()
+    }
+
+    /// Memory held on `host`: resident VMs plus incoming copies of running migrations.
+    pub fn mem_held(&self, host: usize) -> u64 {
+        let resident: u64 = self.hosts[host].vms.iter().map(|v| self.vms[*v].mem).sum();
+        let incoming: u64 = self
+            .running
+            .values()
+            .filter(|m| m.to == host)
+            .map(|m| self.vms[m.vm].mem)
+            .sum();
+        resident + incoming
+    }
+
+    fn concurrent(&self, host: usize) -> usize {
+        self.running
+            .values()
+            .filter(|m| m.from == host || m.to == host)
+            .count()
+    }
+
+    /// What the host's monitoring reports: VMs resident or arriving (both hold memory);
+    /// those on the move are pinned.
+    pub fn host_state(&self, host: usize) -> HostState {
+        let h = &self.hosts[host];
+        let mut vms: Vec<VmState> = h
+            .vms
+            .iter()
+            .map(|&v| VmState {
+                id: VmId(v as u128),
+                cpu: self.vms[v].cpu,
+                mem: self.vms[v].mem,
+                pinned: self.vms[v].migration.is_some(),
+            })
+            .collect();
+        for m in self.running.values().filter(|m| m.to == host) {
+            vms.push(VmState {
+                id: VmId(m.vm as u128),
+                cpu: self.vms[m.vm].cpu,
+                mem: self.vms[m.vm].mem,
+                pinned: true,
+            });
+        }
+        HostState {
+            cpu: h.cpu,
+            mem: h.mem,
+            vms,
+        }
+    }
+
+    /// Starts a live migration; returns its id and end time.
+    pub fn start_migration(
+        &mut self,
+        vm: usize,
+        from: usize,
+        to: usize,
+        now: Millis,
+        model: &MigrationModel,
+    ) -> Result<(u64, Millis), Refusal> {
+        let v = self.vms.get(vm).ok_or(Refusal::NoSuchVm)?;
+        if to >= self.hosts.len() || from >= self.hosts.len() {
+            return Err(Refusal::HostDown);
+        }
+        if v.host != from {
+            return Err(Refusal::NotThere);
+        }
+        if v.migration.is_some() {
+            return Err(Refusal::AlreadyMigrating);
+        }
+        if from == to {
+            return Err(Refusal::SameHost);
+        }
+        if !self.hosts[from].alive || !self.hosts[to].alive {
+            return Err(Refusal::HostDown);
+        }
+        let used = self.mem_held(to);
+        if used + v.mem > self.hosts[to].mem {
+            return Err(Refusal::Memory {
+                host: to,
+                used: used + v.mem,
+                cap: self.hosts[to].mem,
+            });
+        }
+        let share = 1.0 / (1 + self.concurrent(from).max(self.concurrent(to))) as f64;
+        let end = now + model.duration_ms(v.mem, v.cpu, share);
+        let id = self.next_migration;
+        self.next_migration += 1;
+        self.vms[vm].migration = Some(id);
+        self.running.insert(
+            id,
+            MigrationRun {
+                vm,
+                from,
+                to,
+                start: now,
+                end,
+            },
+        );
+        Ok((id, end))
+    }
+
+    /// Ends a migration: the VM moves when both hosts are up, else stays on its source.
+    pub fn end_migration(&mut self, id: u64) -> Option<(MigrationRun, bool)> {
+        let m = self.running.remove(&id)?;
+        self.vms[m.vm].migration = None;
+        let ok = self.hosts[m.from].alive && self.hosts[m.to].alive;
+        if ok {
+            self.hosts[m.from].vms.retain(|v| *v != m.vm);
+            self.hosts[m.to].vms.push(m.vm);
+            self.vms[m.vm].host = m.to;
+        }
+        Some((m, ok))
+    }
+
+    /// Every running migration that involves `host`.
+    pub fn migrations_of(&self, host: usize) -> Vec<u64> {
+        self.running
+            .iter()
+            .filter(|(_, m)| m.from == host || m.to == host)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Consistency of the model: every VM resident on exactly the host it names, and no
+    /// host holding more memory than it has.
+    pub fn check(&self) -> Result<(), String> {
+        let mut seen = vec![0usize; self.vms.len()];
+        for (h, host) in self.hosts.iter().enumerate() {
+            for &v in &host.vms {
+                seen[v] += 1;
+                if self.vms[v].host != h {
+                    return Err(format!(
+                        "VM {v} is listed on host {h} but placed on {}",
+                        self.vms[v].host
+                    ));
+                }
+            }
+            let held = self.mem_held(h);
+            if held > host.mem {
+                return Err(format!(
+                    "host {h} holds {held} MiB for a capacity of {} MiB",
+                    host.mem
+                ));
+            }
+        }
+        if let Some(v) = seen.iter().position(|n| *n != 1) {
+            return Err(format!("VM {v} is resident on {} hosts", seen[v]));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_time_grows_with_memory_and_dirty_rate_and_shares_the_link() {
+        let m = MigrationModel::default();
+        let idle_1g = m.duration_ms(1024, 0.0, 1.0);
+        // 1 GiB at 1190 MiB/s: 0.86 s + setup.
+        assert!((1_100..1_200).contains(&idle_1g), "{idle_1g}");
+        assert!(m.duration_ms(4096, 0.0, 1.0) > 3 * (idle_1g - m.setup_ms));
+        assert!(m.duration_ms(1024, 100.0, 1.0) > idle_1g);
+        let halved = m.duration_ms(1024, 0.0, 0.5);
+        assert!(halved > 2 * (idle_1g - m.setup_ms));
+        // A VM dirtying faster than the link still ends (stop and copy after max rounds).
+        let hot = MigrationModel {
+            dirty_mib_s_at_full_cpu: 5_000.0,
+            ..m.clone()
+        };
+        assert!(hot.duration_ms(1024, 100.0, 1.0) < 60_000);
+    }
+
+    #[test]
+    fn memory_is_held_on_both_sides_during_a_migration_and_refused_beyond_capacity() {
+        let mut dc = Datacenter::new(
+            &[(800.0, 4096), (800.0, 4096)],
+            &[(50.0, 2048, 0), (50.0, 2048, 0), (50.0, 3072, 1)],
+        );
+        let m = MigrationModel::default();
+        assert_eq!(
+            dc.start_migration(0, 0, 1, 0, &m),
+            Err(Refusal::Memory {
+                host: 1,
+                used: 5120,
+                cap: 4096
+            })
+        );
+        let mut dc = Datacenter::new(&[(800.0, 4096), (800.0, 4096)], &[(50.0, 2048, 0)]);
+        let (id, end) = dc.start_migration(0, 0, 1, 0, &m).unwrap();
+        assert_eq!(dc.mem_held(0), 2048);
+        assert_eq!(dc.mem_held(1), 2048);
+        assert!(dc.host_state(1).vms[0].pinned);
+        assert_eq!(
+            dc.start_migration(0, 0, 1, 1, &m),
+            Err(Refusal::AlreadyMigrating)
+        );
+        assert!(end > 0);
+        let (run, ok) = dc.end_migration(id).unwrap();
+        assert!(ok);
+        assert_eq!((run.from, run.to), (0, 1));
+        assert_eq!(dc.vms[0].host, 1);
+        dc.check().unwrap();
+    }
+
+    #[test]
+    fn a_migration_to_a_host_that_went_down_leaves_the_vm_on_its_source() {
+        let mut dc = Datacenter::new(&[(800.0, 4096), (800.0, 4096)], &[(50.0, 1024, 0)]);
+        let (id, _) = dc
+            .start_migration(0, 0, 1, 0, &MigrationModel::default())
+            .unwrap();
+        dc.hosts[1].alive = false;
+        let (_, ok) = dc.end_migration(id).unwrap();
+        assert!(!ok);
+        assert_eq!(dc.vms[0].host, 0);
+        dc.check().unwrap();
+    }
+}
