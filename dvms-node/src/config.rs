@@ -52,7 +52,9 @@ pub struct SchedulerFile {
     /// Overrides of the capacity libvirt reports.
     pub capacity: Option<Capacity>,
     pub monitor_interval_ms: Option<u64>,
-    /// CPU use is averaged over this window.
+    /// CPU use is averaged over this window (default 2 s). Keep it no longer than the
+    /// detection hold time, so that a plan sees the load that triggered it, not a mix with
+    /// the time before.
     pub cpu_window_ms: Option<u64>,
     /// A migration still running after this is aborted (the VM stays on its source).
     pub migration_timeout_s: Option<u64>,
@@ -110,7 +112,7 @@ impl SchedulerFile {
             migration_uri,
             capacity,
             monitor_interval: ms(self.monitor_interval_ms, 1_000, "monitor_interval_ms")?,
-            cpu_window: ms(self.cpu_window_ms, 3_000, "cpu_window_ms")?,
+            cpu_window: ms(self.cpu_window_ms, 2_000, "cpu_window_ms")?,
             migration_timeout: ms(
                 self.migration_timeout_s.map(|s| s.saturating_mul(1000)),
                 120_000,
@@ -295,12 +297,40 @@ mod tests {
             ("colour = 3", "colour"),
             ("[overlay]\nmode = \"star\"", "star"),
             ("[overlay]\nsuspect_after = 100", "suspect_after"),
+            (
+                "[scheduler]\nlibvirt_uri = \"qemu:///system\"\nmigration_uri = \"qemu+tcp://x/system\"",
+                "{host}",
+            ),
+            (
+                "[scheduler]\nlibvirt_uri = \"qemu:///system\"\ncapacity = { cpu = -1.0 }",
+                "scheduler.capacity",
+            ),
+            (
+                "[scheduler]\nlibvirt_uri = \"qemu:///system\"\n[scheduler.isp.thresholds]\nhigh = 0.5\nlow = 0.9",
+                "scheduler.isp",
+            ),
+            ("[scheduler]\nlibvrt_uri = \"x\"", "libvrt_uri"),
         ] {
             let err = format!("{:#}", settle(&format!("{base}{extra}")).unwrap_err());
             assert!(err.contains(needle), "{extra}: {err}");
         }
         let err = format!("{:#}", settle("identity_file = \"i\"").unwrap_err());
         assert!(err.contains("pre-shared key"), "{err}");
+    }
+
+    #[test]
+    fn the_example_configuration_for_real_hosts_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dvms-node.toml");
+        let cfg = FileConfig::load(&path).unwrap().settle().unwrap();
+        let sched = cfg.scheduler.expect("the example schedules");
+        assert_eq!(sched.libvirt_uri, "qemu:///system");
+        assert_eq!(sched.isp.thresholds.vm_cooldown_ms, 60_000);
+        assert_eq!(cfg.overlay.mode, overlay::Mode::Locality);
+        // Without [scheduler] the daemon only runs the overlay.
+        assert!(settle("psk_file = \"k\"\nidentity_file = \"i\"")
+            .unwrap()
+            .scheduler
+            .is_none());
     }
 
     #[test]

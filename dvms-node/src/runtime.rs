@@ -772,8 +772,8 @@ impl Daemon {
                     self.metrics.migration_seconds.observe(secs);
                 }
                 let line = serde_json::json!({
-                    "event": "migration_result", "vm": name, "to": to, "ok": ok,
-                    "secs": secs, "error": result.err(),
+                    "event": "migration_result", "vm": vm.0.to_string(), "vm_name": name,
+                    "to": to, "ok": ok, "secs": secs, "error": result.err(),
                 });
                 self.log_event(line);
                 self.isp_input(isp::Input::MigrationDone { vm, ok });

@@ -8,10 +8,12 @@
 //! - [`request`]: what to deploy (distributions, topology files, Entropy configurations).
 //! - [`deploy`]: parallel, health-checked, retried boots; [`inventory`]: what runs where.
 //! - [`remote`]: commands and copies on hosts; [`libvirt`]: domain XML and operations.
+//! - [`daemons`]: a `dvms-node` daemon per host (keys, configurations, start, stop, status).
 //!
 //! See the crate README for the commands.
 
 pub mod cluster;
+pub mod daemons;
 pub mod delay;
 pub mod deploy;
 pub mod image;

@@ -127,8 +127,43 @@ enum Cmd {
         #[arg(long, conflicts_with = "vms")]
         all: bool,
     },
+    /// Run a `dvms-node` scheduler daemon on every host (keys and configurations generated).
+    #[command(subcommand)]
+    Daemons(DaemonsCmd),
     #[command(hide = true, subcommand)]
     Internal(InternalCmd),
+}
+
+#[derive(Subcommand)]
+enum DaemonsCmd {
+    /// Start a daemon on every host without one (they join one overlay and schedule
+    /// their host's VMs through its libvirt). Files in <state dir>/daemons/: keys,
+    /// configurations, logs, event logs (JSON lines).
+    #[command(
+        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run"
+    )]
+    Start {
+        /// The dvms-node binary [default: next to dvms-launch, else on PATH].
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Partition growth: locality (closest by Vivaldi coordinates) or ring.
+        #[arg(long)]
+        mode: Option<String>,
+        /// CPU capacity of each host, % of one core [default: what libvirt reports].
+        /// Testbed hosts share this machine's cores: give each its share.
+        #[arg(long)]
+        capacity_cpu: Option<f64>,
+        /// Compute and log plans, migrate nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop every daemon (they leave the overlay first).
+    Stop,
+    /// Each daemon: pid, HTTP endpoint, members, VMs, load, role in a partition.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -332,6 +367,10 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Internal(i) => internal(i),
         Cmd::Testbed(TestbedCmd::Up(a)) => testbed_up(&cli, a),
         Cmd::Testbed(TestbedCmd::Down) => {
+            // Daemons leave the overlay before their hosts go away.
+            if let Ok(c) = cli.load_cluster() {
+                launcher::daemons::stop(&c);
+            }
             testbed::down(&cli.state_dir, cli.testbed)?;
             println!("testbed {} down", cli.testbed);
             Ok(0)
@@ -427,6 +466,50 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
         Cmd::Migrate { vm, host } => migrate_cmd(&cli, vm, host),
+        Cmd::Daemons(DaemonsCmd::Start {
+            binary,
+            mode,
+            capacity_cpu,
+            dry_run,
+        }) => {
+            let c = cli.load_cluster()?;
+            let opt = launcher::daemons::Options {
+                binary: binary.clone(),
+                mode: mode.clone(),
+                capacity_cpu: *capacity_cpu,
+                dry_run: *dry_run,
+            };
+            let started = launcher::daemons::start(&c, &opt)?;
+            println!(
+                "{} daemon(s) started{}; files in {}",
+                started.len(),
+                if started.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", started.join(" "))
+                },
+                launcher::daemons::dir(&c).display()
+            );
+            Ok(0)
+        }
+        Cmd::Daemons(DaemonsCmd::Stop) => {
+            let c = cli.load_cluster()?;
+            let stopped = launcher::daemons::stop(&c);
+            println!("{} daemon(s) stopped", stopped.len());
+            Ok(0)
+        }
+        Cmd::Daemons(DaemonsCmd::Status { json }) => {
+            let c = cli.load_cluster()?;
+            let states = launcher::daemons::status(&c);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&states)?);
+            } else {
+                for st in &states {
+                    println!("{}", launcher::daemons::summary(st));
+                }
+            }
+            Ok(0)
+        }
         Cmd::Destroy { vms, all } => destroy_cmd(&cli, vms, *all),
         Cmd::Guest { vm, command } => {
             let c = cli.load_cluster()?;

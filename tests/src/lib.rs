@@ -112,6 +112,54 @@ impl Testbed {
         (f[1].parse().expect("uptime"), f[2].to_owned())
     }
 
+    /// The testbed's own state directory (cluster, inventory, daemons' files).
+    pub fn dir(&self) -> PathBuf {
+        self.state.join(format!("testbed-{}", self.id))
+    }
+
+    /// Every daemon's event log (`daemons start`), merged in time order; each line must be
+    /// a JSON object with a timestamp.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.dir().join("daemons")) else {
+            return all;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".events.jsonl") {
+                continue;
+            }
+            for l in std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+            {
+                match serde_json::from_str::<serde_json::Value>(l) {
+                    Ok(v) if v.is_object() && v["ts_ms"].is_u64() => all.push(v),
+                    _ => panic!("{name}: bad event log line {l:?}"),
+                }
+            }
+        }
+        all.sort_by_key(|e| e["ts_ms"].as_u64());
+        all
+    }
+
+    /// (domain, state) of every domain libvirt knows on every host, through `virsh`.
+    pub fn domains(&self) -> Vec<(String, String)> {
+        let out = self.ok(&["exec", "all", "--", "virsh", "-q", "list", "--all"]);
+        out.lines()
+            .filter(|l| !l.starts_with("== "))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| (f[1].to_owned(), f[2..].join(" ")))
+            })
+            .collect()
+    }
+
+    /// The HTTP endpoint of host `h`'s daemon.
+    pub fn daemon_http(&self, host: usize) -> String {
+        format!("{}:7080", self.ip(host))
+    }
+
     pub fn netns(&self, host: usize) -> String {
         format!("dvms{}-h{host}", self.id)
     }

@@ -1,0 +1,265 @@
+//! `dvms-launch daemons start|stop|status`: a `dvms-node` daemon on every host of a
+//! cluster, scheduling that host's VMs through its libvirt.
+//!
+//! Everything lives in `<state dir>/daemons/`: the cluster's pre-shared key (created once,
+//! never overwritten), one identity, configuration, log, event log and pid file per host.
+//! On the local testbed each daemon runs inside its host's network namespace; the SSH
+//! provider is not supported yet (start `dvms-node` with the systemd unit in `deploy/`).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::{Access, Cluster, Host};
+use crate::netns;
+
+/// Port of the daemons' libp2p listener and of their HTTP endpoint.
+pub const P2P_PORT: u16 = 7070;
+pub const HTTP_PORT: u16 = 7080;
+
+/// How `daemons start` configures the daemons.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The `dvms-node` binary (default: next to `dvms-launch`, else on PATH).
+    pub binary: Option<PathBuf>,
+    /// `locality` or `ring`.
+    pub mode: Option<String>,
+    /// CPU capacity per host, % of one core (testbed hosts share this machine's cores).
+    pub capacity_cpu: Option<f64>,
+    pub dry_run: bool,
+}
+
+pub fn dir(cluster: &Cluster) -> PathBuf {
+    cluster.state_dir.join("daemons")
+}
+
+fn pid_file(cluster: &Cluster, h: &Host) -> PathBuf {
+    dir(cluster).join(format!("{}.pid", h.name))
+}
+
+pub fn event_log(cluster: &Cluster, h: &Host) -> PathBuf {
+    dir(cluster).join(format!("{}.events.jsonl", h.name))
+}
+
+/// The pid of a host's running daemon.
+pub fn running_pid(cluster: &Cluster, h: &Host) -> Option<i32> {
+    netns::read_live_pid(&pid_file(cluster, h))
+}
+
+fn find_binary(opt: &Options) -> Result<PathBuf> {
+    if let Some(b) = &opt.binary {
+        anyhow::ensure!(b.is_file(), "--binary {}: no such file", b.display());
+        return Ok(b.clone());
+    }
+    let beside = crate::util::self_exe()?.with_file_name("dvms-node");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("dvms-node"))
+        .find(|p| p.is_file())
+        .context("no dvms-node binary next to dvms-launch nor on PATH (build it: cargo build -p dvms-node, or pass --binary)")
+}
+
+/// The TOML configuration of one host's daemon.
+pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
+    let d = dir(cluster);
+    let first = &cluster.hosts[0];
+    let mut s = format!(
+        "listen = \"/ip4/{ip}/tcp/{P2P_PORT}\"\nhttp = \"{ip}:{HTTP_PORT}\"\n\
+         bootstrap = [\"/ip4/{boot}/tcp/{P2P_PORT}\"]\npsk_file = \"{psk}\"\n\
+         identity_file = \"{id}\"\n",
+        ip = h.address,
+        boot = first.address,
+        psk = d.join("swarm.key").display(),
+        id = d.join(format!("{}.id", h.name)).display(),
+    );
+    if let Some(m) = &opt.mode {
+        s += &format!("\n[overlay]\nmode = \"{m}\"\n");
+    }
+    s += &format!(
+        "\n[scheduler]\nlibvirt_uri = \"{uri}\"\nevent_log = \"{log}\"\ndry_run = {dry}\n",
+        uri = h.libvirt_uri,
+        log = event_log(cluster, h).display(),
+        dry = opt.dry_run,
+    );
+    if let Some(c) = opt.capacity_cpu {
+        s += &format!("capacity = {{ cpu = {c:.1} }}\n");
+    }
+    s
+}
+
+/// Starts a daemon on every host that has none running; returns the hosts started.
+pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
+    if let Some(c) = opt.capacity_cpu {
+        anyhow::ensure!(c.is_finite() && c > 0.0, "--capacity-cpu must be positive");
+    }
+    if let Some(m) = &opt.mode {
+        anyhow::ensure!(
+            m == "locality" || m == "ring",
+            "--mode {m:?}: expected locality or ring"
+        );
+    }
+    let bin = find_binary(opt)?;
+    let d = dir(cluster);
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    let psk = d.join("swarm.key");
+    if !psk.exists() {
+        let o = Command::new(&bin).arg("psk").arg(&psk).output()?;
+        if !o.status.success() {
+            bail!(
+                "dvms-node psk failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+    let mut started = Vec::new();
+    for h in &cluster.hosts {
+        if running_pid(cluster, h).is_some() {
+            continue;
+        }
+        let Access::Local { netns: ns, .. } = &h.access else {
+            bail!(
+                "host {}: daemons over SSH are not supported yet; install dvms-node there and use deploy/dvms-node.service",
+                h.name
+            );
+        };
+        let config = d.join(format!("{}.toml", h.name));
+        crate::util::write_atomic(&config, config_toml(cluster, h, opt).as_bytes())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("{}.log", h.name)))?;
+        // `internal netns-exec` enters the namespace and execs: its pid is the daemon's.
+        let child = Command::new(crate::util::self_exe()?)
+            .args(["internal", "netns-exec", "--netns", ns, "--"])
+            .arg(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("host {}: cannot start dvms-node", h.name))?;
+        std::fs::write(pid_file(cluster, h), child.id().to_string())?;
+        started.push(h.name.clone());
+    }
+    // Up when every started daemon serves HTTP; a daemon that exits names its error.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for name in &started {
+        let h = cluster.host(name)?;
+        loop {
+            if running_pid(cluster, h).is_none() {
+                let log =
+                    std::fs::read_to_string(d.join(format!("{name}.log"))).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(3).collect();
+                bail!("host {name}: dvms-node exited: {}", last.join(" | "));
+            }
+            if http_get(&h.address, "/status").is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "host {name}: dvms-node does not answer on {}:{HTTP_PORT}",
+                    h.address
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(started)
+}
+
+/// Stops every daemon (SIGTERM: they leave the overlay; SIGKILL after 5 s).
+pub fn stop(cluster: &Cluster) -> Vec<String> {
+    let mut stopped = Vec::new();
+    for h in &cluster.hosts {
+        if let Some(pid) = running_pid(cluster, h) {
+            let p = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while netns::pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if netns::pid_alive(pid) {
+                netns::kill_and_wait(&[pid]);
+            }
+            stopped.push(h.name.clone());
+        }
+        let _ = std::fs::remove_file(pid_file(cluster, h));
+    }
+    stopped
+}
+
+/// One host's daemon as `daemons status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct DaemonState {
+    pub host: String,
+    pub pid: Option<i32>,
+    pub http: String,
+    /// `GET /status` of the daemon, when it answers.
+    pub status: Option<serde_json::Value>,
+}
+
+pub fn status(cluster: &Cluster) -> Vec<DaemonState> {
+    cluster
+        .hosts
+        .iter()
+        .map(|h| {
+            let pid = running_pid(cluster, h);
+            DaemonState {
+                host: h.name.clone(),
+                pid,
+                http: format!("{}:{HTTP_PORT}", h.address),
+                status: pid
+                    .and_then(|_| http_get(&h.address, "/status").ok())
+                    .and_then(|b| serde_json::from_str(&b).ok()),
+            }
+        })
+        .collect()
+}
+
+/// A one-line summary of a daemon's status.
+pub fn summary(s: &DaemonState) -> String {
+    let Some(st) = &s.status else {
+        return match s.pid {
+            Some(pid) => format!("{:<6} pid {pid:<8} not answering on {}", s.host, s.http),
+            None => format!("{:<6} stopped", s.host),
+        };
+    };
+    let members = st["members"].as_array().map_or(0, Vec::len);
+    let sched = &st["scheduler"];
+    let role = sched["role"]["role"].as_str().unwrap_or("-");
+    let vms = sched["host"]["vms"].as_array().map_or(0, Vec::len);
+    format!(
+        "{:<6} pid {:<8} http {}  members {members:<3} VMs {vms:<3} load {:>5.2}  {role}",
+        s.host,
+        s.pid.unwrap_or_default(),
+        s.http,
+        sched["load"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// A minimal HTTP GET of a daemon's endpoint.
+fn http_get(ip: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{HTTP_PORT}").parse()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    match raw.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => bail!("bad answer from {addr}"),
+    }
+}
