@@ -1,7 +1,9 @@
 //! DVMS-rs node: the daemon that runs on every hypervisor, and the scheduling core it
 //! drives. The daemon joins the overlay (membership, failure suspicion, Vivaldi
-//! coordinates) over libp2p and reports what it sees over HTTP. The scheduling core is
-//! pure code (no I/O, no clock): the simulator (crate `experiments`) runs it too.
+//! coordinates) over libp2p; with a libvirt URI it also watches its host's VMs and, when
+//! the host is overloaded, runs the iterative scheduling procedure with its peers and
+//! live-migrates VMs. The scheduling core is pure code (no I/O, no clock): the simulator
+//! (crate `experiments`) runs it too.
 //!
 //! - [`isp`]: the iterative scheduling procedure: partitions that grow by the overlay's
 //!   best node outside them until a plan exists, block, merge, time out, and apply plans.
@@ -13,8 +15,10 @@
 //! - [`protocol`]: wire messages, bounded and validated decoding.
 //! - [`net`]: the libp2p stack (TCP + pre-shared key + noise + yamux, allow-list, ping,
 //!   identify, request-response with a bounded frame codec).
-//! - [`runtime`]: the loop that drives the pure [`overlay`] state machine with real time
-//!   and the network.
+//! - [`hypervisor`]: what the scheduler needs from a hypervisor, and libvirt's answer
+//!   (CPU use from domain CPU time, live migration with a timeout and abort).
+//! - [`runtime`]: the loop that drives the pure [`overlay`] and [`isp`] state machines with
+//!   real time, the network and the hypervisor; event log (JSON lines).
 //! - [`api`]: `GET /status` (JSON) and `GET /metrics` (Prometheus).
 //! - [`config`]: TOML file + command line.
 //!

@@ -397,3 +397,46 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// `--dry-run`: the daemons detect, partition and plan as usual, log the plan, and move
+/// nothing.
+#[test]
+fn in_dry_run_plans_are_computed_and_logged_and_no_vm_moves() {
+    let tb = Testbed::up(45, &["--hosts", "2"]);
+    tb.ok(&["deploy", "--vms", "4", "--kernel-args", "dvms.tick=250"]);
+    let out = tb.ok(&["daemons", "start", "--capacity-cpu", "50", "--dry-run"]);
+    assert!(out.contains("2 daemon(s) started"), "{out}");
+    let ready = wait_for(Duration::from_secs(40), || {
+        (1..=2).all(|h| {
+            status(&tb.daemon_http(h)).is_some_and(|s| {
+                s["scheduler"]["dry_run"] == true
+                    && s["scheduler"]["host"]["vms"].as_array().map(Vec::len) == Some(2)
+            })
+        })
+    });
+    assert!(ready.is_some(), "{}", tb.ok(&["daemons", "status"]));
+    let before = tb.running();
+    load(&tb, &guests_on(&tb, "h1"), 35); // 70 > 50
+    let planned = wait_for(Duration::from_secs(60), || {
+        tb.events().iter().any(|e| e["event"] == "dissolved")
+    });
+    let log = tb.events();
+    assert!(planned.is_some(), "no plan:\n{}", dump(&log));
+    assert!(log.iter().any(|e| e["event"] == "planned"), "{}", dump(&log));
+    let results: Vec<_> = log
+        .iter()
+        .filter(|e| e["event"] == "migration_result")
+        .collect();
+    assert!(!results.is_empty(), "{}", dump(&log));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tb.running(), before, "a VM moved in dry run");
+    let s = status(&tb.daemon_http(2)).unwrap();
+    assert!(
+        !s["scheduler"]["last_plans"].as_array().unwrap().is_empty()
+            || !status(&tb.daemon_http(1)).unwrap()["scheduler"]["last_plans"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+        "the plan is not shown in /status"
+    );
+}
