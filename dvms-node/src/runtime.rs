@@ -241,6 +241,8 @@ enum HvDone {
     Migrated {
         vm: VmId,
         result: Result<(), String>,
+        /// Dry run: reported done, nothing moved.
+        dry_run: bool,
     },
 }
 
@@ -750,7 +752,11 @@ impl Daemon {
                     }
                 }
             }
-            HvDone::Migrated { vm, result } => {
+            HvDone::Migrated {
+                vm,
+                result,
+                dry_run,
+            } => {
                 let Some(s) = &mut self.sched else { return };
                 let name = s.hv.name_of(vm);
                 let (secs, to) = s
@@ -773,7 +779,7 @@ impl Daemon {
                 }
                 let line = serde_json::json!({
                     "event": "migration_result", "vm": vm.0.to_string(), "vm_name": name,
-                    "to": to, "ok": ok, "secs": secs, "error": result.err(),
+                    "to": to, "ok": ok, "secs": secs, "error": result.err(), "dry_run": dry_run,
                 });
                 self.log_event(line);
                 self.isp_input(isp::Input::MigrationDone { vm, ok });
@@ -906,6 +912,7 @@ impl Daemon {
             let _ = tx.send(HvDone::Migrated {
                 vm,
                 result: Err(format!("no known address for {to}")),
+                dry_run: false,
             });
             return;
         };
@@ -913,14 +920,22 @@ impl Daemon {
         info!(vm = %s.hv.name_of(vm), %dest, dry_run = s.cfg.dry_run, "live-migrating");
         if s.cfg.dry_run {
             // Reported as done so that the plan goes on; nothing moved.
-            let _ = tx.send(HvDone::Migrated { vm, result: Ok(()) });
+            let _ = tx.send(HvDone::Migrated {
+                vm,
+                result: Ok(()),
+                dry_run: true,
+            });
             return;
         }
         let hv = s.hv.clone();
         let timeout = s.cfg.migration_timeout;
         tokio::task::spawn_blocking(move || {
             let result = hv.migrate(vm, &dest, timeout).map_err(|e| e.to_string());
-            let _ = tx.send(HvDone::Migrated { vm, result });
+            let _ = tx.send(HvDone::Migrated {
+                vm,
+                result,
+                dry_run: false,
+            });
         });
     }
 }

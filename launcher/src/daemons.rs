@@ -161,7 +161,7 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
                 let last: Vec<&str> = log.lines().rev().take(3).collect();
                 bail!("host {name}: dvms-node exited: {}", last.join(" | "));
             }
-            if http_get(&h.address, "/status").is_ok() {
+            if crate::util::http_get(&format!("{}:{HTTP_PORT}", h.address), "/status").is_ok() {
                 break;
             }
             if Instant::now() > deadline {
@@ -218,7 +218,9 @@ pub fn status(cluster: &Cluster) -> Vec<DaemonState> {
                 pid,
                 http: format!("{}:{HTTP_PORT}", h.address),
                 status: pid
-                    .and_then(|_| http_get(&h.address, "/status").ok())
+                    .and_then(|_| {
+                        crate::util::http_get(&format!("{}:{HTTP_PORT}", h.address), "/status").ok()
+                    })
                     .and_then(|b| serde_json::from_str(&b).ok()),
             }
         })
@@ -244,22 +246,4 @@ pub fn summary(s: &DaemonState) -> String {
         s.http,
         sched["load"].as_f64().unwrap_or(0.0),
     )
-}
-
-/// A minimal HTTP GET of a daemon's endpoint.
-fn http_get(ip: &str, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{HTTP_PORT}").parse()?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    match raw.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => bail!("bad answer from {addr}"),
-    }
 }

@@ -48,6 +48,28 @@ pub fn self_exe() -> Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the dvms-launch executable")
 }
 
+/// A minimal HTTP/1.1 GET to `addr` (`ip:port`), returning the body of a 200 answer
+/// (the daemons' `/status` and `/metrics`; no HTTP client dependency for that).
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr} is not an ip:port"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(2))
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    match raw.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => anyhow::bail!("bad answer from {addr}{path}: {raw:.200}"),
+    }
+}
+
 /// Total and available memory of this machine in MiB, from /proc/meminfo.
 pub fn meminfo_mib() -> Result<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo")?;

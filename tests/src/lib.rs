@@ -187,19 +187,7 @@ impl Drop for Proc {
 
 /// A minimal HTTP/1.1 GET returning the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    match raw.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => Err(std::io::Error::other(format!("bad answer: {raw:.200}"))),
-    }
+    launcher::util::http_get(addr, path).map_err(|e| std::io::Error::other(format!("{e:#}")))
 }
 
 pub fn status(addr: &str) -> Option<serde_json::Value> {

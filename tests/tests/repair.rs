@@ -118,6 +118,7 @@ fn an_overloaded_host_is_repaired_by_live_migration_within_10_s_and_no_guest_sto
     assert_eq!(results.len() as u64, migrations, "{}", dump(&log));
     for r in &results {
         assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["dry_run"], false, "{r}");
         assert!(r["secs"].as_f64().unwrap() > 0.0, "{r}");
     }
     let dissolved = first("dissolved");
@@ -422,12 +423,21 @@ fn in_dry_run_plans_are_computed_and_logged_and_no_vm_moves() {
     });
     let log = tb.events();
     assert!(planned.is_some(), "no plan:\n{}", dump(&log));
-    assert!(log.iter().any(|e| e["event"] == "planned"), "{}", dump(&log));
+    assert!(
+        log.iter().any(|e| e["event"] == "planned"),
+        "{}",
+        dump(&log)
+    );
     let results: Vec<_> = log
         .iter()
         .filter(|e| e["event"] == "migration_result")
         .collect();
     assert!(!results.is_empty(), "{}", dump(&log));
+    assert!(
+        results.iter().all(|r| r["dry_run"] == true),
+        "{}",
+        dump(&log)
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(tb.running(), before, "a VM moved in dry run");
     let s = status(&tb.daemon_http(2)).unwrap();
