@@ -30,6 +30,8 @@ pub struct Options {
     /// CPU capacity per host, % of one core (testbed hosts share this machine's cores).
     pub capacity_cpu: Option<f64>,
     pub dry_run: bool,
+    /// Abort a live migration still running after this many seconds (daemon default 120).
+    pub migration_timeout_s: Option<u64>,
 }
 
 pub fn dir(cluster: &Cluster) -> PathBuf {
@@ -91,6 +93,9 @@ pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
     if let Some(c) = opt.capacity_cpu {
         s += &format!("capacity = {{ cpu = {c:.1} }}\n");
     }
+    if let Some(t) = opt.migration_timeout_s {
+        s += &format!("migration_timeout_s = {t}\n");
+    }
     s
 }
 
@@ -99,6 +104,10 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
     if let Some(c) = opt.capacity_cpu {
         anyhow::ensure!(c.is_finite() && c > 0.0, "--capacity-cpu must be positive");
     }
+    anyhow::ensure!(
+        opt.migration_timeout_s != Some(0),
+        "--migration-timeout must be at least 1 s"
+    );
     if let Some(m) = &opt.mode {
         anyhow::ensure!(
             m == "locality" || m == "ring",

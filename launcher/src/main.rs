@@ -156,6 +156,9 @@ enum DaemonsCmd {
         /// Compute and log plans, migrate nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Abort a live migration still running after this many seconds [default: 120].
+        #[arg(long, value_name = "SECONDS")]
+        migration_timeout: Option<u64>,
     },
     /// Stop every daemon (they leave the overlay first).
     Stop,
@@ -471,6 +474,7 @@ fn run(cli: Cli) -> Result<i32> {
             mode,
             capacity_cpu,
             dry_run,
+            migration_timeout,
         }) => {
             let c = cli.load_cluster()?;
             let opt = launcher::daemons::Options {
@@ -478,6 +482,7 @@ fn run(cli: Cli) -> Result<i32> {
                 mode: mode.clone(),
                 capacity_cpu: *capacity_cpu,
                 dry_run: *dry_run,
+                migration_timeout_s: *migration_timeout,
             };
             let started = launcher::daemons::start(&c, &opt)?;
             println!(

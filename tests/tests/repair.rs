@@ -450,3 +450,60 @@ fn in_dry_run_plans_are_computed_and_logged_and_no_vm_moves() {
         "the plan is not shown in /status"
     );
 }
+
+/// A live migration that outlasts its timeout is aborted: the guest keeps running on its
+/// source, the failure reaches the leader, which replans, and the partition ends
+/// (plan_failed) without losing or doubling any guest.
+#[test]
+fn a_migration_past_its_timeout_is_aborted_and_the_vm_stays_on_its_source() {
+    let tb = Testbed::up(46, &["--hosts", "2"]);
+    tb.ok(&["deploy", "--vms", "4", "--kernel-args", "dvms.tick=250"]);
+    let out = tb.ok(&[
+        "daemons",
+        "start",
+        "--capacity-cpu",
+        "50",
+        "--migration-timeout",
+        "1",
+    ]);
+    assert!(out.contains("2 daemon(s) started"), "{out}");
+    let ready = wait_for(Duration::from_secs(40), || {
+        (1..=2).all(|h| {
+            status(&tb.daemon_http(h))
+                .is_some_and(|s| s["scheduler"]["host"]["vms"].as_array().map(Vec::len) == Some(2))
+        })
+    });
+    assert!(ready.is_some(), "{}", tb.ok(&["daemons", "status"]));
+    let before = tb.running();
+    let on_h1 = guests_on(&tb, "h1");
+    let boots: Vec<String> = on_h1.iter().map(|v| tb.guest_uptime(v).1).collect();
+    // A 128 MiB TCG guest under load takes seconds to migrate here: 1 s is too short.
+    load(&tb, &on_h1, 35); // 70 > 50
+    let ended = wait_for(Duration::from_secs(90), || {
+        tb.events().iter().any(|e| e["event"] == "dissolved")
+    });
+    let log = tb.events();
+    assert!(ended.is_some(), "{}", dump(&log));
+    let results: Vec<_> = log
+        .iter()
+        .filter(|e| e["event"] == "migration_result")
+        .collect();
+    assert!(!results.is_empty(), "{}", dump(&log));
+    for r in &results {
+        assert_eq!(r["ok"], false, "{r}");
+        let err = r["error"].as_str().unwrap_or_default();
+        assert!(err.contains("did not finish within 1 s"), "{r}");
+    }
+    // The leader replanned after the failure: more than one plan for the partition.
+    let plans = log.iter().filter(|e| e["event"] == "planned").count();
+    assert!(plans >= 2, "no replan:\n{}", dump(&log));
+    let end = log.iter().find(|e| e["event"] == "dissolved").unwrap();
+    assert_eq!(end["reason"], "plan_failed", "{}", dump(&log));
+    assert_eq!(tb.running(), before, "a guest moved or stopped");
+    let domains = tb.domains();
+    for (vm, boot) in on_h1.iter().zip(&boots) {
+        let copies: Vec<_> = domains.iter().filter(|(n, _)| n == vm).collect();
+        assert_eq!(copies.len(), 1, "{vm}: {domains:?}");
+        assert_eq!(&tb.guest_uptime(vm).1, boot, "{vm} restarted");
+    }
+}
