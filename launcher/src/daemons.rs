@@ -3,11 +3,13 @@
 //!
 //! Everything lives in `<state dir>/daemons/`: the cluster's pre-shared key (created once,
 //! never overwritten), one identity, configuration, log, event log and pid file per host.
-//! On the local testbed each daemon runs inside its host's network namespace; the SSH
-//! provider is not supported yet (start `dvms-node` with the systemd unit in `deploy/`).
+//! On the local testbed each daemon runs inside its host's network namespace; over SSH the
+//! binary, key, identity and configuration are copied to `<remote dir>/dvms/<host>/` and
+//! the daemon runs there in the background (for permanent installs, the systemd unit in
+//! `deploy/`).
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,13 +44,55 @@ fn pid_file(cluster: &Cluster, h: &Host) -> PathBuf {
     dir(cluster).join(format!("{}.pid", h.name))
 }
 
-pub fn event_log(cluster: &Cluster, h: &Host) -> PathBuf {
-    dir(cluster).join(format!("{}.events.jsonl", h.name))
+/// The pid of a host's running daemon (on the host, for SSH hosts).
+pub fn running_pid(cluster: &Cluster, h: &Host) -> Option<i32> {
+    match h.access {
+        Access::Local { .. } => netns::read_live_pid(&pid_file(cluster, h)),
+        Access::Ssh { .. } => {
+            let pid: i32 = std::fs::read_to_string(pid_file(cluster, h))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            remote_alive(h, pid).then_some(pid)
+        }
+    }
 }
 
-/// The pid of a host's running daemon.
-pub fn running_pid(cluster: &Cluster, h: &Host) -> Option<i32> {
-    netns::read_live_pid(&pid_file(cluster, h))
+fn remote_alive(h: &Host, pid: i32) -> bool {
+    crate::remote::exec(h, &["kill".into(), "-0".into(), pid.to_string()])
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Copies the daemon's files to an SSH host and starts it in the background there.
+fn start_over_ssh(cluster: &Cluster, h: &Host, bin: &Path, config: &Path) -> Result<()> {
+    let local = dir(cluster);
+    let remote = host_dir(cluster, h);
+    let id = local.join(format!("{}.id", h.name));
+    // The identity is created here once and copied: the daemon keeps its peer id.
+    let o = Command::new(bin)
+        .args(["peer-id", "--identity-file"])
+        .arg(&id)
+        .output()?;
+    anyhow::ensure!(o.status.success(), "dvms-node peer-id failed");
+    let r = |name: &str| remote.join(name).to_string_lossy().into_owned();
+    crate::remote::copy_to(h, bin, &r("dvms-node"))?;
+    crate::remote::copy_to(h, &local.join("swarm.key"), &r("swarm.key"))?;
+    crate::remote::copy_to(h, &id, &r(&format!("{}.id", h.name)))?;
+    crate::remote::copy_to(h, config, &r(&format!("{}.toml", h.name)))?;
+    let script = format!(
+        "chmod 700 {dir} && chmod 600 {dir}/swarm.key {dir}/{n}.id && chmod 755 {dir}/dvms-node && \
+         (nohup {dir}/dvms-node run --config {dir}/{n}.toml >> {dir}/{n}.log 2>&1 < /dev/null & echo $!)",
+        dir = crate::remote::shell_quote(&remote.to_string_lossy()),
+        n = h.name,
+    );
+    let out = crate::remote::exec_ok(h, &["sh".into(), "-c".into(), script])?;
+    let pid: i32 = out
+        .trim()
+        .parse()
+        .with_context(|| format!("host {}: no pid from the remote start: {out:?}", h.name))?;
+    std::fs::write(pid_file(cluster, h), pid.to_string())?;
+    Ok(())
 }
 
 fn find_binary(opt: &Options) -> Result<PathBuf> {
@@ -68,10 +112,31 @@ fn find_binary(opt: &Options) -> Result<PathBuf> {
         .context("no dvms-node binary next to dvms-launch nor on PATH (build it: cargo build -p dvms-node, or pass --binary)")
 }
 
+/// Where a host's daemon files live, as the host sees them.
+fn host_dir(cluster: &Cluster, h: &Host) -> PathBuf {
+    match h.access {
+        Access::Local { .. } => dir(cluster),
+        Access::Ssh { .. } => cluster
+            .image_dir
+            .parent()
+            .unwrap_or(&cluster.image_dir)
+            .join("dvms")
+            .join(&h.name),
+    }
+}
+
 /// The TOML configuration of one host's daemon.
 pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
-    let d = dir(cluster);
+    let d = host_dir(cluster, h);
     let first = &cluster.hosts[0];
+    // On the host itself, over SSH, libvirt is local; peers reach it as the cluster does.
+    let (libvirt_uri, migration_uri) = match h.access {
+        Access::Local { .. } => (h.libvirt_uri.clone(), None),
+        Access::Ssh { .. } => (
+            "qemu:///system".to_owned(),
+            Some(h.peer_uri.replace(&h.address, "{host}")),
+        ),
+    };
     let mut s = format!(
         "listen = \"/ip4/{ip}/tcp/{P2P_PORT}\"\nhttp = \"{ip}:{HTTP_PORT}\"\n\
          bootstrap = [\"/ip4/{boot}/tcp/{P2P_PORT}\"]\npsk_file = \"{psk}\"\n\
@@ -85,11 +150,13 @@ pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
         s += &format!("\n[overlay]\nmode = \"{m}\"\n");
     }
     s += &format!(
-        "\n[scheduler]\nlibvirt_uri = \"{uri}\"\nevent_log = \"{log}\"\ndry_run = {dry}\n",
-        uri = h.libvirt_uri,
-        log = event_log(cluster, h).display(),
+        "\n[scheduler]\nlibvirt_uri = \"{libvirt_uri}\"\nevent_log = \"{log}\"\ndry_run = {dry}\n",
+        log = d.join(format!("{}.events.jsonl", h.name)).display(),
         dry = opt.dry_run,
     );
+    if let Some(m) = migration_uri {
+        s += &format!("migration_uri = \"{m}\"\n");
+    }
     if let Some(c) = opt.capacity_cpu {
         s += &format!("capacity = {{ cpu = {c:.1} }}\n");
     }
@@ -132,14 +199,13 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
         if running_pid(cluster, h).is_some() {
             continue;
         }
-        let Access::Local { netns: ns, .. } = &h.access else {
-            bail!(
-                "host {}: daemons over SSH are not supported yet; install dvms-node there and use deploy/dvms-node.service",
-                h.name
-            );
-        };
         let config = d.join(format!("{}.toml", h.name));
         crate::util::write_atomic(&config, config_toml(cluster, h, opt).as_bytes())?;
+        let Access::Local { netns: ns, .. } = &h.access else {
+            start_over_ssh(cluster, h, &bin, &config)?;
+            started.push(h.name.clone());
+            continue;
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -190,14 +256,25 @@ pub fn stop(cluster: &Cluster) -> Vec<String> {
     let mut stopped = Vec::new();
     for h in &cluster.hosts {
         if let Some(pid) = running_pid(cluster, h) {
-            let p = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while netns::pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if netns::pid_alive(pid) {
-                netns::kill_and_wait(&[pid]);
+            match h.access {
+                Access::Local { .. } => {
+                    let p = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while netns::pid_alive(pid) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if netns::pid_alive(pid) {
+                        netns::kill_and_wait(&[pid]);
+                    }
+                }
+                Access::Ssh { .. } => {
+                    // TERM, up to 5 s to leave the overlay, then KILL.
+                    let script = format!(
+                        "kill {pid}; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.5; done; kill -9 {pid}"
+                    );
+                    let _ = crate::remote::exec(h, &["sh".into(), "-c".into(), script]);
+                }
             }
             stopped.push(h.name.clone());
         }

@@ -138,7 +138,8 @@ enum Cmd {
 enum DaemonsCmd {
     /// Start a daemon on every host without one (they join one overlay and schedule
     /// their host's VMs through its libvirt). Files in <state dir>/daemons/: keys,
-    /// configurations, logs, event logs (JSON lines).
+    /// configurations, logs, event logs (JSON lines); over SSH, copied to and run from
+    /// <remote dir>/dvms/<host>/.
     #[command(
         after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run"
     )]

@@ -153,6 +153,32 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
     ]));
     assert!(xml.contains("overlays/vm-1.qcow2"), "{xml}");
 
+    // A dvms-node daemon on every host, started over SSH: they find each other and
+    // sample their host through its own libvirt; stopped over SSH too.
+    let out = ok(cluster(&["daemons", "start", "--capacity-cpu", "100"]));
+    assert!(out.contains("2 daemon(s) started"), "{out}");
+    let both = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let st: serde_json::Value =
+            serde_json::from_str(&ok(cluster(&["daemons", "status", "--json"]))).unwrap();
+        st.as_array().unwrap().iter().all(|d| {
+            d["status"]["members"].as_array().map(Vec::len) == Some(1)
+                && d["status"]["scheduler"]["host"]["vms"]
+                    .as_array()
+                    .map(Vec::len)
+                    == Some(1)
+        })
+    });
+    assert!(both, "{}", ok(cluster(&["daemons", "status"])));
+    let staged = remote.join("dvms/10.77.34.1");
+    for f in ["dvms-node", "swarm.key", "10.77.34.1.toml", "10.77.34.1.id"] {
+        assert!(staged.join(f).is_file(), "{f} not staged");
+    }
+    let out = ok(cluster(&["daemons", "stop"]));
+    assert!(out.contains("2 daemon(s) stopped"), "{out}");
+    let st = ok(cluster(&["daemons", "status"]));
+    assert_eq!(st.matches("stopped").count(), 2, "{st}");
+
     // Nothing was written to the user's ssh configuration.
     assert!(
         !std::path::Path::new("/root/.ssh/known_hosts").exists()
