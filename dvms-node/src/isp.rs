@@ -293,6 +293,9 @@ pub enum Input<Id> {
     },
     /// The overlay declared a node failed or gone.
     PeerFailed(Id),
+    /// This daemon stops: a leader dissolves its partition (members are free at once),
+    /// any other role just leaves (the overlay's leave tells the leader).
+    Shutdown,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -326,6 +329,8 @@ pub enum EndReason {
     LeaderFailed,
     /// Dissolved by its leader (seen from a member).
     Dissolved,
+    /// This daemon is shutting down.
+    Shutdown,
 }
 
 /// What happened, for logs, metrics and the simulator's measurements.
@@ -705,6 +710,13 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             Input::Message { from, msg } => self.message(now, from, msg, neighbours),
             Input::MigrationDone { vm, ok } => self.migration_done(vm, ok),
             Input::PeerFailed(p) => self.peer_failed(now, p, neighbours),
+            Input::Shutdown => match self.partition().cloned() {
+                Some(_) if matches!(self.role, Role::Leader(_)) => {
+                    self.dissolve(now, EndReason::Shutdown)
+                }
+                Some(id) => self.leave(now, id, EndReason::Shutdown),
+                None => {}
+            },
         }
         while let Some(msg) = self.to_self.pop_front() {
             let me = self.me.clone();
@@ -1779,6 +1791,76 @@ mod tests {
             &nb,
         );
         assert!(out.contains(&Output::Migrate { vm: VmId(4), to: 5 }));
+    }
+
+    #[test]
+    fn a_leader_that_shuts_down_dissolves_its_partition_and_frees_its_members() {
+        let nb = Line(vec![7]);
+        let (mut a, out) = overloaded_node(&nb);
+        let Message::Join { id, .. } = sends(&out)[0].1.clone() else {
+            unreachable!()
+        };
+        let mut b = Isp::new(7, 0, Config::default());
+        b.handle(2_100, Input::Monitor(host(&[(9, 90.0)])), &nb);
+        let joined = b.handle(
+            2_150,
+            Input::Message {
+                from: 1,
+                msg: Message::Join {
+                    id,
+                    kind: Kind::Overload,
+                },
+            },
+            &nb,
+        );
+        // 7 has no room: it leads {1, 7}, finds no plan and nobody else: blocked.
+        let lead = a.handle(
+            2_200,
+            Input::Message {
+                from: 7,
+                msg: sends(&joined)[0].1.clone(),
+            },
+            &nb,
+        );
+        b.handle(
+            2_250,
+            Input::Message {
+                from: 1,
+                msg: sends(&lead)[0].1.clone(),
+            },
+            &nb,
+        );
+        assert!(
+            matches!(
+                b.role(),
+                RoleView::Leader {
+                    phase: Phase::Blocked,
+                    ..
+                }
+            ),
+            "{:?}",
+            b.role()
+        );
+        let out = b.handle(3_000, Input::Shutdown, &nb);
+        assert!(out.iter().any(|o| matches!(
+            o,
+            Output::Event(Event::Dissolved {
+                reason: EndReason::Shutdown,
+                ..
+            })
+        )));
+        let dissolve = sends(&out);
+        assert!(matches!(&dissolve[0], (1, Message::Dissolve { .. })));
+        a.handle(
+            3_050,
+            Input::Message {
+                from: 7,
+                msg: dissolve[0].1.clone(),
+            },
+            &nb,
+        );
+        assert_eq!(a.role(), RoleView::Free);
+        assert_eq!(b.role(), RoleView::Free);
     }
 
     #[test]

@@ -380,6 +380,8 @@ impl Daemon {
         }
         info!("leaving the overlay");
         self.pending.clear();
+        // Leave any partition first (a leader frees its members), then the overlay.
+        self.isp_input(isp::Input::Shutdown);
         self.input(Input::Leave);
         let deadline = tokio::time::sleep(LEAVE_GRACE);
         tokio::pin!(deadline);

@@ -285,13 +285,11 @@ fn two_overloads_in_two_sites_are_solved_by_two_partitions_within_their_sites() 
     }
 }
 
-/// A daemon killed with SIGKILL in the middle of an ISP (the partition's leader): the
-/// others leave the partition within its timeout, a later overload is still solved, and
-/// every VM is on exactly one host throughout (checked through libvirt on all hosts:
-/// never running twice, never gone).
-#[test]
-fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
-    let tb = Testbed::up(44, &["--hosts", "3"]);
+/// 3 hosts, 2 guests each, all busy: h1's overload (60 > 50) has no room anywhere (h2, h3
+/// near 45 of 50), so its partition grows to the three hosts and blocks; h2 or h3 leads
+/// it. Returns the testbed, the leader, the daemons' ids and the guests.
+fn blocked_partition(id: u8) -> (Testbed, usize, BTreeMap<String, usize>, Vec<String>) {
+    let tb = Testbed::up(id, &["--hosts", "3"]);
     tb.ok(&["deploy", "--vms", "6", "--kernel-args", "dvms.tick=250"]);
     start_daemons(&tb, 3, 2, "50");
     let (g1, g2, g3) = (
@@ -299,8 +297,6 @@ fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
         guests_on(&tb, "h2"),
         guests_on(&tb, "h3"),
     );
-    // Every host busy: h1's overload (60 > 50) has no room anywhere (h2, h3 near 45 of
-    // 50), so its partition grows to all three hosts and blocks; h2 or h3 then leads it.
     load(&tb, &g2, 22);
     load(&tb, &g3, 22);
     load(&tb, &g1, 30);
@@ -321,6 +317,17 @@ fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
             status(&tb.daemon_http(*h)).is_some_and(|s| s["scheduler"]["role"]["role"] == "leader")
         })
         .expect("h2 or h3 leads the partition");
+    let guests = [g1, g2, g3].concat();
+    (tb, leader, ids, guests)
+}
+
+/// A daemon killed with SIGKILL in the middle of an ISP (the partition's leader): the
+/// others leave the partition within its timeout, a later overload is still solved, and
+/// every VM is on exactly one host throughout (checked through libvirt on all hosts:
+/// never running twice, never gone).
+#[test]
+fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
+    let (tb, leader, ids, vm_names) = blocked_partition(44);
     let pid = std::fs::read_to_string(tb.dir().join(format!("daemons/h{leader}.pid"))).unwrap();
     let killed_at = now_ms();
     let kill = std::process::Command::new("kill")
@@ -329,10 +336,6 @@ fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
         .unwrap();
     assert!(kill.success());
     let survivors: Vec<usize> = (1..=3).filter(|h| *h != leader).collect();
-    let vm_names: Vec<String> = [&g1, &g2, &g3]
-        .iter()
-        .flat_map(|g| g.iter().cloned())
-        .collect();
     // Each VM runs on at most one host and exists on at least one, at every look.
     let check_vms = |tb: &Testbed| {
         let domains = tb.domains();
@@ -390,6 +393,49 @@ fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
         dump(&tb.events())
     );
     check_vms(&tb);
+}
+
+/// A daemon stopped (SIGTERM) while it leads a partition dissolves it on its way out:
+/// the members are free at once, not after the partition timeout.
+#[test]
+fn a_leader_that_stops_gracefully_frees_its_partition_at_once() {
+    let (tb, leader, ids, _) = blocked_partition(47);
+    let pid = std::fs::read_to_string(tb.dir().join(format!("daemons/h{leader}.pid"))).unwrap();
+    let stopped_at = now_ms();
+    let term = std::process::Command::new("kill")
+        .arg(pid.trim())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let others: Vec<usize> = (1..=3).filter(|h| *h != leader).collect();
+    let freed = wait_for(Duration::from_secs(5), || {
+        let log = tb.events();
+        others.iter().all(|h| {
+            log.iter().any(|e| {
+                e["event"] == "left"
+                    && e["reason"] == "dissolved"
+                    && ids.get(e["node"].as_str().unwrap_or_default()) == Some(h)
+                    && e["ts_ms"].as_u64().unwrap() > stopped_at
+            })
+        })
+    });
+    let log = tb.events();
+    assert!(
+        freed.is_some(),
+        "members not freed at once:\n{}",
+        dump(&log)
+    );
+    assert!(
+        freed.unwrap() < Duration::from_secs(2),
+        "freed after {:?}",
+        freed.unwrap()
+    );
+    assert!(
+        log.iter()
+            .any(|e| e["event"] == "dissolved" && e["reason"] == "shutdown"),
+        "{}",
+        dump(&log)
+    );
 }
 
 fn now_ms() -> u64 {
