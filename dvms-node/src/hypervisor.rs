@@ -202,13 +202,19 @@ impl Hypervisor for Libvirt {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let watched = dom.clone();
         let watchdog = std::thread::spawn(move || {
-            if done_rx.recv_timeout(timeout).is_err() {
+            if done_rx.recv_timeout(timeout).is_ok() {
+                return false;
+            }
+            // Abort until the migration call returns: on a busy host the job may not have
+            // started yet when the timeout passes, and aborting no job does nothing.
+            loop {
                 // SAFETY: `watched` keeps the domain handle alive for this call;
                 // virDomainAbortJob is thread-safe and only fails if no job runs.
                 unsafe { virt::sys::virDomainAbortJob(watched.as_ptr()) };
-                return true;
+                if done_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
             }
-            false
         });
         let result = dom.migrate_to_uri3(
             Some(dest),
