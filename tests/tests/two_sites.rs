@@ -101,7 +101,9 @@ fn after_convergence_each_node_grows_within_its_site_and_estimates_the_other_sit
     };
     let mut report = Vec::new();
     let mut last_print = std::time::Instant::now();
-    let took = wait_for(Duration::from_secs(90), || {
+    // Usually 2-25 s; a node whose first samples were bad (start-up load) settles slower,
+    // its step size having dropped after the warm-up: once seen at over 90 s.
+    let took = wait_for(Duration::from_secs(180), || {
         let ok = problems(&mut report);
         if last_print.elapsed() > Duration::from_secs(10) {
             eprintln!("not converged yet: {report:?}");
@@ -109,7 +111,7 @@ fn after_convergence_each_node_grows_within_its_site_and_estimates_the_other_sit
         }
         ok
     });
-    assert!(took.is_some(), "not converged after 90 s: {report:#?}");
+    assert!(took.is_some(), "not converged after 180 s: {report:#?}");
     eprintln!("converged {took:?} after all daemons served /status");
     // The measured RTTs are the emulated ones, so the check above is about real latency.
     let s = status(&http(1)).unwrap();
