@@ -411,6 +411,27 @@ fn smallest_movable(p: &Problem) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+impl<Id> Event<Id> {
+    /// The event's name, as in its JSON form (`"event"`): a fixed set, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Overloaded { .. } => "overloaded",
+            Event::Cleared { .. } => "cleared",
+            Event::Started { .. } => "started",
+            Event::Leading { .. } => "leading",
+            Event::Reserved { .. } => "reserved",
+            Event::Blocked { .. } => "blocked",
+            Event::Merged { .. } => "merged",
+            Event::MemberLost { .. } => "member_lost",
+            Event::Planned { .. } => "planned",
+            Event::MigrationStarted { .. } => "migration_started",
+            Event::MigrationEnded { .. } => "migration_ended",
+            Event::Dissolved { .. } => "dissolved",
+            Event::Left { .. } => "left",
+        }
+    }
+}
+
 /// The overlay query the ISP grows by.
 pub trait Neighbours<Id> {
     /// The best node to grow by, seen from `from`, among those `exclude` does not reject.
@@ -821,24 +842,30 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         self.become_leader(now, d, nb);
     }
 
-    fn become_leader(&mut self, now: Millis, mut d: Dossier<Id>, nb: &dyn Neighbours<Id>) {
-        d.epoch += 1;
-        let mut heard = BTreeMap::new();
-        for (m, _) in &d.members {
-            if *m != self.me {
-                heard.insert(m.clone(), now);
-            }
-        }
+    fn become_leader(&mut self, now: Millis, d: Dossier<Id>, nb: &dyn Neighbours<Id>) {
         self.event(Event::Leading {
             id: d.id.clone(),
             size: d.members.len(),
         });
+        self.take_lead(now, d, now);
+        self.solve_or_grow(now, nb);
+    }
+
+    /// Leads `d` from now on (a new epoch; every member counts as just heard from).
+    fn take_lead(&mut self, now: Millis, mut d: Dossier<Id>, retry_at: Millis) {
+        d.epoch += 1;
+        let heard = d
+            .members
+            .iter()
+            .filter(|(m, _)| *m != self.me)
+            .map(|(m, _)| (m.clone(), now))
+            .collect();
         self.role = Role::Leader(Box::new(Leadership {
             d,
             waiting: Waiting::Nothing,
             heard,
             keepalive_at: now,
-            retry_at: now,
+            retry_at,
             running: None,
             replans: 0,
             moved: Vec::new(),
@@ -846,7 +873,6 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             unsolvable: None,
         }));
         self.broadcast_update(now);
-        self.solve_or_grow(now, nb);
     }
 
     fn leader(&mut self) -> Option<&mut Leadership<Id>> {
@@ -1390,27 +1416,8 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                         else {
                             return;
                         };
-                        let mut d = *dossier;
-                        d.epoch += 1;
-                        let retry = self.cfg.retry_ms;
-                        self.role = Role::Leader(Box::new(Leadership {
-                            heard: d
-                                .members
-                                .iter()
-                                .filter(|(m, _)| *m != self.me)
-                                .map(|(m, _)| (m.clone(), now))
-                                .collect(),
-                            d,
-                            waiting: Waiting::Nothing,
-                            keepalive_at: now,
-                            retry_at: now + retry,
-                            running: None,
-                            replans: 0,
-                            moved: Vec::new(),
-                            stale: false,
-                            unsolvable: None,
-                        }));
-                        self.broadcast_update(now);
+                        let retry_at = now + self.cfg.retry_ms;
+                        self.take_lead(now, *dossier, retry_at);
                     }
                 }
             }
@@ -1873,6 +1880,35 @@ mod tests {
         n.handle(5_000, Input::Tick, &nb);
         assert!(!n.is_overloaded());
         assert_eq!(n.role(), RoleView::Free);
+    }
+
+    #[test]
+    fn event_kinds_are_their_json_names() {
+        let id = PartitionId {
+            initiator: 1u32,
+            incarnation: 0,
+            seq: 1,
+        };
+        let events = [
+            Event::Overloaded { load: 1.2 },
+            Event::MemberLost {
+                id: id.clone(),
+                member: 2,
+            },
+            Event::MigrationStarted {
+                id: id.clone(),
+                vm: VmId(3),
+                to: 2,
+            },
+            Event::Left {
+                id,
+                reason: EndReason::Shutdown,
+            },
+        ];
+        for e in events {
+            let json = serde_json::to_value(&e).unwrap();
+            assert_eq!(json["event"], e.kind());
+        }
     }
 
     #[test]

@@ -821,11 +821,10 @@ impl Daemon {
     }
 
     fn on_isp_event(&mut self, e: isp::Event<NodeId>) {
-        let line = match serde_json::to_value(&e) {
+        let mut line = match serde_json::to_value(&e) {
             Ok(v) => v,
             Err(err) => serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
         };
-        let mut line = line;
         if let (
             isp::Event::MigrationStarted { vm, .. } | isp::Event::MigrationEnded { vm, .. },
             Some(s),
@@ -834,7 +833,6 @@ impl Daemon {
         {
             o.insert("vm_name".into(), s.hv.name_of(*vm).into());
         }
-        let kind = line["event"].as_str().unwrap_or("unknown").to_owned();
         match &e {
             isp::Event::Overloaded { load } => info!(load, "host overloaded"),
             isp::Event::Cleared { load } => info!(load, "host back under its threshold"),
@@ -864,10 +862,7 @@ impl Daemon {
             }
             other => debug!(event = ?other, "scheduling event"),
         }
-        self.metrics
-            .isp_events
-            .get_or_create(&vec![("kind", leak_kind(&kind))])
-            .inc();
+        count(&self.metrics.isp_events, "kind", e.kind());
         self.log_event(line);
     }
 
@@ -940,30 +935,6 @@ impl Daemon {
             });
         });
     }
-}
-
-/// Metric label values must be `'static`; event kinds are a small fixed set.
-fn leak_kind(kind: &str) -> &'static str {
-    const KINDS: &[&str] = &[
-        "overloaded",
-        "cleared",
-        "started",
-        "leading",
-        "reserved",
-        "blocked",
-        "merged",
-        "member_lost",
-        "planned",
-        "migration_started",
-        "migration_ended",
-        "dissolved",
-        "left",
-    ];
-    KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("other")
 }
 
 /// Adds one to the counter of `family` labelled `key = value`.

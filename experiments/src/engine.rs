@@ -365,7 +365,7 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             nodes: Vec::new(),
-            metrics: Metrics::new(hosts.len(), &network),
+            metrics: Metrics::new(hosts.len()),
             dc,
             network,
             rng,

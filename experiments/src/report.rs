@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use dvms_node::isp::{self, EndReason, Event, Millis};
 use serde::Serialize;
 
-use crate::engine::{Msg, Network, NodeIx};
+use crate::engine::{Msg, NodeIx};
 use crate::model::Datacenter;
 
 /// Counters filled while the engine runs.
@@ -42,7 +42,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(hosts: usize, _network: &Network) -> Metrics {
+    pub fn new(hosts: usize) -> Metrics {
         Metrics {
             over_since: vec![None; hosts],
             detected_at: vec![None; hosts],
