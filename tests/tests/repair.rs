@@ -320,11 +320,22 @@ fn blocked_partition(id: u8) -> (Testbed, usize, BTreeMap<String, usize>, Vec<St
         dump(&tb.events()),
         tb.ok(&["daemons", "status"])
     );
-    let leader = (2..=3)
-        .find(|h| {
+    // The lead may be in flight, or a noisy CPU reading may briefly end the partition
+    // (a new one forms): look for the leader for a while.
+    let mut leader = None;
+    wait_for(Duration::from_secs(30), || {
+        leader = (2..=3).find(|h| {
             status(&tb.daemon_http(*h)).is_some_and(|s| s["scheduler"]["role"]["role"] == "leader")
-        })
-        .expect("h2 or h3 leads the partition");
+        });
+        leader.is_some()
+    });
+    let leader = leader.unwrap_or_else(|| {
+        panic!(
+            "neither h2 nor h3 leads the partition:\n{}\n{}",
+            dump(&tb.events()),
+            tb.ok(&["daemons", "status"])
+        )
+    });
     let guests = [g1, g2, g3].concat();
     (tb, leader, ids, guests)
 }
