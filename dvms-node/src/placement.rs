@@ -72,11 +72,16 @@ pub enum Outcome {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SolverConfig {
     /// Limit on the exact solver, after which its best placement (if any) is used.
     pub time_limit: Duration,
     /// Skip the exact solver (greedy only; for comparison and for very large problems).
     pub greedy_only: bool,
+    /// The exact model has one binary per (VM, host) pair: models larger than this are
+    /// not built and the greedy answer is used (HiGHS's search on a 200,000-variable
+    /// model, a whole 2,000-host datacenter, grew past 20 GiB within its time limit).
+    pub max_exact_variables: usize,
 }
 
 impl Default for SolverConfig {
@@ -84,6 +89,7 @@ impl Default for SolverConfig {
         SolverConfig {
             time_limit: Duration::from_secs(2),
             greedy_only: false,
+            max_exact_variables: 50_000,
         }
     }
 }
@@ -364,7 +370,7 @@ pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
     let reduced_start = greedy
         .as_ref()
         .map(|g| movable.iter().map(|v| g[*v]).collect::<Vec<_>>());
-    match milp(&reduced, reduced_start.as_deref(), cfg.time_limit) {
+    match milp(&reduced, reduced_start.as_deref(), cfg) {
         Milp::Optimal(x) => {
             let full = p.expand(&movable, &x);
             if p.cost(&full).0 == bound {
@@ -375,7 +381,7 @@ pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
         Milp::Feasible(x) => milp_result = Some(Milp::Feasible(p.expand(&movable, &x))),
         Milp::Infeasible | Milp::Failed(_) => {}
     }
-    let full = milp(p, greedy.as_deref(), cfg.time_limit);
+    let full = milp(p, greedy.as_deref(), cfg);
     let full = match (full, milp_result) {
         (Milp::Optimal(x), _) => Milp::Optimal(x),
         (Milp::Feasible(a), Some(Milp::Feasible(b))) => {
@@ -464,8 +470,15 @@ enum Milp {
 
 /// x[v][h] binary; each VM on one host; CPU and memory capacities; minimise
 /// Σ moved_v × (BIG + mem_v) with BIG > total memory (so migrations count first).
-fn milp(p: &Problem, start: Option<&[usize]>, limit: Duration) -> Milp {
+fn milp(p: &Problem, start: Option<&[usize]>, cfg: &SolverConfig) -> Milp {
     let (nv, nh) = (p.vms.len(), p.hosts.len());
+    if nv.saturating_mul(nh) > cfg.max_exact_variables {
+        return Milp::Failed(format!(
+            "{nv} VMs on {nh} hosts is too large for the exact model (limit {} variables)",
+            cfg.max_exact_variables
+        ));
+    }
+    let limit = cfg.time_limit;
     let mut vars = ProblemVariables::new();
     let x: Vec<Vec<Variable>> = (0..nv)
         .map(|_| (0..nh).map(|_| vars.add(variable().binary())).collect())

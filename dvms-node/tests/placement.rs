@@ -67,6 +67,25 @@ fn the_exact_solver_beats_greedy_on_memory_moved() {
     p.check(&s.placement).unwrap();
 }
 
+/// Past `max_exact_variables` (VMs × hosts) the exact model is not built: the greedy
+/// answer is used and said not proven optimal.
+#[test]
+fn problems_too_large_for_the_exact_model_get_the_greedy_answer() {
+    let p = Problem {
+        hosts: vec![host(40.0, 16384), host(60.0, 16384), host(40.0, 16384)],
+        vms: vec![vm(40.0, 4096, 0), vm(30.0, 512, 0), vm(30.0, 512, 0)],
+    };
+    let cfg = SolverConfig {
+        max_exact_variables: 8, // the reduced model has 9 variables, the full one too
+        ..SolverConfig::default()
+    };
+    let s = solved(solve(&p, &cfg));
+    assert_eq!(s.method, Method::Greedy);
+    assert!(!s.optimal);
+    assert_eq!((s.migrations, s.memory_moved), (2, 4608));
+    p.check(&s.placement).unwrap();
+}
+
 #[test]
 fn an_impossible_partition_is_reported_infeasible_with_the_reason() {
     let p = Problem {

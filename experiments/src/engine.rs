@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Datacenter, MigrationModel, Refusal};
 use crate::report::Metrics;
+use crate::view::{Nobody, SharedView};
+
+mod centralized;
+use centralized::Central;
+pub use centralized::CentralConfig;
 
 pub type NodeIx = u32;
 
@@ -25,6 +30,9 @@ pub struct Network {
     pub site_of: Vec<usize>,
     /// Round-trip times between sites, ms (the diagonal is the RTT inside a site).
     pub site_rtt_ms: Vec<Vec<f64>>,
+    /// Names of the sites, when they have some (e.g. countries).
+    #[serde(default)]
+    pub site_names: Vec<String>,
 }
 
 impl Network {
@@ -33,6 +41,7 @@ impl Network {
         Network {
             site_of: vec![0; hosts],
             site_rtt_ms: vec![vec![rtt_ms]],
+            site_names: Vec::new(),
         }
     }
 
@@ -48,11 +57,19 @@ impl Network {
                         .collect()
                 })
                 .collect(),
+            site_names: Vec::new(),
         }
     }
 
     pub fn rtt_ms(&self, a: usize, b: usize) -> f64 {
         self.site_rtt_ms[self.site_of[a]][self.site_of[b]]
+    }
+
+    /// One measured RTT between two hosts: the RTT with ±5 % uniform noise (what a ping
+    /// sees), at least 0.05 ms.
+    pub fn sample_rtt(&self, a: usize, b: usize, rng: &mut StdRng) -> f64 {
+        let rtt = self.rtt_ms(a, b);
+        (rtt * (1.0 + 0.05 * rng.random_range(-1.0..1.0))).max(0.05)
     }
 
     pub fn validate(&self, hosts: usize) -> Result<(), String> {
@@ -143,6 +160,58 @@ impl Default for CrashModel {
     }
 }
 
+/// How the daemons' overlay is simulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlayModel {
+    /// Every host runs its own `overlay::Overlay` and gossips, as the daemon does:
+    /// faithful, but work and memory grow with the square of the hosts.
+    #[default]
+    PerHost,
+    /// One converged view shared by all hosts (see [`crate::view`]): for large runs.
+    Shared,
+}
+
+impl std::str::FromStr for OverlayModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-host" => Ok(OverlayModel::PerHost),
+            "shared" => Ok(OverlayModel::Shared),
+            _ => Err(format!("unknown overlay model {s:?} (per-host or shared)")),
+        }
+    }
+}
+
+/// Who schedules: the daemons (DVMS) or one central scheduler (the baseline).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    #[default]
+    Dvms,
+    Centralized,
+}
+
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Dvms => "dvms",
+            Scheduler::Centralized => "centralized",
+        }
+    }
+}
+
+impl std::str::FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dvms" => Ok(Scheduler::Dvms),
+            "centralized" => Ok(Scheduler::Centralized),
+            _ => Err(format!("unknown scheduler {s:?} (dvms or centralized)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimConfig {
@@ -152,6 +221,8 @@ pub struct SimConfig {
     /// CPU capacity of a host, % of one core (800: 8 cores).
     pub host_cpu: f64,
     pub host_mem: u64,
+    /// vCPUs of each VM: its demand goes up to 100 % per vCPU.
+    pub vm_vcpus: u32,
     /// Memory of each VM, drawn uniformly from these, MiB.
     pub vm_mem: Vec<u64>,
     pub network: Option<Network>,
@@ -162,6 +233,10 @@ pub struct SimConfig {
     pub migration: MigrationModel,
     pub isp: isp::Config,
     pub overlay: overlay::Config,
+    pub overlay_model: OverlayModel,
+    pub scheduler: Scheduler,
+    /// The centralized baseline's settings (with `scheduler = centralized`).
+    pub centralized: CentralConfig,
     /// Period of each daemon's timer (overlay and ISP), ms.
     pub tick_ms: Millis,
     /// Period of each daemon's monitoring of its host, ms.
@@ -180,6 +255,7 @@ impl Default for SimConfig {
             vms: 640,
             host_cpu: 800.0,
             host_mem: 32_768,
+            vm_vcpus: 1,
             vm_mem: vec![1024, 2048, 4096],
             network: None,
             load: LoadModel::default(),
@@ -188,6 +264,9 @@ impl Default for SimConfig {
             migration: MigrationModel::default(),
             isp: isp::Config::default(),
             overlay: overlay::Config::default(),
+            overlay_model: OverlayModel::PerHost,
+            scheduler: Scheduler::Dvms,
+            centralized: CentralConfig::default(),
             tick_ms: 100,
             monitor_ms: 1_000,
             check_invariants: false,
@@ -207,6 +286,9 @@ impl SimConfig {
         if !(self.host_cpu.is_finite() && self.host_cpu > 0.0) || self.host_mem == 0 {
             return Err("host capacities must be positive".into());
         }
+        if self.vm_vcpus == 0 {
+            return Err("vm_vcpus must be positive".into());
+        }
         if self.vm_mem.is_empty() || self.vm_mem.contains(&0) {
             return Err("vm_mem must list positive sizes".into());
         }
@@ -224,10 +306,11 @@ impl SimConfig {
         if !(0.0..1.0).contains(&self.loss) {
             return Err("loss must be in [0, 1)".into());
         }
-        if self.tick_ms == 0 || self.monitor_ms == 0 {
-            return Err("tick_ms and monitor_ms must be positive".into());
+        if !(1..=60_000).contains(&self.tick_ms) || !(1..=60_000).contains(&self.monitor_ms) {
+            return Err("tick_ms and monitor_ms must be between 1 and 60000".into());
         }
         self.isp.validate()?;
+        self.centralized.validate()?;
         self.overlay.validate()
     }
 }
@@ -241,15 +324,91 @@ pub enum Msg {
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Tick { node: NodeIx, gen: u64 },
-    Monitor { node: NodeIx, gen: u64 },
-    Deliver { from: NodeIx, to: NodeIx, msg: Msg },
+    /// The daemons' timers (overlay and ISP) whose phase is this slot of the period.
+    Ticks {
+        slot: usize,
+    },
+    /// The daemons' host monitoring whose phase is this slot of the period.
+    Monitors {
+        slot: usize,
+    },
+    // Boxed: the queue moves its events around, keep them small.
+    Deliver {
+        from: NodeIx,
+        to: NodeIx,
+        msg: Box<Msg>,
+    },
     LoadChange,
-    SetLoad { vm: usize, cpu: f64 },
-    Crash { host: usize, until: Option<Millis> },
-    Recover { host: usize },
-    MigrationEnd { id: u64 },
-    MigrationRefused { node: NodeIx, vm: VmId },
+    /// The centralized scheduler collects and solves.
+    CentralRound,
+    /// The centralized scheduler starts the next round of its plan.
+    CentralApply,
+    SetLoad {
+        vm: usize,
+        cpu: f64,
+    },
+    Crash {
+        host: usize,
+        until: Option<Millis>,
+    },
+    Recover {
+        host: usize,
+    },
+    /// Shared overlay view: a crashed host is suspected, declared failed, or back.
+    ViewSuspect {
+        host: usize,
+        gen: u64,
+    },
+    ViewFail {
+        host: usize,
+        gen: u64,
+    },
+    ViewJoin {
+        host: usize,
+        gen: u64,
+    },
+    MigrationEnd {
+        id: u64,
+    },
+    MigrationRefused {
+        node: NodeIx,
+        vm: VmId,
+    },
+}
+
+/// Periodic timers grouped by phase: the nodes whose timer fires at the same offset in
+/// the period share one queue event (thousands of hosts would otherwise keep the queue
+/// full of timers). Entries of dead incarnations are dropped when their slot fires.
+struct Timers {
+    slots: Vec<Vec<(NodeIx, u64)>>,
+    /// Whether the slot's recurring event is in the queue.
+    armed: Vec<bool>,
+}
+
+impl Timers {
+    fn new(period: Millis) -> Timers {
+        Timers {
+            slots: vec![Vec::new(); period as usize],
+            armed: vec![false; period as usize],
+        }
+    }
+
+    /// Adds a timer first firing at `at`; returns its slot if the slot's event must be
+    /// scheduled (at `at`).
+    fn add(&mut self, at: Millis, node: NodeIx, gen: u64) -> Option<usize> {
+        let slot = (at % self.slots.len() as Millis) as usize;
+        self.slots[slot].push((node, gen));
+        (!std::mem::replace(&mut self.armed[slot], true)).then_some(slot)
+    }
+
+    /// Puts back the slot's live timers (after those added while it fired); false, and
+    /// disarmed, when none is left.
+    fn put_back(&mut self, slot: usize, mut live: Vec<(NodeIx, u64)>) -> bool {
+        live.append(&mut self.slots[slot]);
+        self.slots[slot] = live;
+        self.armed[slot] = !self.slots[slot].is_empty();
+        self.armed[slot]
+    }
 }
 
 struct Scheduled {
@@ -277,7 +436,8 @@ impl Ord for Scheduled {
 }
 
 pub struct Node {
-    pub overlay: Overlay<NodeIx>,
+    /// The host's own overlay (none with the shared view).
+    pub overlay: Option<Overlay<NodeIx>>,
     pub isp: Isp<NodeIx>,
     pub alive: bool,
     gen: u64,
@@ -292,9 +452,15 @@ pub struct Sim {
     now: Millis,
     seq: u64,
     queue: BinaryHeap<Scheduled>,
+    ticks: Timers,
+    monitors: Timers,
     pub nodes: Vec<Node>,
     pub dc: Datacenter,
     network: Network,
+    /// With [`OverlayModel::Shared`]: the view every daemon queries.
+    view: Option<SharedView>,
+    /// With [`Scheduler::Centralized`]: the central scheduler.
+    central: Option<Central>,
     rng: StdRng,
     pub metrics: Metrics,
     /// Every ISP event, when `keep_log` is on: (time, node, event).
@@ -323,7 +489,7 @@ impl Sim {
                 .find(|h| free[*h] >= mem)
                 .ok_or_else(|| format!("{} VMs do not fit in the hosts' memory", cfg.vms))?;
             free[host] -= mem;
-            vms.push((cfg.load.draw(&mut rng), mem, host));
+            vms.push((cfg.load.draw(&mut rng) * f64::from(cfg.vm_vcpus), mem, host));
         }
         Self::with_placement(cfg, &hosts, &vms, rng)
     }
@@ -353,6 +519,7 @@ impl Sim {
         vms: &[(f64, u64, usize)],
         rng: StdRng,
     ) -> Result<Sim, String> {
+        let mut rng = rng;
         let dc = Datacenter::new(hosts, vms);
         dc.check()
             .map_err(|e| format!("initial placement is invalid: {e}"))?;
@@ -360,14 +527,24 @@ impl Sim {
             .network
             .clone()
             .unwrap_or_else(|| Network::one_site(hosts.len(), 0.2));
+        let dvms = cfg.scheduler == Scheduler::Dvms;
+        let view = (dvms && cfg.overlay_model == OverlayModel::Shared)
+            .then(|| SharedView::new(&network, &cfg.overlay, &mut rng));
         let mut sim = Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            ticks: Timers::new(cfg.tick_ms),
+            monitors: Timers::new(cfg.monitor_ms),
             nodes: Vec::new(),
-            metrics: Metrics::new(hosts.len()),
+            metrics: Metrics::new(
+                hosts.len(),
+                cfg.scheduler == Scheduler::Dvms && cfg.overlay_model == OverlayModel::PerHost,
+            ),
             dc,
             network,
+            view,
+            central: None,
             rng,
             log: Vec::new(),
             drop_rule: None,
@@ -378,6 +555,11 @@ impl Sim {
         for h in 0..hosts.len() {
             let node = sim.fresh_node(h as NodeIx, 0);
             sim.nodes.push(node);
+        }
+        if !dvms {
+            sim.central = Some(Central::new(&sim));
+            let first = sim.cfg.centralized.period_ms;
+            sim.schedule(first, Ev::CentralRound);
         }
         for h in 0..hosts.len() {
             sim.boot(h);
@@ -414,7 +596,9 @@ impl Sim {
 
     fn fresh_node(&self, id: NodeIx, incarnation: u64) -> Node {
         Node {
-            overlay: Overlay::new(id, incarnation, self.cfg.overlay.clone()),
+            overlay: (self.cfg.scheduler == Scheduler::Dvms
+                && self.cfg.overlay_model == OverlayModel::PerHost)
+                .then(|| Overlay::new(id, incarnation, self.cfg.overlay.clone())),
             isp: Isp::new(id, incarnation, self.cfg.isp.clone()),
             alive: true,
             gen: incarnation,
@@ -427,8 +611,24 @@ impl Sim {
         let node = h as NodeIx;
         let t0 = self.now + self.rng.random_range(0..self.cfg.tick_ms);
         let m0 = self.now + self.rng.random_range(0..self.cfg.monitor_ms);
-        self.schedule(t0, Ev::Tick { node, gen });
-        self.schedule(m0, Ev::Monitor { node, gen });
+        if let Some(slot) = self.monitors.add(m0, node, gen) {
+            self.schedule(m0, Ev::Monitors { slot });
+        }
+        if let Some(c) = &mut self.central {
+            // Only the host's agent runs: it reports to the central scheduler.
+            c.host_restarted(h, &self.cfg);
+            return;
+        }
+        if let Some(slot) = self.ticks.add(t0, node, gen) {
+            self.schedule(t0, Ev::Ticks { slot });
+        }
+        if self.view.is_some() {
+            if self.now > 0 {
+                let at = self.now + self.cfg.overlay.gossip_interval;
+                self.schedule(at, Ev::ViewJoin { host: h, gen });
+            }
+            return;
+        }
         // Like the daemons' bootstrap peers: host 0 (host 1 for itself), or after a crash
         // any live host, so that the overlay is one connected whole.
         let n = self.nodes.len();
@@ -505,26 +705,41 @@ impl Sim {
         };
         self.now = s.at;
         match s.ev {
-            Ev::Tick { node, gen } => {
-                if self.live(node, gen) {
-                    self.overlay_input(node, overlay::Input::Tick);
-                    self.isp_input(node, isp::Input::Tick);
+            Ev::Ticks { slot } => {
+                let mut due = std::mem::take(&mut self.ticks.slots[slot]);
+                due.retain(|(node, gen)| self.live(*node, *gen));
+                let per_host_overlay = self.view.is_none();
+                for (node, _) in &due {
+                    if per_host_overlay {
+                        self.overlay_input(*node, overlay::Input::Tick);
+                    }
+                    self.isp_input(*node, isp::Input::Tick);
+                }
+                if self.ticks.put_back(slot, due) {
                     let next = self.now + self.cfg.tick_ms;
-                    self.schedule(next, Ev::Tick { node, gen });
+                    self.schedule(next, Ev::Ticks { slot });
                 }
             }
-            Ev::Monitor { node, gen } => {
-                if self.live(node, gen) {
-                    let state = self.dc.host_state(node as usize);
-                    self.isp_input(node, isp::Input::Monitor(state));
+            Ev::Monitors { slot } => {
+                let mut due = std::mem::take(&mut self.monitors.slots[slot]);
+                due.retain(|(node, gen)| self.live(*node, *gen));
+                for (node, _) in &due {
+                    let state = self.dc.host_state(*node as usize);
+                    if self.central.is_some() {
+                        self.central_monitor(*node as usize, &state);
+                    } else {
+                        self.isp_input(*node, isp::Input::Monitor(state));
+                    }
+                }
+                if self.monitors.put_back(slot, due) {
                     let next = self.now + self.cfg.monitor_ms;
-                    self.schedule(next, Ev::Monitor { node, gen });
+                    self.schedule(next, Ev::Monitors { slot });
                 }
             }
-            Ev::Deliver { from, to, msg } => self.deliver(from, to, msg),
+            Ev::Deliver { from, to, msg } => self.deliver(from, to, *msg),
             Ev::LoadChange => {
                 let vm = self.rng.random_range(0..self.dc.vms.len());
-                let cpu = self.cfg.load.draw(&mut self.rng);
+                let cpu = self.cfg.load.draw(&mut self.rng) * f64::from(self.cfg.vm_vcpus);
                 self.set_load(vm, cpu);
                 let next = self.now + self.load_gap();
                 if self.cfg.load.stop_ms.is_none_or(|s| next < s) {
@@ -532,8 +747,32 @@ impl Sim {
                 }
             }
             Ev::SetLoad { vm, cpu } => self.set_load(vm, cpu),
+            Ev::CentralRound => self.central_round(),
+            Ev::CentralApply => self.central_apply(),
             Ev::Crash { host, until } => self.crash(host, until),
             Ev::Recover { host } => self.recover(host),
+            Ev::ViewSuspect { host, gen } => {
+                // Still the crashed incarnation (not back meanwhile).
+                let down = self.nodes[host].gen == gen && !self.nodes[host].alive;
+                if let (Some(v), true) = (&mut self.view, down) {
+                    v.set_usable(host as NodeIx, false);
+                }
+            }
+            Ev::ViewFail { host, gen } => {
+                if self.nodes[host].gen == gen && !self.nodes[host].alive {
+                    for n in 0..self.nodes.len() {
+                        if self.nodes[n].alive {
+                            self.isp_input(n as NodeIx, isp::Input::PeerFailed(host as NodeIx));
+                        }
+                    }
+                }
+            }
+            Ev::ViewJoin { host, gen } => {
+                let up = self.live(host as NodeIx, gen);
+                if let (Some(v), true) = (&mut self.view, up) {
+                    v.set_usable(host as NodeIx, true);
+                }
+            }
             Ev::MigrationEnd { id } => self.migration_end(id),
             Ev::MigrationRefused { node, vm } => {
                 if self.nodes[node as usize].alive {
@@ -559,7 +798,7 @@ impl Sim {
 
     fn set_load(&mut self, vm: usize, cpu: f64) {
         if let Some(v) = self.dc.vms.get_mut(vm) {
-            v.cpu = cpu.clamp(0.0, 100.0);
+            v.cpu = cpu.clamp(0.0, 100.0 * f64::from(self.cfg.vm_vcpus));
             let h = v.host;
             self.metrics.update_host(self.now, h, &self.dc);
         }
@@ -571,6 +810,12 @@ impl Sim {
         }
         self.nodes[host].alive = false;
         self.dc.hosts[host].alive = false;
+        if self.view.is_some() {
+            let gen = self.nodes[host].gen;
+            let (suspect, fail) = (self.cfg.overlay.suspect_after, self.cfg.overlay.fail_after);
+            self.schedule(self.now + suspect, Ev::ViewSuspect { host, gen });
+            self.schedule(self.now + fail, Ev::ViewFail { host, gen });
+        }
         self.metrics.crashes += 1;
         self.metrics.update_host(self.now, host, &self.dc);
         let back = match (until, &self.cfg.crashes) {
@@ -615,7 +860,14 @@ impl Sim {
         }
         let one_way = self.network.rtt_ms(from as usize, to as usize) / 2.0;
         let at = self.now + one_way.ceil().max(1.0) as Millis;
-        self.schedule(at, Ev::Deliver { from, to, msg });
+        self.schedule(
+            at,
+            Ev::Deliver {
+                from,
+                to,
+                msg: Box::new(msg),
+            },
+        );
     }
 
     fn deliver(&mut self, from: NodeIx, to: NodeIx, msg: Msg) {
@@ -626,15 +878,10 @@ impl Sim {
             Msg::Overlay(m) => {
                 if matches!(m, overlay::Message::Gossip { .. }) {
                     // The daemon pings its peers; here each gossip carries a sample.
-                    let rtt = self.network.rtt_ms(from as usize, to as usize);
-                    let noisy = rtt * (1.0 + 0.05 * self.rng.random_range(-1.0..1.0));
-                    self.overlay_input(
-                        to,
-                        overlay::Input::Rtt {
-                            peer: from,
-                            rtt_ms: noisy.max(0.05),
-                        },
-                    );
+                    let rtt_ms = self
+                        .network
+                        .sample_rtt(from as usize, to as usize, &mut self.rng);
+                    self.overlay_input(to, overlay::Input::Rtt { peer: from, rtt_ms });
                 }
                 self.overlay_input(to, overlay::Input::Message { from, msg: m });
             }
@@ -644,9 +891,10 @@ impl Sim {
 
     fn overlay_input(&mut self, node: NodeIx, input: overlay::Input<NodeIx>) {
         let now = self.now;
-        let outs = self.nodes[node as usize]
-            .overlay
-            .handle(now, input, &mut self.rng);
+        let Some(o) = self.nodes[node as usize].overlay.as_mut() else {
+            return;
+        };
+        let outs = o.handle(now, input, &mut self.rng);
         for o in outs {
             match o {
                 overlay::Output::Send { to, msg } => self.send(node, to, Msg::Overlay(msg)),
@@ -661,7 +909,12 @@ impl Sim {
     fn isp_input(&mut self, node: NodeIx, input: isp::Input<NodeIx>) {
         let now = self.now;
         let n = &mut self.nodes[node as usize];
-        let outs = n.isp.handle(now, input, &n.overlay);
+        let neighbours: &dyn isp::Neighbours<NodeIx> = match (&n.overlay, &self.view) {
+            (Some(o), _) => o,
+            (None, Some(v)) => v,
+            (None, None) => &Nobody,
+        };
+        let outs = n.isp.handle(now, input, neighbours);
         self.isp_changed |= !outs.is_empty();
         for o in outs {
             match o {
@@ -722,11 +975,12 @@ impl Sim {
         };
         self.dc_changed = true;
         let cross = self.network.site_of[run.from] != self.network.site_of[run.to];
-        self.metrics
-            .migration(run.end.saturating_sub(run.start), ok, cross);
+        self.metrics.migration(run.start, run.end, ok, cross);
         self.metrics.update_host(self.now, run.from, &self.dc);
         self.metrics.update_host(self.now, run.to, &self.dc);
-        if self.nodes[run.from].alive {
+        if self.central.is_some() {
+            self.central_migration_done(run.vm, ok);
+        } else if self.nodes[run.from].alive {
             self.isp_input(
                 run.from as NodeIx,
                 isp::Input::MigrationDone {

@@ -18,4 +18,7 @@
 
 pub mod engine;
 pub mod model;
+pub mod plot;
 pub mod report;
+pub mod scenario;
+pub mod view;

@@ -18,11 +18,13 @@ pub struct Metrics {
     over_since: Vec<Option<Millis>>,
     detected_at: Vec<Option<Millis>>,
     pub violations: u64,
-    pub violation_ms: Vec<Millis>,
+    /// Every violation: (host, start, end), ms.
+    pub violation_spans: Vec<(usize, Millis, Millis)>,
     pub detections: u64,
     /// Overloads that ended without a plan: the load fell, or the host crashed.
     pub vanished: u64,
-    pub solve_ms: Vec<Millis>,
+    /// Every solved overload: (host, detected at, solved at), ms.
+    pub solved: Vec<(usize, Millis, Millis)>,
     pub partitions_started: u64,
     pub ended: BTreeMap<EndReason, u64>,
     pub partition_sizes: Vec<usize>,
@@ -30,11 +32,18 @@ pub struct Metrics {
     pub migrations_ok: u64,
     pub migrations_failed: u64,
     pub migrations_refused: u64,
-    pub migration_ms: Vec<Millis>,
+    /// Every migration: (start, end, succeeded, crossed sites), ms.
+    pub migration_spans: Vec<(Millis, Millis, bool, bool)>,
     pub cross_site_migrations: u64,
     pub messages_overlay: u64,
+    /// False with the shared overlay view: gossip is not simulated, so not counted.
+    pub overlay_messages_counted: bool,
+    /// Scheduling messages: the ISP's (DVMS), or state collection and orders
+    /// (centralized).
     pub messages_isp: u64,
     pub cross_site_isp_messages: u64,
+    /// Wall time of each centralized solve, ms (counted as virtual time).
+    pub compute_ms: Vec<Millis>,
     pub crashes: u64,
     pub invariant_count: u64,
     /// The first invariant violations, described.
@@ -42,10 +51,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(hosts: usize) -> Metrics {
+    pub fn new(hosts: usize, overlay_messages_counted: bool) -> Metrics {
         Metrics {
             over_since: vec![None; hosts],
             detected_at: vec![None; hosts],
+            overlay_messages_counted,
             ..Metrics::default()
         }
     }
@@ -67,7 +77,7 @@ impl Metrics {
                 self.over_since[host] = Some(now);
             }
             (Some(t), false) => {
-                self.violation_ms.push(now - t);
+                self.violation_spans.push((host, t, now));
                 self.over_since[host] = None;
             }
             _ => {}
@@ -80,19 +90,49 @@ impl Metrics {
     pub fn message(&mut self, msg: &Msg, cross_site: bool) {
         match msg {
             Msg::Overlay(_) => self.messages_overlay += 1,
-            Msg::Isp(_) => {
-                self.messages_isp += 1;
-                if cross_site {
-                    self.cross_site_isp_messages += 1;
+            Msg::Isp(_) => self.scheduler_messages(1, cross_site),
+        }
+    }
+
+    pub fn scheduler_messages(&mut self, n: u64, cross_site: bool) {
+        self.messages_isp += n;
+        if cross_site {
+            self.cross_site_isp_messages += n;
+        }
+    }
+
+    /// A host's demand stayed over its threshold for the hold time.
+    pub fn overload_detected(&mut self, now: Millis, host: usize) {
+        self.detections += 1;
+        self.detected_at[host].get_or_insert(now);
+    }
+
+    /// A detected overload ended by itself (its load fell).
+    pub fn overload_cleared(&mut self, host: usize) {
+        self.vanished += u64::from(self.detected_at[host].take().is_some());
+    }
+
+    /// A plan involving `hosts` ended: the detected overloads it fixed are solved now.
+    pub fn plan_done(
+        &mut self,
+        now: Millis,
+        hosts: impl Iterator<Item = usize>,
+        dc: &Datacenter,
+        high: f64,
+    ) {
+        for h in hosts {
+            if dc.demand(h) <= dc.hosts[h].cpu * high {
+                if let Some(t) = self.detected_at[h].take() {
+                    self.solved.push((h, t, now));
                 }
             }
         }
     }
 
-    pub fn migration(&mut self, ms: Millis, ok: bool, cross_site: bool) {
+    pub fn migration(&mut self, start: Millis, end: Millis, ok: bool, cross_site: bool) {
+        self.migration_spans.push((start, end, ok, cross_site));
         if ok {
             self.migrations_ok += 1;
-            self.migration_ms.push(ms);
             if cross_site {
                 self.cross_site_migrations += 1;
             }
@@ -111,13 +151,8 @@ impl Metrics {
     ) {
         let n = node as usize;
         match e {
-            Event::Overloaded { .. } => {
-                self.detections += 1;
-                self.detected_at[n].get_or_insert(now);
-            }
-            Event::Cleared { .. } => {
-                self.vanished += u64::from(self.detected_at[n].take().is_some());
-            }
+            Event::Overloaded { .. } => self.overload_detected(now, n),
+            Event::Cleared { .. } => self.overload_cleared(n),
             Event::Started { .. } => self.partitions_started += 1,
             Event::Planned { .. } => self.plans += 1,
             Event::Dissolved {
@@ -126,15 +161,8 @@ impl Metrics {
                 *self.ended.entry(*reason).or_default() += 1;
                 self.partition_sizes.push(members.len());
                 if *reason == EndReason::Solved {
-                    for m in members {
-                        let m = *m as usize;
-                        let fixed = dc.demand(m) <= dc.hosts[m].cpu * cfg.thresholds.high;
-                        if fixed {
-                            if let Some(t) = self.detected_at[m].take() {
-                                self.solve_ms.push(now - t);
-                            }
-                        }
-                    }
+                    let hosts = members.iter().map(|m| *m as usize);
+                    self.plan_done(now, hosts, dc, cfg.thresholds.high);
                 }
             }
             _ => {}
@@ -143,11 +171,19 @@ impl Metrics {
 
     /// Closes the violations still open at the end of the run.
     pub fn finish(&mut self, now: Millis) {
-        for s in self.over_since.iter_mut() {
+        for (h, s) in self.over_since.iter_mut().enumerate() {
             if let Some(t) = s.take() {
-                self.violation_ms.push(now - t);
+                self.violation_spans.push((h, t, now));
             }
         }
+    }
+
+    /// Time to solve of every solved overload, s.
+    pub fn solve_times_s(&self) -> Vec<f64> {
+        self.solved
+            .iter()
+            .map(|(_, a, b)| (b - a) as f64 / 1e3)
+            .collect()
     }
 
     /// Overloads detected and neither solved nor vanished yet.
@@ -157,14 +193,23 @@ impl Metrics {
 
     pub fn summary(&self, label: &str) -> Summary {
         let secs = |ms: &[Millis]| ms.iter().map(|m| *m as f64 / 1e3).collect::<Vec<_>>();
-        let solve = secs(&self.solve_ms);
-        let viol = secs(&self.violation_ms);
-        let mig = secs(&self.migration_ms);
+        let solve: Vec<f64> = self.solve_times_s();
+        let viol: Vec<f64> = self
+            .violation_spans
+            .iter()
+            .map(|(_, a, b)| (b - a) as f64 / 1e3)
+            .collect();
+        let mig: Vec<f64> = self
+            .migration_spans
+            .iter()
+            .filter(|m| m.2)
+            .map(|(a, b, _, _)| (b - a) as f64 / 1e3)
+            .collect();
         let sizes: Vec<f64> = self.partition_sizes.iter().map(|s| *s as f64).collect();
         Summary {
             label: label.to_owned(),
             overloads_detected: self.detections,
-            overloads_solved: self.solve_ms.len() as u64,
+            overloads_solved: self.solved.len() as u64,
             overloads_vanished: self.vanished,
             overloads_open: self.open_overloads() as u64,
             solve_mean_s: mean(&solve),
@@ -182,10 +227,15 @@ impl Metrics {
             migration_mean_s: mean(&mig),
             cross_site_migrations: self.cross_site_migrations,
             messages_isp: self.messages_isp,
-            messages_overlay: self.messages_overlay,
+            messages_overlay: self
+                .overlay_messages_counted
+                .then_some(self.messages_overlay),
             cross_site_isp_messages: self.cross_site_isp_messages,
             crashes: self.crashes,
+            compute_mean_s: mean(&secs(&self.compute_ms)),
+            compute_max_s: secs(&self.compute_ms).into_iter().fold(f64::NAN, f64::max),
             invariant_violations: self.invariant_count,
+            wall_s: None,
         }
     }
 }
@@ -232,10 +282,16 @@ pub struct Summary {
     pub migration_mean_s: f64,
     pub cross_site_migrations: u64,
     pub messages_isp: u64,
-    pub messages_overlay: u64,
+    /// None when gossip was not simulated (shared overlay view).
+    pub messages_overlay: Option<u64>,
     pub cross_site_isp_messages: u64,
     pub crashes: u64,
+    /// Centralized scheduler: mean and max wall time of one solve, s.
+    pub compute_mean_s: f64,
+    pub compute_max_s: f64,
     pub invariant_violations: u64,
+    /// Wall time of the run, s (set by whoever timed it).
+    pub wall_s: Option<f64>,
 }
 
 /// Runs side by side: one row per measure, one column per run.
@@ -262,29 +318,188 @@ pub fn table(runs: &[Summary]) -> String {
         ("  failed", |s| s.migrations_failed.to_string()),
         ("  mean duration (s)", |s| fmt(s.migration_mean_s)),
         ("  across sites", |s| s.cross_site_migrations.to_string()),
-        ("ISP messages", |s| s.messages_isp.to_string()),
+        ("central solve, mean (s)", |s| fmt(s.compute_mean_s)),
+        ("central solve, max (s)", |s| fmt(s.compute_max_s)),
+        ("scheduling messages", |s| s.messages_isp.to_string()),
         ("  across sites", |s| s.cross_site_isp_messages.to_string()),
-        ("overlay messages", |s| s.messages_overlay.to_string()),
+        ("overlay messages", |s| {
+            s.messages_overlay.map_or("-".into(), |m| m.to_string())
+        }),
         ("host crashes", |s| s.crashes.to_string()),
         ("invariant violations", |s| {
             s.invariant_violations.to_string()
+        }),
+        ("wall time of the run (s)", |s| {
+            fmt(s.wall_s.unwrap_or(f64::NAN))
         }),
     ];
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut out = String::new();
     let _ = write!(out, "{:width$}", "");
     for r in runs {
-        let _ = write!(out, "  {:>12}", r.label);
+        let _ = write!(out, "  {:>14}", r.label);
     }
     out.push('\n');
     for (name, f) in &rows {
         let _ = write!(out, "{name:width$}");
         for r in runs {
-            let _ = write!(out, "  {:>12}", f(r));
+            let _ = write!(out, "  {:>14}", f(r));
         }
         out.push('\n');
     }
     out
+}
+
+/// Writes a run's results into `dir`: `summary.csv` (one row per run), `overloads.csv`,
+/// `violations.csv`, `migrations.csv`, `partitions.csv`, and the plots
+/// `violations.svg` (hosts in violation over time), `time_to_solve_cdf.svg` and
+/// `partition_sizes_cdf.svg`. Returns the files written.
+pub fn write_results(
+    dir: &std::path::Path,
+    runs: &[(&Summary, &Metrics)],
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use crate::plot::{cdf, Plot, Series};
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut put = |name: &str, text: String| -> std::io::Result<()> {
+        let path = dir.join(name);
+        // Written aside then renamed: an interrupted run leaves no half file.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        written.push(path);
+        Ok(())
+    };
+    let s = |ms: Millis| ms as f64 / 1e3;
+    // summary.csv: the label, then every measure (named as in the JSON output).
+    let mut summary = String::new();
+    for (i, (sum, _)) in runs.iter().enumerate() {
+        let v = serde_json::to_value(sum).map_err(std::io::Error::other)?;
+        let obj = v.as_object().cloned().unwrap_or_default();
+        let keys: Vec<&String> = obj.keys().filter(|k| *k != "label").collect();
+        if i == 0 {
+            let _ = writeln!(
+                summary,
+                "label,{}",
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match &obj[*k] {
+                serde_json::Value::Null => String::new(),
+                x => x.to_string(),
+            })
+            .collect();
+        let _ = writeln!(summary, "{},{}", csv_field(&sum.label), cells.join(","));
+    }
+    put("summary.csv", summary)?;
+    let mut overloads = String::from("run,host,detected_s,solved_s,time_to_solve_s\n");
+    let mut violations = String::from("run,host,start_s,end_s,duration_s\n");
+    let mut migrations = String::from("run,start_s,end_s,duration_s,ok,cross_site\n");
+    let mut partitions = String::from("run,size\n");
+    for (sum, m) in runs {
+        let run = csv_field(&sum.label);
+        for (h, a, b) in &m.solved {
+            let _ = writeln!(overloads, "{run},{h},{},{},{}", s(*a), s(*b), s(b - a));
+        }
+        for (h, a, b) in &m.violation_spans {
+            let _ = writeln!(violations, "{run},{h},{},{},{}", s(*a), s(*b), s(b - a));
+        }
+        for (a, b, ok, cross) in &m.migration_spans {
+            let _ = writeln!(
+                migrations,
+                "{run},{},{},{},{ok},{cross}",
+                s(*a),
+                s(*b),
+                s(b - a)
+            );
+        }
+        for size in &m.partition_sizes {
+            let _ = writeln!(partitions, "{run},{size}");
+        }
+    }
+    put("overloads.csv", overloads)?;
+    put("violations.csv", violations)?;
+    put("migrations.csv", migrations)?;
+    put("partitions.csv", partitions)?;
+    let series = |f: &dyn Fn(&Metrics) -> Vec<(f64, f64)>| -> Vec<Series> {
+        runs.iter()
+            .map(|(sum, m)| Series {
+                label: sum.label.clone(),
+                points: f(m),
+            })
+            .collect()
+    };
+    let in_violation = |m: &Metrics| {
+        let mut edges: Vec<(Millis, i64)> = m
+            .violation_spans
+            .iter()
+            .flat_map(|(_, a, b)| [(*a, 1), (*b, -1)])
+            .collect();
+        edges.sort();
+        let mut level = 0i64;
+        let mut pts = vec![(0.0, 0.0)];
+        for (t, d) in edges {
+            level += d;
+            pts.push((t as f64 / 60e3, level as f64));
+        }
+        pts
+    };
+    let plots = [
+        (
+            "violations.svg",
+            Plot {
+                title: "Hosts in violation over time".into(),
+                x_label: "time (min)".into(),
+                y_label: "hosts over capacity".into(),
+                series: series(&in_violation),
+                steps: true,
+                log2_x: false,
+            },
+        ),
+        (
+            "time_to_solve_cdf.svg",
+            Plot {
+                title: "Time to solve an overload (CDF)".into(),
+                x_label: "detection to end of the last migration (s)".into(),
+                y_label: "fraction of solved overloads".into(),
+                series: series(&|m: &Metrics| cdf(&m.solve_times_s())),
+                steps: true,
+                log2_x: false,
+            },
+        ),
+        (
+            "partition_sizes_cdf.svg",
+            Plot {
+                title: "Partition sizes (CDF; centralized: the whole datacenter)".into(),
+                x_label: "hosts in the partition (log scale)".into(),
+                y_label: "fraction of partitions".into(),
+                series: series(&|m: &Metrics| {
+                    let sizes: Vec<f64> = m.partition_sizes.iter().map(|x| *x as f64).collect();
+                    cdf(&sizes)
+                }),
+                steps: true,
+                log2_x: true,
+            },
+        ),
+    ];
+    for (name, plot) in plots {
+        put(name, plot.to_svg())?;
+    }
+    Ok(written)
+}
+
+/// A CSV field, quoted when it has to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 fn fmt(x: f64) -> String {

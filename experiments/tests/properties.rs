@@ -1,10 +1,12 @@
 //! Properties of DVMS over many seeds on the engine: 64 hosts, 640 VMs, random load
-//! changes and host crashes, invariants checked after every event.
+//! changes and host crashes, invariants checked after every event. Odd seeds run every
+//! host's own overlay (gossip), even seeds the shared overlay view of large runs; the
+//! centralized baseline is held to the same properties.
 
 use std::collections::BTreeMap;
 
 use dvms_node::isp::{Event, Millis, PartitionId};
-use experiments::engine::{CrashModel, LoadModel, NodeIx, Sim, SimConfig};
+use experiments::engine::{CrashModel, LoadModel, NodeIx, OverlayModel, Scheduler, Sim, SimConfig};
 
 const SEEDS: u64 = 200;
 /// Load changes and crashes stop here…
@@ -44,6 +46,11 @@ fn stress(seed: u64) -> SimConfig {
         }),
         check_invariants: true,
         keep_log: true,
+        overlay_model: if seed.is_multiple_of(2) {
+            OverlayModel::Shared
+        } else {
+            OverlayModel::PerHost
+        },
         ..SimConfig::default()
     };
     // Wall time, not virtual time: keep 200 runs affordable. Properties hold for any limit.
@@ -61,7 +68,11 @@ struct Outcome {
 }
 
 fn run(seed: u64) -> Outcome {
-    let mut sim = Sim::new(stress(seed)).expect("valid configuration");
+    run_config(stress(seed))
+}
+
+fn run_config(cfg: SimConfig) -> Outcome {
+    let mut sim = Sim::new(cfg).expect("valid configuration");
     let mut problems = Vec::new();
     sim.run_until(LAST_RECOVERY);
     // Cooldowns and blocked partitions may hold a repair back for a while, never longer
@@ -119,7 +130,7 @@ fn run(seed: u64) -> Outcome {
     Outcome {
         problems,
         overloads: sim.metrics.detections,
-        solved: sim.metrics.solve_ms.len(),
+        solved: sim.metrics.solved.len(),
         crashes: sim.metrics.crashes,
         migrations: sim.metrics.migrations_ok,
         merges,
@@ -223,4 +234,29 @@ fn no_vm_moves_twice_within_its_cooldown() {
         moves > 100,
         "only {moves} migrations: the load did not exercise it"
     );
+}
+
+/// The centralized baseline under the same churn: VMs stay whole, memory holds, and once
+/// churn is over every absorbable overload is solved within a few of its rounds.
+#[test]
+fn the_centralized_baseline_keeps_the_invariants_and_solves_absorbable_overloads() {
+    let mut overloads = 0;
+    let mut solved = 0;
+    for seed in 1..=20 {
+        let mut cfg = SimConfig {
+            scheduler: Scheduler::Centralized,
+            ..stress(seed)
+        };
+        cfg.centralized.time_limit_ms = Some(250);
+        let o = run_config(cfg);
+        assert!(
+            o.problems.is_empty(),
+            "seed {seed}: {}",
+            o.problems.join("\n")
+        );
+        overloads += o.overloads;
+        solved += o.solved as u64;
+    }
+    assert!(overloads > 200, "too few overloads: {overloads}");
+    assert!(solved > overloads / 3, "{solved} of {overloads} solved");
 }

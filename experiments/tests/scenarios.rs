@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use dvms_node::isp::{EndReason, Event, Millis, PartitionId, RoleView};
-use experiments::engine::{LoadModel, Msg, Network, NodeIx, Sim, SimConfig};
+use experiments::engine::{
+    LoadModel, Msg, Network, NodeIx, OverlayModel, Scheduler, Sim, SimConfig,
+};
 
 const GIB: u64 = 1024;
 
@@ -15,6 +17,7 @@ fn config(sites: Vec<usize>) -> SimConfig {
         network: Some(Network {
             site_of: sites,
             site_rtt_ms: vec![vec![1.0, 50.0], vec![50.0, 1.0]],
+            site_names: Vec::new(),
         }),
         load: LoadModel {
             stop_ms: Some(0),
@@ -164,7 +167,7 @@ fn two_blocked_partitions_meet_merge_and_solve_both_overloads() {
 /// Site A holds h0 (overloaded at `OVERLOAD`) and h1, h2 (full); site B holds h3 (room).
 /// `Join`s to h3 are lost before `reach`, so the partition {h0, h1, h2} blocks.
 /// The only 1-migration plan moves VM 8 (h0's smallest in memory) to h3.
-fn blocked_partition(reach: Millis) -> Sim {
+fn blocked_partition(reach: Millis, overlay: OverlayModel) -> Sim {
     let hosts = [(800.0, 32 * GIB); 4];
     let mut vms = Vec::new();
     for h in 0..3 {
@@ -178,7 +181,11 @@ fn blocked_partition(reach: Millis) -> Sim {
     for _ in 0..4 {
         vms.push((50.0, 2 * GIB, 3));
     }
-    let mut sim = Sim::with_datacenter(config(vec![0, 0, 0, 1]), &hosts, &vms).unwrap();
+    let cfg = SimConfig {
+        overlay_model: overlay,
+        ..config(vec![0, 0, 0, 1])
+    };
+    let mut sim = Sim::with_datacenter(cfg, &hosts, &vms).unwrap();
     sim.set_drop_rule(Some(Box::new(move |t, _, to, m| {
         t < reach && to == 3 && is_join(m)
     })));
@@ -203,10 +210,19 @@ fn leader_of(sim: &Sim) -> Option<(NodeIx, PartitionId<NodeIx>, Vec<NodeIx>)> {
     })
 }
 
+/// With every host's own overlay and with the shared view of large runs alike.
+const OVERLAYS: [OverlayModel; 2] = [OverlayModel::PerHost, OverlayModel::Shared];
+
 #[test]
 fn a_member_that_dies_is_removed_and_the_partition_solves_without_it() {
+    for overlay in OVERLAYS {
+        a_member_dies(overlay);
+    }
+}
+
+fn a_member_dies(overlay: OverlayModel) {
     const REACH: Millis = FORMED + 20_000;
-    let mut sim = blocked_partition(REACH);
+    let mut sim = blocked_partition(REACH, overlay);
     sim.run_until(FORMED);
     let (leader, id, members) = leader_of(&sim).expect("a partition");
     assert_eq!(
@@ -262,8 +278,14 @@ fn a_member_that_dies_is_removed_and_the_partition_solves_without_it() {
 
 #[test]
 fn an_initiator_that_dies_dissolves_its_partition_and_later_overloads_are_still_solved() {
+    for overlay in OVERLAYS {
+        the_initiator_dies(overlay);
+    }
+}
+
+fn the_initiator_dies(overlay: OverlayModel) {
     const REACH: Millis = FORMED + 20_000;
-    let mut sim = blocked_partition(REACH);
+    let mut sim = blocked_partition(REACH, overlay);
     sim.run_until(FORMED);
     let (leader, _, _) = leader_of(&sim).expect("a partition");
     sim.crash_at(FORMED, 0, None);
@@ -413,4 +435,53 @@ fn underload_mode_empties_an_idle_host_toward_a_busier_one_and_is_off_by_default
     assert_eq!(vms_of(&on, 1), (0..7).collect::<BTreeSet<_>>());
     assert_eq!(on.metrics.migrations_ok, 4);
     assert!(all_free(&on));
+}
+
+/// The centralized baseline on a datacenter where DVMS needs one migration: it solves
+/// the overload at its first round after detection (not before), with the same single
+/// migration, and counts the whole wait in the time to solve; DVMS on the same datacenter
+/// solves within seconds. Rounds with nothing to do cost no partition.
+#[test]
+fn the_centralized_baseline_solves_at_its_next_round_and_dvms_long_before() {
+    let hosts = [(800.0, 32 * GIB); 3];
+    let mut vms: Vec<(f64, u64, usize)> = (0..8).map(|_| (100.0, 2 * GIB, 0)).collect();
+    vms.push((0.0, GIB, 0)); // VM 8: h0's smallest, idle for now
+    vms.extend((0..4).map(|_| (50.0, 2 * GIB, 1)));
+    vms.extend((0..4).map(|_| (50.0, 2 * GIB, 2)));
+    const OVERLOAD: Millis = 35_000; // just after the round at 30 s
+    let run = |scheduler: Scheduler| {
+        let mut cfg = config(vec![0, 0, 0]);
+        cfg.scheduler = scheduler;
+        let mut sim = Sim::with_datacenter(cfg, &hosts, &vms).unwrap();
+        sim.set_load_at(OVERLOAD, 8, 50.0); // h0: 850 > 800
+        sim.run_until(120_000);
+        sim.finish();
+        assert_clean(&sim);
+        sim
+    };
+    let central = run(Scheduler::Centralized);
+    assert_eq!(central.metrics.detections, 1);
+    assert_eq!(
+        central.metrics.solved.len(),
+        1,
+        "{:?}",
+        central.metrics.solved
+    );
+    let (host, detected, solved) = central.metrics.solved[0];
+    assert_eq!(host, 0);
+    // Detected after the 2 s hold; solved after the round at 60 s plus a migration.
+    assert!(
+        (OVERLOAD + 2_000..OVERLOAD + 3_100).contains(&detected),
+        "{detected}"
+    );
+    assert!((60_000..63_000).contains(&solved), "solved at {solved} ms");
+    assert_eq!(central.metrics.migrations_ok, 1);
+    assert_eq!(central.metrics.partitions_started, 1, "one round had work");
+    assert_eq!(central.metrics.partition_sizes, vec![3]);
+    assert_eq!(central.metrics.compute_ms.len(), 1);
+    assert!(central.overloaded_hosts().is_empty());
+    let dvms = run(Scheduler::Dvms);
+    let (_, d, s) = dvms.metrics.solved[0];
+    assert!(s - d < 5_000, "DVMS took {} ms", s - d);
+    assert!((solved - detected) > 4 * (s - d));
 }

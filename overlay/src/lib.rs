@@ -399,20 +399,7 @@ impl<Id: OverlayId> Overlay<Id> {
         let start = (from.ring_key(), from.clone());
         let candidate = |id: &Id| *id != *from && !exclude(id) && self.usable(id);
         let mine = (self.my_ring, self.me.id.clone());
-        let mut best: Option<&(u64, Id)> = None;
-        for key in self
-            .ring
-            .range((
-                std::ops::Bound::Excluded(&start),
-                std::ops::Bound::Unbounded,
-            ))
-            .chain(self.ring.range(..&start))
-        {
-            if candidate(&key.1) {
-                best = Some(key);
-                break;
-            }
-        }
+        let best = first_on_ring_after(&self.ring, from, candidate);
         // This node is not in `ring`; it wins if it comes first after `from`.
         if candidate(&self.me.id) {
             let dist = |k: &(u64, Id)| ring_distance(&start, k);
@@ -429,26 +416,13 @@ impl<Id: OverlayId> Overlay<Id> {
 
     fn closest(&self, from: &Id, exclude: impl Fn(&Id) -> bool) -> Option<Id> {
         let origin = self.coordinate_of(from)?;
-        let start = (from.ring_key(), from.clone());
-        let mut best: Option<(f64, u64, &Id)> = None;
         let mine = std::iter::once((self.my_ring, &self.me.id, self.coordinate()));
         let others = self
             .members
             .values()
             .filter(|e| e.health == Health::Alive)
             .map(|e| (e.ring, &e.info.id, e.info.coordinate));
-        for (ring, id, coord) in mine.chain(others) {
-            let d = origin.estimate_rtt(&coord);
-            if best.is_some_and(|(bd, _, _)| d > bd) {
-                continue; // cheaper than the exclusion test, which most nodes never reach
-            }
-            let rd = ring_distance(&start, &(ring, id.clone()));
-            let better = best.is_none_or(|(bd, brd, _)| d < bd || rd < brd);
-            if better && id != from && !exclude(id) {
-                best = Some((d, rd, id));
-            }
-        }
-        best.map(|(_, _, id)| id.clone())
+        closest_to(from, &origin, mine.chain(others), exclude)
     }
 
     /// The members this node gossips with every round besides random ones: its ring
@@ -752,6 +726,48 @@ impl<Id: OverlayId> Members<Id> {
     fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry<Id>> {
         self.slots.iter_mut()
     }
+}
+
+/// The locality rule of [`Overlay::best_outside`] over any candidates (ring key, id,
+/// coordinate): the one closest to `origin` (the coordinate of `from`), ties broken by the
+/// first on the ring after `from`; never `from` nor an excluded node. The simulator's
+/// shared overlay view applies the same rule.
+pub fn closest_to<'a, Id: OverlayId + 'a>(
+    from: &Id,
+    origin: &Coord,
+    candidates: impl Iterator<Item = (u64, &'a Id, Coord)>,
+    exclude: impl Fn(&Id) -> bool,
+) -> Option<Id> {
+    let start = (from.ring_key(), from.clone());
+    let mut best: Option<(f64, u64, &Id)> = None;
+    for (ring, id, coord) in candidates {
+        let d = origin.estimate_rtt(&coord);
+        if best.is_some_and(|(bd, _, _)| d > bd) {
+            continue; // cheaper than the exclusion test, which most nodes never reach
+        }
+        let rd = ring_distance(&start, &(ring, id.clone()));
+        let better = best.is_none_or(|(bd, brd, _)| d < bd || rd < brd);
+        if better && id != from && !exclude(id) {
+            best = Some((d, rd, id));
+        }
+    }
+    best.map(|(_, _, id)| id.clone())
+}
+
+/// The ring rule of [`Overlay::best_outside`]: the first entry of `ring` (ordered by
+/// ring key, then id) after `from` for which `candidate` holds, wrapping around.
+pub fn first_on_ring_after<'a, Id: OverlayId>(
+    ring: &'a BTreeSet<(u64, Id)>,
+    from: &Id,
+    candidate: impl Fn(&Id) -> bool,
+) -> Option<&'a (u64, Id)> {
+    let start = (from.ring_key(), from.clone());
+    ring.range((
+        std::ops::Bound::Excluded(&start),
+        std::ops::Bound::Unbounded,
+    ))
+    .chain(ring.range(..&start))
+    .find(|k| candidate(&k.1))
 }
 
 /// Clockwise distance on the ring from `a` to `b` (ties between equal keys by id).

@@ -1,177 +1,230 @@
 //! `dvms-sim`: runs DVMS on a simulated datacenter and prints what it measured.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
-use experiments::engine::{CrashModel, LoadModel, Network, Sim, SimConfig};
-use experiments::report::{table, Summary};
+use clap::{ArgGroup, Parser};
+use experiments::engine::{OverlayModel, Scheduler, Sim};
+use experiments::report::{table, write_results, Metrics, Summary};
+use experiments::scenario::{self, Scenario};
 use overlay::Mode;
 
 /// Run DVMS (the daemon's own overlay and ISP code) on a simulated datacenter in virtual
 /// time and print the results table: overloads detected and solved, time to solve,
 /// violations, partitions, migrations, messages. Deterministic for a seed.
 ///
-/// Hosts have 8 cores (800 % CPU) and 32 GiB; VMs one vCPU and 1, 2 or 4 GiB, spread
-/// round-robin. Load changes arrive as a Poisson process (VMs / period per second), each
-/// setting one VM's demand from a Gaussian clamped to [0, 100] % and quantized in 10 %
-/// steps. Migrations follow a pre-copy model over 10 Gbit/s links.
+/// The datacenter comes from a scenario file (--scenario) or from the flags: hosts of 8
+/// cores (800 % CPU) and 32 GiB; VMs of one vCPU and 1, 2 or 4 GiB, spread round-robin.
+/// Load changes arrive as a Poisson process (VMs / period per second), each setting one
+/// VM's demand from a Gaussian clamped to [0, 100] % and quantized in 10 % steps.
+/// Migrations follow a pre-copy model over 10 Gbit/s links. --scheduler centralized runs
+/// the Entropy-like baseline on the same datacenter: its solve time counts as virtual
+/// time, so its runs vary a little with the machine.
 ///
 /// Examples:
 ///   dvms-sim --hosts 64 --vms 640 --duration 1h --mode both
-///   dvms-sim --hosts 64 --vms 640 --sites 4 --site-rtt-ms 40 --mode both
+///   dvms-sim --hosts 8000 --vms 80000 --mode locality --scheduler both --out results/
+///   dvms-sim --scenario experiments/scenarios/four-countries.toml --out results/
+///   dvms-sim --hosts 64 --vms 640 --sites 4 --latency ../shared/data/country_rtt.csv.gz
 ///   dvms-sim --hosts 64 --vms 640 --crash-period 2h --json results.json
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
+#[command(group(ArgGroup::new("inline").multiple(true)))]
 struct Args {
-    #[arg(long, default_value_t = 64)]
-    hosts: usize,
-    #[arg(long, default_value_t = 640)]
-    vms: usize,
-    /// Virtual time to simulate: e.g. 1h, 30m, 90s, 500ms.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    duration: u64,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// How partitions grow: locality (closest by Vivaldi), ring, or both (two runs).
-    #[arg(long, default_value = "both", value_parser = ["locality", "ring", "both"])]
-    mode: String,
-    /// Number of sites (consecutive hosts), with --site-rtt-ms between them.
-    #[arg(long, default_value_t = 1)]
-    sites: usize,
-    /// RTT between two hosts of one site, ms.
-    #[arg(long, default_value_t = 0.2)]
-    local_rtt_ms: f64,
-    /// RTT between two sites, ms.
-    #[arg(long, default_value_t = 50.0)]
-    site_rtt_ms: f64,
-    /// Mean time between two load changes of one VM.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    load_period: u64,
-    /// Mean of a VM's CPU demand, % of its vCPU.
-    #[arg(long, default_value_t = 60.0)]
-    load_mean: f64,
-    /// Standard deviation of a VM's CPU demand, %.
-    #[arg(long, default_value_t = 30.0)]
-    load_std: f64,
-    /// Mean time between two crashes of one host (none by default).
+    /// Run the scenario in this TOML file (see experiments/scenarios/); the flags that
+    /// describe a datacenter cannot be combined with it, --seed and --duration override
+    /// the file's.
+    #[arg(long, conflicts_with = "inline")]
+    scenario: Option<PathBuf>,
+    #[arg(long, group = "inline")]
+    hosts: Option<usize>,
+    #[arg(long, group = "inline")]
+    vms: Option<usize>,
+    /// Virtual time to simulate: e.g. 1h, 30m, 90s, 500ms [default: 1h].
     #[arg(long, value_parser = parse_duration)]
+    duration: Option<u64>,
+    /// Seed of the run (same seed, same run) [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How DVMS partitions grow: locality (closest by Vivaldi), ring, or both (two runs).
+    #[arg(long, group = "inline", value_parser = ["locality", "ring", "both"])]
+    mode: Option<String>,
+    /// Who schedules: dvms (the daemons), centralized (the Entropy-like baseline: one
+    /// scheduler solving the whole datacenter every --central-period), or both.
+    #[arg(long, group = "inline", value_parser = ["dvms", "centralized", "both"])]
+    scheduler: Option<String>,
+    /// Period of the centralized scheduler's rounds [default: 30s].
+    #[arg(long, group = "inline", value_parser = parse_duration)]
+    central_period: Option<u64>,
+    /// Number of sites (consecutive hosts), with --site-rtt-ms between them.
+    #[arg(long, group = "inline")]
+    sites: Option<usize>,
+    /// Take the RTTs between sites from this matrix (the RIPE Atlas country file works:
+    /// the --sites best-measured countries, one site each).
+    #[arg(long, group = "inline")]
+    latency: Option<PathBuf>,
+    /// RTT between two hosts of one site, ms [default: 0.2].
+    #[arg(long, group = "inline")]
+    local_rtt_ms: Option<f64>,
+    /// RTT between two sites, ms [default: 50].
+    #[arg(long, group = "inline")]
+    site_rtt_ms: Option<f64>,
+    /// Mean time between two load changes of one VM [default: 300s].
+    #[arg(long, group = "inline", value_parser = parse_duration)]
+    load_period: Option<u64>,
+    /// Mean of a VM's CPU demand, % of its vCPU [default: 60].
+    #[arg(long, group = "inline")]
+    load_mean: Option<f64>,
+    /// Standard deviation of a VM's CPU demand, % [default: 30].
+    #[arg(long, group = "inline")]
+    load_std: Option<f64>,
+    /// Mean time between two crashes of one host (none by default).
+    #[arg(long, group = "inline", value_parser = parse_duration)]
     crash_period: Option<u64>,
-    /// How long a crashed host stays down.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    crash_duration: u64,
-    /// Probability that a message is lost.
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
+    /// How long a crashed host stays down [default: 60s].
+    #[arg(long, group = "inline", value_parser = parse_duration)]
+    crash_duration: Option<u64>,
+    /// Probability that a message is lost [default: 0].
+    #[arg(long, group = "inline")]
+    loss: Option<f64>,
+    /// How the overlay is simulated: shared (one converged membership view with Vivaldi
+    /// coordinates learnt on the simulated network; gossip not simulated: for thousands
+    /// of hosts) or per-host (every host runs its own overlay and gossips, as the daemon
+    /// does; work grows with the square of the hosts) [default: shared].
+    #[arg(long, group = "inline")]
+    overlay: Option<OverlayModel>,
     /// Check the invariants after every event (slower).
     #[arg(long)]
     check: bool,
+    /// Write the results into this directory: CSV files (summary, overloads, violations,
+    /// migrations, partitions) and SVG plots (violations over time, CDF of the time to
+    /// solve, partition sizes).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
     /// Write every ISP event (detections, partitions, plans, migrations, ends) as JSON
-    /// lines to this file: {"mode", "t_ms", "node", "event", ...}.
+    /// lines to this file: {"run", "t_ms", "node", "event", ...}.
     #[arg(long)]
-    events: Option<std::path::PathBuf>,
+    events: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let x: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1h, 30m, 90s, 500ms)"))?;
-    let ms = match unit {
-        "ms" => 1.0,
-        "s" => 1e3,
-        "m" | "min" => 60e3,
-        "h" => 3600e3,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
-            ))
+    scenario::parse_duration(s)
+}
+
+impl Args {
+    /// The scenario the flags describe (defaults as documented).
+    fn inline_scenario(&self) -> Scenario {
+        let modes = match self.mode.as_deref() {
+            Some("ring") => vec![Mode::Ring],
+            Some("locality") => vec![Mode::Locality],
+            _ => vec![Mode::Ring, Mode::Locality],
+        };
+        let schedulers = match self.scheduler.as_deref() {
+            Some("centralized") => vec![Scheduler::Centralized],
+            Some("both") => vec![Scheduler::Dvms, Scheduler::Centralized],
+            _ => vec![Scheduler::Dvms],
+        };
+        let network = scenario::NetworkSpec::default();
+        let load = scenario::Load::default();
+        let central = scenario::Centralized::default();
+        Scenario {
+            name: None,
+            seed: 1,
+            duration: 3_600_000,
+            schedulers,
+            hosts: scenario::Hosts {
+                count: self.hosts.unwrap_or(64),
+                cpu_cores: 8,
+                memory_mib: 32_768,
+            },
+            network: scenario::NetworkSpec {
+                sites: self.sites.unwrap_or(network.sites),
+                local_rtt_ms: self.local_rtt_ms.unwrap_or(network.local_rtt_ms),
+                site_rtt_ms: self.site_rtt_ms.unwrap_or(network.site_rtt_ms),
+                latency_file: self.latency.clone(),
+            },
+            vms: scenario::Vms {
+                count: self.vms.unwrap_or(640),
+                vcpus: 1,
+                memory_mib: vec![1024, 2048, 4096],
+            },
+            load: scenario::Load {
+                period: self.load_period.unwrap_or(load.period),
+                mean: self.load_mean.unwrap_or(load.mean),
+                std: self.load_std.unwrap_or(load.std),
+                ..load
+            },
+            crashes: self.crash_period.map(|period| scenario::Crashes {
+                period,
+                duration: self.crash_duration.unwrap_or(60_000),
+            }),
+            loss: self.loss.unwrap_or(0.0),
+            dvms: scenario::Dvms {
+                modes,
+                overlay: self.overlay.unwrap_or(OverlayModel::Shared),
+            },
+            centralized: scenario::Centralized {
+                period: self.central_period.unwrap_or(central.period),
+                ..central
+            },
         }
-    };
-    if !(x.is_finite() && x >= 0.0) {
-        return Err(format!("{s:?} must be a non-negative duration"));
     }
-    Ok((x * ms).round() as u64)
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.hosts == 0 {
-        bail!("--hosts: at least one host is needed");
-    }
-    if args.sites == 0 || args.sites > args.hosts {
-        bail!("--sites must be between 1 and --hosts ({})", args.hosts);
-    }
-    let modes: Vec<Mode> = match args.mode.as_str() {
-        "ring" => vec![Mode::Ring],
-        "locality" => vec![Mode::Locality],
-        _ => vec![Mode::Ring, Mode::Locality],
+    let mut scenario = match &args.scenario {
+        Some(path) => Scenario::load(path).map_err(anyhow::Error::msg)?,
+        None => args.inline_scenario(),
     };
-    let mut runs: Vec<Summary> = Vec::new();
+    if let Some(seed) = args.seed {
+        scenario.seed = seed;
+    }
+    if let Some(d) = args.duration {
+        scenario.duration = d;
+    }
+    let plan = scenario.runs().map_err(anyhow::Error::msg)?;
     let mut events = match &args.events {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
         None => None,
     };
+    let sites = plan
+        .first()
+        .and_then(|r| r.config.network.as_ref())
+        .map(|n| n.site_rtt_ms.len())
+        .unwrap_or(1);
     println!(
-        "dvms-sim: {} hosts, {} VMs, {} s virtual, seed {}, {} site(s), load mean {} % std {} % period {} s{}",
-        args.hosts,
-        args.vms,
-        args.duration / 1000,
-        args.seed,
-        args.sites,
-        args.load_mean,
-        args.load_std,
-        args.load_period / 1000,
-        args.crash_period
-            .map(|p| format!(", a crash per host every {} s for {} s", p / 1000, args.crash_duration / 1000))
+        "dvms-sim: {}{} hosts, {} VMs, {} s virtual, seed {}, {} site(s), load mean {} % std {} % period {} s{}",
+        scenario.name.as_ref().map(|n| format!("{n}: ")).unwrap_or_default(),
+        scenario.hosts.count,
+        scenario.vms.count,
+        scenario.duration / 1000,
+        scenario.seed,
+        sites,
+        scenario.load.mean,
+        scenario.load.std,
+        scenario.load.period / 1000,
+        scenario.crashes.as_ref()
+            .map(|c| format!(", a crash per host every {} s for {} s", c.period / 1000, c.duration / 1000))
             .unwrap_or_default()
     );
-    for mode in modes {
-        let mut cfg = SimConfig {
-            seed: args.seed,
-            hosts: args.hosts,
-            vms: args.vms,
-            network: Some(Network::sites(
-                args.hosts,
-                args.sites,
-                args.local_rtt_ms,
-                args.site_rtt_ms,
-            )),
-            load: LoadModel {
-                period_ms: args.load_period,
-                mean: args.load_mean,
-                std: args.load_std,
-                ..LoadModel::default()
-            },
-            crashes: args.crash_period.map(|p| CrashModel {
-                period_ms: p,
-                duration_ms: args.crash_duration,
-                ..CrashModel::default()
-            }),
-            loss: args.loss,
-            check_invariants: args.check,
-            keep_log: args.events.is_some(),
-            ..SimConfig::default()
-        };
-        cfg.overlay.mode = mode;
-        let label = match mode {
-            Mode::Ring => "ring",
-            Mode::Locality => "locality",
-        };
+    let mut runs: Vec<Summary> = Vec::new();
+    let mut measured: Vec<Metrics> = Vec::new();
+    for run in plan {
+        let mut cfg = run.config;
+        cfg.check_invariants = args.check;
+        cfg.keep_log = args.events.is_some();
+        let label = run.label;
         let started = Instant::now();
         let mut sim = Sim::new(cfg).map_err(anyhow::Error::msg)?;
-        sim.run_until(args.duration);
+        sim.run_until(scenario.duration);
         sim.finish();
         let wall = started.elapsed().as_secs_f64();
         eprintln!("{label}: {wall:.1} s of wall time");
@@ -182,7 +235,7 @@ fn main() -> Result<()> {
             for (t, node, e) in &sim.log {
                 let mut line = serde_json::to_value(e)?;
                 if let Some(o) = line.as_object_mut() {
-                    o.insert("mode".into(), label.into());
+                    o.insert("run".into(), label.clone().into());
                     o.insert("t_ms".into(), (*t).into());
                     o.insert("node".into(), (*node).into());
                 }
@@ -190,11 +243,20 @@ fn main() -> Result<()> {
             }
             w.flush()?;
         }
-        runs.push(sim.metrics.summary(label));
+        let mut summary = sim.metrics.summary(&label);
+        summary.wall_s = Some(wall);
+        runs.push(summary);
+        measured.push(sim.metrics);
     }
     print!("{}", table(&runs));
     if let Some(hwm) = peak_memory_mib() {
         println!("peak memory: {hwm:.0} MiB");
+    }
+    if let Some(dir) = &args.out {
+        let pairs: Vec<(&Summary, &Metrics)> = runs.iter().zip(&measured).collect();
+        let files = write_results(dir, &pairs)
+            .with_context(|| format!("cannot write the results into {}", dir.display()))?;
+        println!("results: {} files in {}", files.len(), dir.display());
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&runs)?)
