@@ -9,7 +9,8 @@ set -euo pipefail
 # The testbed's hypervisors (libvirt + QEMU/TCG), the guest image's inputs
 # (busybox, cpulimit), namespaces and latency emulation (iproute2, iptables),
 # the ssh provider and its test (openssh), what the `virt` crate links, and what HiGHS
-# (the placement solver, built from source by highs-sys) needs: cmake, g++, libclang.
+# (the placement solver, built from source by highs-sys) needs: cmake, g++, libclang;
+# and headless Chromium for the test of the daemons' live view.
 # NOT libvirt-daemon-system: it pulls in systemd (see shared/testbed/RECIPE.md §1).
 PKGS=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
@@ -19,6 +20,7 @@ PKGS=(
   openssh-server openssh-client
   gcc ca-certificates curl
   cmake g++ libclang-dev
+  chromium
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -15,3 +15,22 @@ for scale in 0.5k 1k 2k 4k 8k; do
   target/debug/dvms-sim --scenario "experiments/scenarios/scale-$scale.toml" \
     --out "$out/scale-$scale"
 done 2>&1 | tee "$out/scales.txt"
+
+# One line per scale, from the runs' summary.csv files.
+{
+  printf '%-6s %-22s %-22s %-8s %-16s %-12s\n' scale "DVMS solve mean/p95 s" "central solve mean/p95" ratio "DVMS partitions" "DVMS wall s"
+  for scale in 0.5k 1k 2k 4k 8k; do
+    awk -F, -v scale="$scale" '
+      NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+      { for (k in col) v[$1, k] = $(col[k]) }
+      END {
+        d = "dvms-locality"; c = "centralized"
+        printf "%-6s %-22s %-22s %-8.3f %-16s %-12.1f\n", scale,
+          sprintf("%.2f / %.2f", v[d, "solve_mean_s"], v[d, "solve_p95_s"]),
+          sprintf("%.2f / %.2f", v[c, "solve_mean_s"], v[c, "solve_p95_s"]),
+          v[d, "solve_mean_s"] / v[c, "solve_mean_s"],
+          sprintf("%.1f mean, %d max", v[d, "partition_size_mean"], v[d, "partition_size_max"]),
+          v[d, "wall_s"]
+      }' "$out/scale-$scale/summary.csv"
+  done
+} | tee -a "$out/scales.txt"

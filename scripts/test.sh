@@ -21,8 +21,10 @@ fi
 echo "== Vivaldi accuracy on real Internet latencies (seeds 1-3 against the target)"
 scripts/check-accuracy.sh
 
-echo "== simulator: one virtual hour of 64 hosts / 640 VMs, ring and locality modes"
-cargo run -q -p experiments --bin dvms-sim -- --hosts 64 --vms 640 --duration 1h --mode both
+echo "== simulator: one virtual hour of 64 hosts in four RIPE Atlas countries (per-host overlays), ring, locality, centralized"
+cargo run -q -p experiments --bin dvms-sim -- --scenario experiments/scenarios/four-countries.toml
+echo "== simulator: one virtual hour of 500 hosts / 5,000 VMs, DVMS against the centralized baseline (scripts/scales.sh runs up to 8,000 / 80,000)"
+cargo run -q -p experiments --bin dvms-sim -- --scenario experiments/scenarios/scale-0.5k.toml
 
 echo "== benchmarks (run once each, in the test profile)"
 cargo test -p overlay --bench neighbours

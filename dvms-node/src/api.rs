@@ -1,6 +1,9 @@
-//! The HTTP endpoint: `GET /status` (what this node sees, JSON) and `GET /metrics`
-//! (Prometheus text, this node's and libp2p's). Status is asked of the runtime through a
-//! bounded channel, so the HTTP side never touches protocol state.
+//! The HTTP endpoint: `GET /status` (what this node sees, JSON), `GET /metrics`
+//! (Prometheus text, this node's and libp2p's) and `GET /` (the live view: a page that
+//! polls `/status` of this daemon and of every member, drawing hosts, VMs, loads,
+//! partitions and the Vivaldi map). Status is asked of the runtime through a bounded
+//! channel, so the HTTP side never touches protocol state. `/status` may be read from
+//! other origins (the live view served by one daemon reads its peers'): it is read-only.
 
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ pub struct Api {
 
 pub fn router(api: Api) -> Router {
     Router::new()
+        .route("/", get(view))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(api)
@@ -33,9 +37,18 @@ async fn status(State(api): State<Api>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down").into_response();
     }
     match rx.await {
-        Ok(s) => Json(s).into_response(),
+        Ok(s) => ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(s)).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down").into_response(),
     }
+}
+
+/// The live view (one static page; its script does the rest).
+async fn view() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("view.html"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

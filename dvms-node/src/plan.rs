@@ -92,6 +92,9 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
     // Largest first: they are the hardest to fit later.
     pending.sort_by_key(|v| std::cmp::Reverse(p.vms[*v].mem));
     let mut rounds = Vec::new();
+    // A VM takes at most one detour: without this, two pivots could pass the same VM
+    // back and forth forever while nothing else moves.
+    let mut detoured = vec![false; p.vms.len()];
     while !pending.is_empty() {
         let (mut inb, mut outb) = (vec![0usize; nh], vec![0usize; nh]);
         let mut round: Vec<Migration> = Vec::new();
@@ -110,7 +113,7 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
             // (not its source or target) with room for it.
             let mut by_size = pending.clone();
             by_size.sort_by_key(|v| p.vms[*v].mem);
-            let detour = by_size.iter().find_map(|&v| {
+            let detour = by_size.iter().filter(|v| !detoured[**v]).find_map(|&v| {
                 (0..nh)
                     .filter(|h| *h != at[v] && *h != target[v] && fits(*h, v, &used))
                     .max_by_key(|h| p.hosts[*h].mem - used[*h])
@@ -121,6 +124,7 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
                 vms.sort();
                 return Err(PlanError::Stuck { vms });
             };
+            detoured[v] = true;
             used[pivot] += p.vms[v].mem;
             round.push(Migration {
                 vm: v,

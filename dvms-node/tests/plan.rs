@@ -138,4 +138,37 @@ proptest! {
             }
         }
     }
+
+    /// Any memory-feasible target, hosts nearly full: the planner ends (a plan that checks,
+    /// or `Stuck`), each VM detoured at most once, so within 2 rounds per VM.
+    #[test]
+    fn the_planner_ends_for_any_feasible_target(
+        vms in proptest::collection::vec((prop_oneof![Just(256u64), Just(512), Just(768)], 0usize..4, 0usize..4), 2..14),
+        room in 0u64..768,
+    ) {
+        let n = 4;
+        let need = |key: usize| -> Vec<u64> {
+            let mut m = vec![0u64; n];
+            for v in &vms {
+                m[if key == 0 { v.1 } else { v.2 }] += v.0;
+            }
+            m
+        };
+        let (start, end) = (need(0), need(1));
+        // Each host just large enough for both placements, plus a little room.
+        let pr = Problem {
+            hosts: (0..n).map(|h| Host { cpu: 1e6, mem: start[h].max(end[h]) + room }).collect(),
+            vms: vms.iter().map(|(m, h, _)| Vm { cpu: 1.0, mem: *m, host: *h, pinned: false }).collect(),
+        };
+        let target: Vec<usize> = vms.iter().map(|v| v.2).collect();
+        let limits = Limits { inbound: 1, outbound: 1 };
+        match plan(&pr, &target, limits) {
+            Ok(pl) => {
+                prop_assert_eq!(check(&pr, &target, &pl, limits), Ok(()));
+                prop_assert!(pl.rounds.len() <= 2 * vms.len(), "{} rounds", pl.rounds.len());
+            }
+            Err(PlanError::Stuck { .. }) => {}
+            Err(e) => prop_assert!(false, "{}", e),
+        }
+    }
 }

@@ -128,6 +128,34 @@ impl Default for LoadModel {
 }
 
 impl LoadModel {
+    /// A load trace on its own: every VM's initial demand, then the changes (time, VM,
+    /// demand), up to `until` (what a real run replays; the simulator draws the same way
+    /// from its shared random stream).
+    pub fn trace(
+        &self,
+        vms: usize,
+        until: Millis,
+        seed: u64,
+    ) -> (Vec<f64>, Vec<(Millis, usize, f64)>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let initial: Vec<f64> = (0..vms).map(|_| self.draw(&mut rng)).collect();
+        let mut changes = Vec::new();
+        let end = self.stop_ms.map_or(until, |s| s.min(until));
+        if vms > 0 {
+            let gap = Exp::new(vms as f64 / self.period_ms.max(1) as f64).ok();
+            let mut t = self.start_ms;
+            while let Some(g) = &gap {
+                t += g.sample(&mut rng).ceil() as Millis;
+                if t >= end {
+                    break;
+                }
+                let vm = rng.random_range(0..vms);
+                changes.push((t, vm, self.draw(&mut rng)));
+            }
+        }
+        (initial, changes)
+    }
+
     fn draw(&self, rng: &mut StdRng) -> f64 {
         let x = Normal::new(self.mean, self.std.max(0.0))
             .map(|n| n.sample(rng))

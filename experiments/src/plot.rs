@@ -153,11 +153,13 @@ impl Plot {
             let colour = COLOURS[i % COLOURS.len()];
             let mut pts = String::new();
             let mut last: Option<(f64, f64)> = None;
-            for (x, y) in &s.points {
-                let (x, y) = (sx(tx(*x)), sy(*y));
-                if !(x.is_finite() && y.is_finite()) {
-                    continue;
-                }
+            let screen: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .map(|(x, y)| (sx(tx(*x)), sy(*y)))
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
+            for (x, y) in thin(&screen) {
                 if let (true, Some((_, ly))) = (self.steps, last) {
                     let _ = write!(pts, "{x:.1},{ly:.1} ");
                 }
@@ -183,6 +185,40 @@ impl Plot {
         o.push_str("</svg>\n");
         o
     }
+}
+
+/// Thousands of points per pixel column add nothing but bytes: keep, per column of half
+/// a pixel, the first, lowest, highest and last point, in their order.
+fn thin(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let mut i = 0;
+    while i < points.len() {
+        let column = (points[i].0 * 2.0).floor();
+        let mut j = i;
+        while j < points.len() && (points[j].0 * 2.0).floor() == column {
+            j += 1;
+        }
+        let run = &points[i..j];
+        let lowest = run
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+            .map(|p| p.0);
+        let highest = run
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1 .1.total_cmp(&b.1 .1))
+            .map(|p| p.0);
+        let mut keep: Vec<usize> = [Some(0), lowest, highest, Some(run.len() - 1)]
+            .into_iter()
+            .flatten()
+            .collect();
+        keep.sort_unstable();
+        keep.dedup();
+        out.extend(keep.into_iter().map(|k| run[k]));
+        i = j;
+    }
+    out
 }
 
 /// The empirical CDF of `values`: (value, fraction ≤ value) at each sample.
@@ -235,5 +271,22 @@ mod tests {
             cdf(&[3.0, 1.0, 2.0]),
             vec![(1.0, 1.0 / 3.0), (2.0, 2.0 / 3.0), (3.0, 1.0)]
         );
+    }
+
+    #[test]
+    fn thinning_keeps_each_column_s_extremes_in_order() {
+        let pts = vec![(0.1, 5.0), (0.2, 9.0), (0.3, 1.0), (0.4, 4.0), (3.0, 2.0)];
+        assert_eq!(
+            thin(&pts),
+            vec![(0.1, 5.0), (0.2, 9.0), (0.3, 1.0), (0.4, 4.0), (3.0, 2.0)]
+        );
+        let many: Vec<(f64, f64)> = (0..1000)
+            .map(|i| (10.0 + i as f64 / 10_000.0, (i % 7) as f64))
+            .collect();
+        let t = thin(&many);
+        assert!(t.len() <= 4, "{t:?}");
+        assert_eq!(t[0], many[0]);
+        assert_eq!(*t.last().unwrap(), many[999]);
+        assert!(t.iter().any(|p| p.1 == 6.0) && t.iter().any(|p| p.1 == 0.0));
     }
 }

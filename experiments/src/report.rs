@@ -38,6 +38,8 @@ pub struct Metrics {
     pub messages_overlay: u64,
     /// False with the shared overlay view: gossip is not simulated, so not counted.
     pub overlay_messages_counted: bool,
+    /// False for real runs (the daemons' messages are not traced).
+    pub scheduler_messages_counted: bool,
     /// Scheduling messages: the ISP's (DVMS), or state collection and orders
     /// (centralized).
     pub messages_isp: u64,
@@ -56,6 +58,7 @@ impl Metrics {
             over_since: vec![None; hosts],
             detected_at: vec![None; hosts],
             overlay_messages_counted,
+            scheduler_messages_counted: true,
             ..Metrics::default()
         }
     }
@@ -112,6 +115,13 @@ impl Metrics {
         self.vanished += u64::from(self.detected_at[host].take().is_some());
     }
 
+    /// The detected overload of `host` was solved at `now` (no-op if none is open).
+    pub fn overload_solved(&mut self, now: Millis, host: usize) {
+        if let Some(t) = self.detected_at[host].take() {
+            self.solved.push((host, t, now));
+        }
+    }
+
     /// A plan involving `hosts` ended: the detected overloads it fixed are solved now.
     pub fn plan_done(
         &mut self,
@@ -122,9 +132,7 @@ impl Metrics {
     ) {
         for h in hosts {
             if dc.demand(h) <= dc.hosts[h].cpu * high {
-                if let Some(t) = self.detected_at[h].take() {
-                    self.solved.push((h, t, now));
-                }
+                self.overload_solved(now, h);
             }
         }
     }
@@ -226,11 +234,13 @@ impl Metrics {
             migrations_failed: self.migrations_failed + self.migrations_refused,
             migration_mean_s: mean(&mig),
             cross_site_migrations: self.cross_site_migrations,
-            messages_isp: self.messages_isp,
+            messages_isp: self.scheduler_messages_counted.then_some(self.messages_isp),
             messages_overlay: self
                 .overlay_messages_counted
                 .then_some(self.messages_overlay),
-            cross_site_isp_messages: self.cross_site_isp_messages,
+            cross_site_isp_messages: self
+                .scheduler_messages_counted
+                .then_some(self.cross_site_isp_messages),
             crashes: self.crashes,
             compute_mean_s: mean(&secs(&self.compute_ms)),
             compute_max_s: secs(&self.compute_ms).into_iter().fold(f64::NAN, f64::max),
@@ -281,10 +291,11 @@ pub struct Summary {
     pub migrations_failed: u64,
     pub migration_mean_s: f64,
     pub cross_site_migrations: u64,
-    pub messages_isp: u64,
+    /// None when not counted (real runs).
+    pub messages_isp: Option<u64>,
     /// None when gossip was not simulated (shared overlay view).
     pub messages_overlay: Option<u64>,
-    pub cross_site_isp_messages: u64,
+    pub cross_site_isp_messages: Option<u64>,
     pub crashes: u64,
     /// Centralized scheduler: mean and max wall time of one solve, s.
     pub compute_mean_s: f64,
@@ -317,14 +328,16 @@ pub fn table(runs: &[Summary]) -> String {
         ("migrations", |s| s.migrations.to_string()),
         ("  failed", |s| s.migrations_failed.to_string()),
         ("  mean duration (s)", |s| fmt(s.migration_mean_s)),
-        ("  across sites", |s| s.cross_site_migrations.to_string()),
+        ("  across sites", |s| {
+            share(Some(s.cross_site_migrations), Some(s.migrations))
+        }),
         ("central solve, mean (s)", |s| fmt(s.compute_mean_s)),
         ("central solve, max (s)", |s| fmt(s.compute_max_s)),
-        ("scheduling messages", |s| s.messages_isp.to_string()),
-        ("  across sites", |s| s.cross_site_isp_messages.to_string()),
-        ("overlay messages", |s| {
-            s.messages_overlay.map_or("-".into(), |m| m.to_string())
+        ("scheduling messages", |s| count(s.messages_isp)),
+        ("  across sites", |s| {
+            share(s.cross_site_isp_messages, s.messages_isp)
         }),
+        ("overlay messages", |s| count(s.messages_overlay)),
         ("host crashes", |s| s.crashes.to_string()),
         ("invariant violations", |s| {
             s.invariant_violations.to_string()
@@ -500,6 +513,19 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_owned()
     }
+}
+
+/// A part and its share of the whole: `10 (12 %)`.
+fn share(part: Option<u64>, whole: Option<u64>) -> String {
+    match (part, whole) {
+        (Some(p), Some(w)) if w > 0 => format!("{p} ({:.0} %)", 100.0 * p as f64 / w as f64),
+        (p, _) => count(p),
+    }
+}
+
+/// A count, or `-` when it was not measured.
+fn count(x: Option<u64>) -> String {
+    x.map_or("-".into(), |m| m.to_string())
 }
 
 fn fmt(x: f64) -> String {

@@ -94,14 +94,15 @@ fn dvms_only() -> Vec<Scheduler> {
 #[serde(deny_unknown_fields)]
 pub struct Hosts {
     pub count: usize,
+    /// CPU capacity, in cores (fractions allowed: testbed hosts share this machine).
     #[serde(default = "eight")]
-    pub cpu_cores: u32,
+    pub cpu_cores: f64,
     #[serde(default = "gib32")]
     pub memory_mib: u64,
 }
 
-fn eight() -> u32 {
-    8
+fn eight() -> f64 {
+    8.0
 }
 fn gib32() -> u64 {
     32_768
@@ -286,7 +287,7 @@ impl Scenario {
         let n = &self.network;
         if n.sites == 0 || n.sites > self.hosts.count.max(1) {
             return Err(format!(
-                "network.sites must be between 1 and hosts.count ({}), not {}",
+                "network.sites (--sites) must be between 1 and hosts.count (--hosts) = {}, not {}",
                 self.hosts.count, n.sites
             ));
         }
@@ -314,7 +315,8 @@ impl Scenario {
         if self.dvms.modes.is_empty() && self.schedulers.contains(&Scheduler::Dvms) {
             return Err("dvms.modes must name at least one of locality, ring".into());
         }
-        if self.vms.vcpus == 0 || self.hosts.cpu_cores == 0 {
+        if self.vms.vcpus == 0 || !(self.hosts.cpu_cores.is_finite() && self.hosts.cpu_cores > 0.0)
+        {
             return Err("vms.vcpus and hosts.cpu_cores must be positive".into());
         }
         let network = self.network()?;
@@ -322,7 +324,7 @@ impl Scenario {
             seed: self.seed,
             hosts: self.hosts.count,
             vms: self.vms.count,
-            host_cpu: 100.0 * f64::from(self.hosts.cpu_cores),
+            host_cpu: 100.0 * self.hosts.cpu_cores,
             host_mem: self.hosts.memory_mib,
             vm_vcpus: self.vms.vcpus,
             vm_mem: self.vms.memory_mib.clone(),

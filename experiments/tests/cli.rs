@@ -46,7 +46,7 @@ fn a_short_run_prints_the_table_and_writes_results_and_events() {
     ] {
         assert!(stdout.contains(row), "no {row:?} in:\n{stdout}");
     }
-    assert!(stdout.contains("ring") && stdout.contains("locality"));
+    assert!(stdout.contains("dvms-ring") && stdout.contains("dvms-locality"));
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = results.as_array().unwrap();
@@ -57,7 +57,7 @@ fn a_short_run_prints_the_table_and_writes_results_and_events() {
     let overloaded = lines
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| e["event"] == "overloaded" && e["mode"] == "ring")
+        .filter(|e| e["event"] == "overloaded" && e["run"] == "dvms-ring")
         .count() as u64;
     assert_eq!(overloaded, detected, "one event line per detection");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -70,7 +70,20 @@ fn bad_arguments_are_named() {
         (vec!["--duration", "soon"], "is not a duration"),
         (
             vec!["--sites", "0"],
-            "--sites must be between 1 and --hosts",
+            "network.sites (--sites) must be between 1 and hosts.count (--hosts)",
+        ),
+        (
+            vec!["--scenario", "x.toml", "--hosts", "3"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--scenario", "/nonexistent/s.toml"],
+            "cannot read scenario /nonexistent/s.toml",
+        ),
+        (vec!["--scheduler", "oracle"], "invalid value 'oracle'"),
+        (
+            vec!["--sites", "2", "--latency", "/nonexistent/rtt.csv"],
+            "/nonexistent/rtt.csv",
         ),
         (vec!["--hosts", "0"], "at least one host"),
         (vec!["--loss", "1.5"], "loss must be in [0, 1)"),
@@ -86,4 +99,82 @@ fn bad_arguments_are_named() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// One command gives the table with both schedulers, the CSV files and the plots.
+#[test]
+fn a_scenario_file_runs_both_schedulers_and_writes_csv_and_svg_plots() {
+    let dir = std::env::temp_dir().join(format!("dvms-sim-out-{}", std::process::id()));
+    let scenario = dir.join("small.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &scenario,
+        r#"
+name = "small"
+duration = "10m"
+schedulers = ["dvms", "centralized"]
+[hosts]
+count = 16
+[vms]
+count = 160
+[load]
+mean = 70.0
+[dvms]
+modes = ["locality"]
+"#,
+    )
+    .unwrap();
+    let results = dir.join("results");
+    let out = sim(&[
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("small: 16 hosts, 160 VMs, 600 s virtual"),
+        "{stdout}"
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.contains("dvms-locality"))
+        .unwrap();
+    assert!(header.contains("centralized"), "{header}");
+    let summary = std::fs::read_to_string(results.join("summary.csv")).unwrap();
+    let rows: Vec<&str> = summary.lines().collect();
+    assert_eq!(rows.len(), 3, "{summary}");
+    assert!(rows[0].starts_with("label,") && rows[0].contains("solve_mean_s"));
+    assert!(rows[1].starts_with("dvms-locality,") && rows[2].starts_with("centralized,"));
+    let overloads = std::fs::read_to_string(results.join("overloads.csv")).unwrap();
+    assert!(overloads
+        .lines()
+        .skip(1)
+        .any(|l| l.starts_with("centralized,")));
+    assert!(overloads
+        .lines()
+        .skip(1)
+        .any(|l| l.starts_with("dvms-locality,")));
+    for plot in [
+        "violations.svg",
+        "time_to_solve_cdf.svg",
+        "partition_sizes_cdf.svg",
+    ] {
+        let svg = std::fs::read_to_string(results.join(plot)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{plot}"
+        );
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "{plot}: one line per run"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

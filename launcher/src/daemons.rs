@@ -113,6 +113,41 @@ fn find_binary(opt: &Options) -> Result<PathBuf> {
 }
 
 /// Where a host's daemon files live, as the host sees them.
+/// A host's daemon's event log (JSON lines), on that host.
+pub fn event_log_path(cluster: &Cluster, h: &Host) -> PathBuf {
+    host_dir(cluster, h).join(format!("{}.events.jsonl", h.name))
+}
+
+/// A host's daemon's event log from byte `offset` on (empty if it does not exist yet).
+pub fn read_event_log(cluster: &Cluster, h: &Host, offset: u64) -> Result<String> {
+    let path = event_log_path(cluster, h);
+    match h.access {
+        Access::Local { .. } => {
+            use std::io::{Read, Seek, SeekFrom};
+            let Ok(mut f) = std::fs::File::open(&path) else {
+                return Ok(String::new());
+            };
+            f.seek(SeekFrom::Start(offset))?;
+            let mut text = String::new();
+            f.read_to_string(&mut text)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(text)
+        }
+        Access::Ssh { .. } => crate::remote::exec_ok(
+            h,
+            &[
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "[ -f {p} ] && tail -c +{} {p} || true",
+                    offset + 1,
+                    p = crate::remote::shell_quote(&path.display().to_string())
+                ),
+            ],
+        ),
+    }
+}
+
 fn host_dir(cluster: &Cluster, h: &Host) -> PathBuf {
     match h.access {
         Access::Local { .. } => dir(cluster),
@@ -151,7 +186,7 @@ pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
     }
     s += &format!(
         "\n[scheduler]\nlibvirt_uri = \"{libvirt_uri}\"\nevent_log = \"{log}\"\ndry_run = {dry}\n",
-        log = d.join(format!("{}.events.jsonl", h.name)).display(),
+        log = event_log_path(cluster, h).display(),
         dry = opt.dry_run,
     );
     if let Some(m) = migration_uri {

@@ -204,6 +204,20 @@ pub fn migrate(conn: &Connect, name: &str, dest: &Host) -> Result<()> {
     .with_context(|| format!("migrate {name} to {} ({})", dest.name, dest.peer_uri))
 }
 
+/// The host where `vm` is running now (it may have migrated since it was deployed).
+pub fn find_vm(c: &crate::cluster::Cluster, vm: &str) -> Result<String> {
+    for h in &c.hosts {
+        if let Ok(conn) = connect(h) {
+            if let Ok(d) = conn.lookup_domain_by_name(vm) {
+                if d.is_active().unwrap_or(false) {
+                    return Ok(h.name.clone());
+                }
+            }
+        }
+    }
+    anyhow::bail!("VM {vm} runs on no reachable host")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

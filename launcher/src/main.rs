@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use launcher::cluster::Cluster;
@@ -519,7 +519,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Destroy { vms, all } => destroy_cmd(&cli, vms, *all),
         Cmd::Guest { vm, command } => {
             let c = cli.load_cluster()?;
-            let host = find_vm(&c, vm)?;
+            let host = libvirt::find_vm(&c, vm)?;
             let answer = remote::guest_command(c.host(&host)?, vm, &command.join(" "))?;
             println!("{answer}");
             Ok(if answer.starts_with("err") { 1 } else { 0 })
@@ -799,23 +799,10 @@ fn natural_key(s: &str) -> (String, u64) {
 }
 
 /// The host a VM runs on now, from libvirt.
-fn find_vm(c: &Cluster, vm: &str) -> Result<String> {
-    for h in &c.hosts {
-        if let Ok(conn) = libvirt::connect(h) {
-            if let Ok(d) = conn.lookup_domain_by_name(vm) {
-                if d.is_active().unwrap_or(false) {
-                    return Ok(h.name.clone());
-                }
-            }
-        }
-    }
-    bail!("VM {vm} runs on no reachable host")
-}
-
 fn migrate_cmd(cli: &Cli, vm: &str, dest: &str) -> Result<i32> {
     let c = cli.load_cluster()?;
     let to = c.host(dest)?;
-    let from_name = find_vm(&c, vm)?;
+    let from_name = libvirt::find_vm(&c, vm)?;
     if from_name == dest {
         println!("{vm} already runs on {dest}");
         return Ok(0);
@@ -825,7 +812,7 @@ fn migrate_cmd(cli: &Cli, vm: &str, dest: &str) -> Result<i32> {
     let t = Instant::now();
     libvirt::migrate(&conn, vm, to)?;
     let secs = t.elapsed().as_secs_f64();
-    let now = find_vm(&c, vm)?;
+    let now = libvirt::find_vm(&c, vm)?;
     anyhow::ensure!(
         now == dest,
         "after migration {vm} runs on {now}, not {dest}"

@@ -64,14 +64,20 @@ impl Testbed {
     }
 
     pub fn launch(&self, args: &[&str]) -> Output {
-        Command::new(bin("dvms-launch"))
+        self.tool("dvms-launch", args)
+    }
+
+    /// Runs a workspace tool that takes the launcher's `--state-dir` and `--id` (e.g.
+    /// `dvms-launch`, `dvms-replay`) on this testbed.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Output {
+        Command::new(bin(name))
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--id")
             .arg(self.id.to_string())
             .args(args)
             .output()
-            .expect("dvms-launch runs")
+            .unwrap_or_else(|e| panic!("{name} runs: {e}"))
     }
 
     /// Runs `dvms-launch`, asserting success; returns its standard output.
@@ -208,4 +214,28 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Durat
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts the daemons and waits until each sees the others and samples its guests.
+pub fn start_daemons(tb: &Testbed, hosts: usize, guests_per_host: usize, capacity: &str) {
+    let out = tb.ok(&["daemons", "start", "--capacity-cpu", capacity]);
+    assert!(out.contains(&format!("{hosts} daemon(s) started")), "{out}");
+    let ready = wait_for(Duration::from_secs(40), || {
+        (1..=hosts).all(|h| {
+            status(&tb.daemon_http(h)).is_some_and(|s| {
+                s["members"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == hosts - 1)
+                    && s["scheduler"]["host"]["vms"].as_array().map(Vec::len)
+                        == Some(guests_per_host)
+            })
+        })
+    });
+    assert!(
+        ready.is_some(),
+        "daemons not ready: {}",
+        tb.ok(&["daemons", "status"])
+    );
+    // Idle guests: nothing to repair.
+    assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dvms_tests::{status, wait_for, Testbed};
+use dvms_tests::{start_daemons, status, wait_for, Testbed};
 
 /// CPU capacity given to each host, % of one core: testbed hosts share this machine's
 /// 2 cores, so each gets a share (an overload is then a few loaded guests).
@@ -17,30 +17,6 @@ fn dump(log: &[serde_json::Value]) -> String {
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Starts the daemons and waits until each sees the others and samples its guests.
-fn start_daemons(tb: &Testbed, hosts: usize, guests_per_host: usize, capacity: &str) {
-    let out = tb.ok(&["daemons", "start", "--capacity-cpu", capacity]);
-    assert!(out.contains(&format!("{hosts} daemon(s) started")), "{out}");
-    let ready = wait_for(Duration::from_secs(40), || {
-        (1..=hosts).all(|h| {
-            status(&tb.daemon_http(h)).is_some_and(|s| {
-                s["members"]
-                    .as_array()
-                    .is_some_and(|m| m.len() == hosts - 1)
-                    && s["scheduler"]["host"]["vms"].as_array().map(Vec::len)
-                        == Some(guests_per_host)
-            })
-        })
-    });
-    assert!(
-        ready.is_some(),
-        "daemons not ready: {}",
-        tb.ok(&["daemons", "status"])
-    );
-    // Idle guests: nothing to repair.
-    assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));
 }
 
 /// Peer id of host `h`'s daemon.

@@ -139,7 +139,7 @@ impl Args {
             schedulers,
             hosts: scenario::Hosts {
                 count: self.hosts.unwrap_or(64),
-                cpu_cores: 8,
+                cpu_cores: 8.0,
                 memory_mib: 32_768,
             },
             network: scenario::NetworkSpec {

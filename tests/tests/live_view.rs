@@ -1,0 +1,122 @@
+//! The live view served by every daemon (`GET /`), loaded in headless Chromium from a real
+//! testbed: it renders every host with its VMs and load, each daemon's role, and one point
+//! per member on the Vivaldi map, as the daemons' `/status` say.
+
+use std::process::Command;
+use std::time::Duration;
+
+use dvms_tests::{start_daemons, status, wait_for, Testbed};
+
+/// The attribute values `attr="..."` in `html`, in order.
+fn attr_values(html: &str, attr: &str) -> Vec<String> {
+    let key = format!("{attr}=\"");
+    html.match_indices(&key)
+        .filter_map(|(i, _)| {
+            let rest = &html[i + key.len()..];
+            rest.find('"').map(|j| rest[..j].to_owned())
+        })
+        .collect()
+}
+
+/// The rendered section of host `id`.
+fn section<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("data-id=\"{id}\" data-load="))?;
+    let end = dom[start..].find("</section>")?;
+    Some(&dom[start..start + end])
+}
+
+fn chromium_dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("chromium runs (scripts/install-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_live_view_renders_what_the_daemons_status_says() {
+    let tb = Testbed::up(49, &["--hosts", "3"]);
+    tb.ok(&["deploy", "--vms", "6", "--kernel-args", "dvms.tick=250"]);
+    start_daemons(&tb, 3, 2, "50");
+    // Some load, under the threshold: nothing moves while the page is read.
+    for vm in ["vm-1", "vm-2"] {
+        tb.ok(&["guest", vm, "load", "15"]);
+    }
+    let url = format!("http://{}/", tb.daemon_http(1));
+    let mut dom = String::new();
+    // The page polls every second; wait until it has drawn all three hosts.
+    let drawn = wait_for(Duration::from_secs(60), || {
+        dom = chromium_dom(&url);
+        dom.contains("data-hosts=\"3\"")
+    });
+    assert!(drawn.is_some(), "the page did not draw three hosts:\n{dom}");
+    let statuses: Vec<serde_json::Value> = (1..=3)
+        .map(|h| status(&tb.daemon_http(h)).expect("status"))
+        .collect();
+    for st in &statuses {
+        let id = st["id"].as_str().unwrap();
+        let sec = section(&dom, id).unwrap_or_else(|| panic!("no section for {id}:\n{dom}"));
+        let mut shown: Vec<String> = attr_values(sec, "data-id")
+            .into_iter()
+            .filter(|v| v != id)
+            .collect();
+        let mut vms: Vec<String> = st["scheduler"]["host"]["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        shown.sort();
+        vms.sort();
+        assert_eq!(shown, vms, "VMs of {id}");
+        let role = st["scheduler"]["role"]["role"].as_str().unwrap();
+        assert_eq!(attr_values(sec, "data-role"), vec![role.to_owned()]);
+        let shown_load: f64 = attr_values(sec, "data-load")[0].parse().unwrap();
+        let load = st["scheduler"]["load"].as_f64().unwrap();
+        assert!(
+            (shown_load - load).abs() < 0.15,
+            "{id}: page {shown_load}, status {load}"
+        );
+        // VM loads as /status gives them (they move a little between the two reads).
+        for v in st["scheduler"]["host"]["vms"].as_array().unwrap() {
+            let vid = v["id"].as_str().unwrap();
+            let at = sec.find(&format!("data-id=\"{vid}\" data-cpu=\"")).unwrap();
+            let cpu: f64 = attr_values(&sec[at..], "data-cpu")[0].parse().unwrap();
+            assert!(
+                (cpu - v["cpu"].as_f64().unwrap()).abs() < 8.0,
+                "{vid}: {cpu} vs {v}"
+            );
+        }
+    }
+    // The map: one point per member, this daemon's included.
+    let map_start = dom.find("<svg id=\"map\"").expect("a map");
+    let map_len = dom[map_start..].find("</svg>").expect("the map ends");
+    let mut points = attr_values(&dom[map_start..map_start + map_len], "data-id");
+    points.sort();
+    let mut ids: Vec<String> = statuses
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(points, ids);
+    // /status is readable from the page of another daemon (CORS).
+    let raw = std::process::Command::new("curl")
+        .args(["-si", &format!("http://{}/status", tb.daemon_http(2))])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&raw.stdout).to_lowercase();
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+}
