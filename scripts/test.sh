@@ -30,3 +30,4 @@ echo "== benchmarks (run once each, in the test profile)"
 cargo test -p overlay --bench neighbours
 cargo test -p dvms-node --bench placement
 cargo test -p launcher --bench deploy
+cargo test -p dvms-tests --bench idle_daemon

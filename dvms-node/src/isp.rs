@@ -152,6 +152,10 @@ pub struct Dossier<Id> {
     /// The partition had no plan before its last member joined.
     #[serde(default)]
     pub unsolved: bool,
+    /// Members that a migration into failed (e.g. their hypervisor died): no VM is
+    /// planned onto them again in this partition, so a replan grows elsewhere.
+    #[serde(default = "Vec::new")]
+    pub closed: Vec<Id>,
 }
 
 impl<Id: PartialEq> Dossier<Id> {
@@ -251,9 +255,16 @@ impl HostState {
 
 impl<Id> Dossier<Id> {
     fn validate(&self) -> Result<(), String> {
-        let lists = [self.members.len(), self.excluded.len(), self.absorbed.len()];
+        let lists = [
+            self.members.len(),
+            self.excluded.len(),
+            self.absorbed.len(),
+            self.closed.len(),
+        ];
         if lists.iter().any(|n| *n > MAX_MEMBERS) || self.members.is_empty() {
-            return Err(format!("dossier with {lists:?} members/excluded/absorbed"));
+            return Err(format!(
+                "dossier with {lists:?} members/excluded/absorbed/closed"
+            ));
         }
         self.members.iter().try_for_each(|(_, h)| h.validate())
     }
@@ -293,6 +304,9 @@ pub enum Input<Id> {
     },
     /// The overlay declared a node failed or gone.
     PeerFailed(Id),
+    /// This host's hypervisor could not be sampled: until the next [`Input::Monitor`],
+    /// the node joins no partition and starts none (it could not migrate anything).
+    HypervisorDown,
     /// This daemon stops: a leader dissolves its partition (members are free at once),
     /// any other role just leaves (the overlay's leave tells the leader).
     Shutdown,
@@ -624,6 +638,8 @@ pub struct Isp<Id> {
     detector: Detector,
     underloaded_since: Option<Millis>,
     cooldowns: Cooldowns<VmId>,
+    /// The last sample of the hypervisor failed ([`Input::HypervisorDown`]).
+    hypervisor_down: bool,
     /// VMs this node is migrating: the partition and leader that ordered each.
     migrating: HashMap<VmId, (PartitionId<Id>, Id)>,
     incarnation: u64,
@@ -642,6 +658,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         Isp {
             detector: Detector::new(cfg.thresholds.clone()),
             cooldowns: Cooldowns::new(cfg.thresholds.vm_cooldown_ms),
+            hypervisor_down: false,
             me,
             cfg,
             role: Role::Free,
@@ -731,6 +748,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             Input::Message { from, msg } => self.message(now, from, msg, neighbours),
             Input::MigrationDone { vm, ok } => self.migration_done(vm, ok),
             Input::PeerFailed(p) => self.peer_failed(now, p, neighbours),
+            Input::HypervisorDown => self.hypervisor_down = true,
             Input::Shutdown => match self.partition().cloned() {
                 Some(_) if matches!(self.role, Role::Leader(_)) => {
                     self.dissolve(now, EndReason::Shutdown)
@@ -759,6 +777,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     }
 
     fn monitor(&mut self, now: Millis, mut h: HostState) {
+        self.hypervisor_down = false;
         if !(h.cpu.is_finite() && h.cpu >= 0.0) {
             h.cpu = 0.0;
         }
@@ -804,7 +823,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     }
 
     fn maybe_start(&mut self, now: Millis, nb: &dyn Neighbours<Id>) {
-        if now < self.next_start_at {
+        if now < self.next_start_at || self.hypervisor_down {
             return;
         }
         let kind = if self.detector.is_overloaded() && self.host.load() > self.cfg.thresholds.high {
@@ -838,6 +857,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             absorbed: Vec::new(),
             blocked_rounds: 0,
             unsolved: false,
+            closed: Vec::new(),
         };
         self.become_leader(now, d, nb);
     }
@@ -956,22 +976,31 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         let high = self.cfg.thresholds.high;
         let initiator_load = d.members.first().map_or(0.0, |(_, h)| h.load());
         let mut p = Problem::default();
-        for (i, (_, h)) in d.members.iter().enumerate() {
+        for (i, (m, h)) in d.members.iter().enumerate() {
             let underload = d.kind == Kind::Underload;
             let emptied = underload && i == 0;
             // Consolidation only flows toward busier hosts: no VM ping-pong between
             // two idle hosts.
             let closed = underload && i > 0 && h.load() < initiator_load;
+            // A host a migration into failed takes nothing more (not even an idle VM).
+            let failed_into = d.closed.contains(m);
             let cpu = if emptied {
                 0.0
-            } else if closed {
+            } else if closed || failed_into {
                 (h.cpu * high).min(h.demand())
             } else {
                 h.cpu * high
             };
+            let used_mem: u64 = h.vms.iter().map(|v| v.mem).sum();
             p.hosts.push(placement::Host {
                 cpu,
-                mem: if emptied { 0 } else { h.mem },
+                mem: if emptied {
+                    0
+                } else if failed_into {
+                    h.mem.min(used_mem)
+                } else {
+                    h.mem
+                },
             });
             for v in &h.vms {
                 p.vms.push(placement::Vm {
@@ -1187,6 +1216,9 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             l.moved.push(vm);
         } else {
             r.failed += 1;
+            if !l.d.closed.contains(&s.to) {
+                l.d.closed.push(s.to);
+            }
         }
         if r.outstanding.is_empty() {
             if r.failed > 0 {
@@ -1357,7 +1389,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     fn message(&mut self, now: Millis, from: Id, msg: Message<Id>, nb: &dyn Neighbours<Id>) {
         match msg {
             Message::Join { id, .. } => {
-                if matches!(self.role, Role::Free) && from != self.me {
+                if matches!(self.role, Role::Free) && from != self.me && !self.hypervisor_down {
                     self.role = Role::Reserved {
                         id: id.clone(),
                         leader: from.clone(),
@@ -1573,6 +1605,11 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         }
         l.d.absorbed.push(dossier.id.clone());
         l.d.absorbed.extend(dossier.absorbed);
+        for c in dossier.closed {
+            if !l.d.closed.contains(&c) {
+                l.d.closed.push(c);
+            }
+        }
         l.d.excluded.clear();
         l.d.epoch += 1;
         l.d.phase = Phase::Growing;
@@ -1868,6 +1905,100 @@ mod tests {
         );
         assert_eq!(a.role(), RoleView::Free);
         assert_eq!(b.role(), RoleView::Free);
+    }
+
+    /// Delivers `out`'s messages to `to` (as sent by `from`) and returns what it answers.
+    fn deliver(
+        to: &mut Isp<u32>,
+        from: u32,
+        now: Millis,
+        out: &[Output<u32>],
+        nb: &Line,
+    ) -> Vec<Output<u32>> {
+        let me = to.me;
+        sends(out)
+            .into_iter()
+            .filter(|(t, _)| *t == me)
+            .flat_map(|(_, msg)| to.handle(now, Input::Message { from, msg }, nb))
+            .collect()
+    }
+
+    #[test]
+    fn after_a_failed_migration_the_replan_sends_nothing_to_its_destination_and_grows() {
+        let nb = Line(vec![7, 8]);
+        let (mut a, out) = overloaded_node(&nb);
+        let mut b = Isp::new(7, 0, Config::default());
+        b.handle(2_000, Input::Monitor(host(&[(9, 10.0)])), &nb);
+        let joined = deliver(&mut b, 1, 2_150, &out, &nb);
+        let lead = deliver(&mut a, 7, 2_200, &joined, &nb);
+        // 7 leads {1, 7} and orders one VM of 1 to itself.
+        let order = deliver(&mut b, 1, 2_250, &lead, &nb);
+        let migrate = sends(&order)
+            .into_iter()
+            .find(|(to, m)| *to == 1 && matches!(m, Message::Migrate { to: 7, .. }))
+            .expect("a migration from 1 to 7");
+        let Message::Migrate { id, vm, .. } = migrate.1 else {
+            unreachable!()
+        };
+        // The migration fails (7's hypervisor died): 7 is closed, the replan finds no
+        // room in {1, 7} and asks the next node instead of ordering the same move.
+        let after = b.handle(
+            3_000,
+            Input::Message {
+                from: 1,
+                msg: Message::Migrated { id, vm, ok: false },
+            },
+            &nb,
+        );
+        let s = sends(&after);
+        assert!(
+            !s.iter().any(|(_, m)| matches!(m, Message::Migrate { .. })),
+            "{s:?}"
+        );
+        assert!(
+            s.iter()
+                .any(|(to, m)| *to == 8 && matches!(m, Message::Join { .. })),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_whose_hypervisor_is_down_joins_no_partition_until_it_is_sampled_again() {
+        let nb = Line(vec![]);
+        let mut n = Isp::new(7, 0, Config::default());
+        n.handle(0, Input::Monitor(host(&[(9, 10.0)])), &nb);
+        n.handle(500, Input::HypervisorDown, &nb);
+        let join = |seq| Message::Join {
+            id: PartitionId {
+                initiator: 1,
+                incarnation: 0,
+                seq,
+            },
+            kind: Kind::Overload,
+        };
+        let out = n.handle(
+            1_000,
+            Input::Message {
+                from: 1,
+                msg: join(1),
+            },
+            &nb,
+        );
+        assert!(matches!(
+            &sends(&out)[0],
+            (1, Message::Busy { other: None, .. })
+        ));
+        assert_eq!(n.role(), RoleView::Free);
+        n.handle(1_500, Input::Monitor(host(&[(9, 10.0)])), &nb);
+        let out = n.handle(
+            2_000,
+            Input::Message {
+                from: 1,
+                msg: join(2),
+            },
+            &nb,
+        );
+        assert!(matches!(&sends(&out)[0], (1, Message::Joined { .. })));
     }
 
     #[test]

@@ -751,6 +751,7 @@ impl Daemon {
                     Err(e) => {
                         warn!("cannot sample the hypervisor: {e}");
                         self.metrics.monitor_errors.inc();
+                        self.isp_input(isp::Input::HypervisorDown);
                     }
                 }
             }

@@ -34,6 +34,11 @@ pub struct Replay {
     pub samples: Vec<(Millis, String, f64)>,
     /// Load commands that failed (VM, error).
     pub failed_commands: Vec<(String, String)>,
+    /// The run's input, for the same run in the simulator: every VM (sorted by name) with
+    /// its host index and memory at the start, its initial load, and the load changes.
+    pub start: Vec<(String, usize, u64)>,
+    pub initial_load: Vec<f64>,
+    pub changes: Vec<(Millis, usize, f64)>,
 }
 
 /// Checks that the cluster can replay the scenario; names what does not match.
@@ -89,15 +94,28 @@ pub fn check(cluster: &Cluster, inv: &Inventory, s: &Scenario) -> Result<()> {
     Ok(())
 }
 
-/// Sets `vm`'s load inside the guest, wherever it runs now.
+/// Sets `vm`'s load inside the guest, wherever it runs now. A guest caught at the end of
+/// a live migration drops the command port of its source: the command (idempotent) is
+/// sent again, up to three times, to wherever the guest runs then.
 fn set_load(cluster: &Cluster, vm: &str, pct: f64) -> Result<()> {
     let pct = pct.clamp(0.0, 100.0).round() as u32;
-    let host = libvirt::find_vm(cluster, vm)?;
-    let answer = remote::guest_command(cluster.host(&host)?, vm, &format!("load {pct}"))?;
-    if answer != format!("ok load {pct}") {
-        bail!("{vm} answered {answer:?} to 'load {pct}'");
+    let attempt = || -> Result<()> {
+        let host = libvirt::find_vm(cluster, vm)?;
+        let answer = remote::guest_command(cluster.host(&host)?, vm, &format!("load {pct}"))?;
+        if answer != format!("ok load {pct}") {
+            bail!("{vm} answered {answer:?} to 'load {pct}'");
+        }
+        Ok(())
+    };
+    let mut result = attempt();
+    for _ in 1..3 {
+        if result.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        result = attempt();
     }
-    Ok(())
+    result
 }
 
 /// Sets many loads with a few threads; returns the failures.
@@ -142,6 +160,23 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         stop_ms: None,
     };
     let (initial, changes) = load.trace(vm_names.len(), s.duration, s.seed);
+    let host_ix: BTreeMap<&str, usize> = cluster
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    let mut start = Vec::new();
+    for name in &vm_names {
+        let host = libvirt::find_vm(cluster, name)?;
+        let mem = inv
+            .vms
+            .iter()
+            .find(|v| v.name == *name)
+            .map_or(0, |v| v.memory_mib);
+        start.push((name.clone(), host_ix[host.as_str()], mem));
+    }
+    let initial_load = initial.clone();
     // Where each daemon's event log stands now: only what follows is this run's.
     let mut offsets = BTreeMap::new();
     let mut node_host: BTreeMap<String, String> = BTreeMap::new();
@@ -226,12 +261,6 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         }
     }
     events.sort_by_key(|e| e["t_ms"].as_u64().unwrap_or(0));
-    let host_ix: BTreeMap<&str, usize> = cluster
-        .hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h.name.as_str(), i))
-        .collect();
     let site_of = |host: &str| cluster.host(host).map(|h| h.site.clone()).ok();
     let metrics = measure(&events, &samples, &host_ix, &node_host, &site_of, end_ms);
     let mut summary = metrics.summary("real");
@@ -242,13 +271,89 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         events,
         samples,
         failed_commands: failed,
+        start,
+        initial_load,
+        changes,
     })
+}
+
+/// The same run in the simulator: the cluster's hosts (the scenario's capacities, their
+/// sites), its placement at the start, the same initial loads and load changes at the
+/// same times, the scenario's migration model; DVMS in the scenario's first mode.
+pub fn simulate(s: &Scenario, r: &Replay) -> Result<(Summary, Metrics)> {
+    let run = s
+        .runs()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .find(|r| r.config.scheduler == crate::engine::Scheduler::Dvms)
+        .context("the scenario runs no DVMS")?;
+    let mut cfg = run.config;
+    cfg.load.stop_ms = Some(0); // the replayed trace instead
+    let hosts = vec![(cfg.host_cpu, cfg.host_mem); s.hosts.count];
+    let vms: Vec<(f64, u64, usize)> = r
+        .start
+        .iter()
+        .zip(&r.initial_load)
+        .map(|((_, host, mem), load)| (*load, *mem, *host))
+        .collect();
+    let mut sim =
+        crate::engine::Sim::with_datacenter(cfg, &hosts, &vms).map_err(anyhow::Error::msg)?;
+    for (at, vm, pct) in &r.changes {
+        sim.set_load_at(*at, *vm, *pct);
+    }
+    sim.run_until(s.duration);
+    sim.finish();
+    let summary = sim.metrics.summary("simulated");
+    Ok((summary, sim.metrics))
+}
+
+/// One line comparing the real run with its simulation: mean time to solve and
+/// migrations, each with the relative difference.
+pub fn compare_line(real: &Summary, sim: &Summary) -> String {
+    let diff = |a: f64, b: f64| {
+        if a > 0.0 && a.is_finite() && b.is_finite() {
+            format!("{:+.0} %", 100.0 * (b - a) / a)
+        } else {
+            "-".into()
+        }
+    };
+    format!(
+        "real vs simulated: mean time to solve {:.2} s vs {:.2} s ({}), migrations {} vs {} ({})",
+        real.solve_mean_s,
+        sim.solve_mean_s,
+        diff(real.solve_mean_s, sim.solve_mean_s),
+        real.migrations,
+        sim.migrations,
+        diff(real.migrations as f64, sim.migrations as f64)
+    )
 }
 
 fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Whether a partition with `cleared`'s node among its members ends solved within a
+/// second of `t`, before that node detects another overload.
+fn solved_soon_after(later: &[serde_json::Value], cleared: &serde_json::Value, t: Millis) -> bool {
+    let node = &cleared["node"];
+    for e in later {
+        if e["t_ms"].as_u64().unwrap_or(0) > t + 1_000 {
+            break;
+        }
+        match e["event"].as_str().unwrap_or("") {
+            "overloaded" if e["node"] == *node => return false,
+            "dissolved"
+                if e["reason"] == "solved"
+                    && e["members"].as_array().is_some_and(|m| m.contains(node)) =>
+            {
+                return true;
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The simulator's measures from the daemons' events and the load samples: violations
@@ -286,7 +391,7 @@ pub fn measure(
         m.violation_spans.push((host_ix[host], start, end_ms));
     }
     let mut started: BTreeMap<(String, String), (Millis, String)> = BTreeMap::new();
-    for e in events {
+    for (i, e) in events.iter().enumerate() {
         let t = e["t_ms"].as_u64().unwrap_or(0);
         let Some(host) = e["host"].as_str() else {
             continue;
@@ -296,7 +401,9 @@ pub fn measure(
         };
         match e["event"].as_str().unwrap_or("") {
             "overloaded" => m.overload_detected(t, h),
-            "cleared" => m.overload_cleared(h),
+            // The source samples its load as soon as its last migration ends, often
+            // before its leader logs the end of the plan: that overload was solved.
+            "cleared" if !solved_soon_after(&events[i + 1..], e, t) => m.overload_cleared(h),
             "started" => m.partitions_started += 1,
             "planned" => m.plans += 1,
             "migration_started" => {
@@ -342,10 +449,18 @@ pub fn measure(
     m
 }
 
-/// Writes the replay's files into `dir`: the simulator's result files, plus
-/// `events.jsonl` (every daemon event), `host_loads.csv` (the samples) and the table.
-pub fn write(dir: &Path, r: &Replay, table: &str) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = crate::report::write_results(dir, &[(&r.summary, &r.metrics)])
+/// Writes the replay's files into `dir`: the simulator's result files (with the
+/// simulated run as a second run, if any), plus `events.jsonl` (every daemon event),
+/// `host_loads.csv` (the samples) and the table.
+pub fn write(
+    dir: &Path,
+    r: &Replay,
+    simulated: Option<(&Summary, &Metrics)>,
+    table: &str,
+) -> Result<Vec<std::path::PathBuf>> {
+    let mut runs = vec![(&r.summary, &r.metrics)];
+    runs.extend(simulated);
+    let mut files = crate::report::write_results(dir, &runs)
         .with_context(|| format!("cannot write into {}", dir.display()))?;
     let mut ev = std::io::BufWriter::new(std::fs::File::create(dir.join("events.jsonl"))?);
     for e in &r.events {
@@ -362,4 +477,46 @@ pub fn write(dir: &Path, r: &Replay, table: &str) -> Result<Vec<std::path::PathB
     std::fs::write(dir.join("table.txt"), table)?;
     files.push(dir.join("table.txt"));
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn measure_log(events: &[serde_json::Value]) -> Metrics {
+        let host_ix: BTreeMap<&str, usize> = [("h1", 0), ("h2", 1)].into_iter().collect();
+        let node_host: BTreeMap<String, String> = [("n1", "h1"), ("n2", "h2")]
+            .into_iter()
+            .map(|(n, h)| (n.to_owned(), h.to_owned()))
+            .collect();
+        measure(events, &[], &host_ix, &node_host, &|_| None, 60_000)
+    }
+
+    #[test]
+    fn an_overload_cleared_just_before_its_plan_ends_counts_as_solved() {
+        let m = measure_log(&[
+            json!({"event": "overloaded", "host": "h1", "node": "n1", "t_ms": 1_000}),
+            json!({"event": "cleared", "host": "h1", "node": "n1", "t_ms": 3_400}),
+            json!({"event": "dissolved", "host": "h2", "node": "n2", "t_ms": 3_420,
+                   "reason": "solved", "members": ["n1", "n2"]}),
+        ]);
+        assert_eq!(m.solved, vec![(0, 1_000, 3_420)]);
+        assert_eq!(m.vanished, 0);
+    }
+
+    #[test]
+    fn an_overload_cleared_with_no_plan_ending_vanished() {
+        let m = measure_log(&[
+            json!({"event": "overloaded", "host": "h1", "node": "n1", "t_ms": 1_000}),
+            json!({"event": "cleared", "host": "h1", "node": "n1", "t_ms": 3_400}),
+            // A plan of another partition, and one ending long after.
+            json!({"event": "dissolved", "host": "h2", "node": "n2", "t_ms": 3_450,
+                   "reason": "solved", "members": ["n2"]}),
+            json!({"event": "dissolved", "host": "h2", "node": "n2", "t_ms": 9_000,
+                   "reason": "solved", "members": ["n1", "n2"]}),
+        ]);
+        assert!(m.solved.is_empty());
+        assert_eq!(m.vanished, 1);
+    }
 }

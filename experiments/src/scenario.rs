@@ -43,6 +43,10 @@
 //! [centralized]
 //! period = "30s"
 //! # time_limit = "10s"      # default min(30 s, hosts / 8 s)
+//!
+//! [migration]               # the modelled live migration (defaults: 10 Gbit/s links)
+//! bandwidth_mib_s = 1190.0
+//! setup_ms = 300
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,6 +57,7 @@ use serde::{Deserialize, Deserializer};
 use crate::engine::{
     CentralConfig, CrashModel, LoadModel, Network, OverlayModel, Scheduler, SimConfig,
 };
+use crate::model::MigrationModel;
 use dvms_node::isp::Millis;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -81,6 +86,10 @@ pub struct Scenario {
     pub dvms: Dvms,
     #[serde(default)]
     pub centralized: Centralized,
+    /// The modelled live migration (simulation): bandwidth_mib_s, dirty_mib_s_at_full_cpu,
+    /// setup_ms, stop_copy_mib, max_rounds.
+    #[serde(default)]
+    pub migration: MigrationModel,
 }
 
 fn one() -> u64 {
@@ -343,6 +352,7 @@ impl Scenario {
                 ..CrashModel::default()
             }),
             loss: self.loss,
+            migration: self.migration.clone(),
             overlay_model: self.dvms.overlay,
             centralized: CentralConfig {
                 period_ms: self.centralized.period,

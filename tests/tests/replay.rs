@@ -64,11 +64,26 @@ start = "2s"
     );
 
     let out = dir.join("results");
-    let o = replay(&tb, &["--scenario", s, "--out", out.to_str().unwrap()]);
+    let o = replay(
+        &tb,
+        &["--scenario", s, "--out", out.to_str().unwrap(), "--compare"],
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("overloads detected"), "{stdout}");
+    // --compare: the same run in the simulator, side by side, and the differences.
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("real") && l.contains("simulated")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("real vs simulated: mean time to solve"),
+        "{stdout}"
+    );
     assert!(
         !stdout.contains("failed:"),
         "load commands failed:\n{stdout}"
@@ -119,6 +134,11 @@ start = "2s"
     let row: Vec<&str> = summary.lines().nth(1).unwrap().split(',').collect();
     let field = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
     assert_eq!(field("label"), "real");
+    // The simulated run of the same trace is the second row; busy enough to overload too.
+    let sim: Vec<&str> = summary.lines().nth(2).unwrap().split(',').collect();
+    let sim_field = |name: &str| sim[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!(sim_field("label"), "simulated");
+    assert!(sim_field("overloads_detected").parse::<u64>().unwrap() >= 1);
     assert_eq!(field("overloads_detected"), count("overloaded").to_string());
     let ok_migrations = events
         .iter()

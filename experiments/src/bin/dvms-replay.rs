@@ -43,6 +43,10 @@ struct Args {
     /// Print nothing but the table.
     #[arg(long)]
     quiet: bool,
+    /// Also run the same scenario in the simulator (same placement, same load trace) and
+    /// print both side by side, with the differences in time to solve and migrations.
+    #[arg(long)]
+    compare: bool,
 }
 
 fn main() {
@@ -76,7 +80,18 @@ fn run(args: Args) -> Result<()> {
             eprintln!("{line}");
         }
     })?;
-    let t = table(std::slice::from_ref(&r.summary));
+    let simulated = if args.compare {
+        Some(replay::simulate(&scenario, &r)?)
+    } else {
+        None
+    };
+    let mut columns = vec![r.summary.clone()];
+    columns.extend(simulated.as_ref().map(|s| s.0.clone()));
+    let mut t = table(&columns);
+    if let Some((sim, _)) = &simulated {
+        t += &replay::compare_line(&r.summary, sim);
+        t.push('\n');
+    }
     print!("{t}");
     if !r.failed_commands.is_empty() {
         println!("{} load command(s) failed:", r.failed_commands.len());
@@ -85,7 +100,7 @@ fn run(args: Args) -> Result<()> {
         }
     }
     if let Some(out) = &args.out {
-        let files = replay::write(out, &r, &t)?;
+        let files = replay::write(out, &r, simulated.as_ref().map(|(s, m)| (s, m)), &t)?;
         println!("results: {} files in {}", files.len(), out.display());
     }
     Ok(())

@@ -172,6 +172,7 @@ impl Args {
                 period: self.central_period.unwrap_or(central.period),
                 ..central
             },
+            migration: Default::default(),
         }
     }
 }
