@@ -65,6 +65,7 @@ struct Outcome {
     crashes: u64,
     migrations: u64,
     merges: usize,
+    blocked: usize,
 }
 
 fn run(seed: u64) -> Outcome {
@@ -96,7 +97,7 @@ fn run_config(cfg: SimConfig) -> Outcome {
     // Every partition ends, within the lifetime bound.
     let mut started: BTreeMap<PartitionId<NodeIx>, Millis> = BTreeMap::new();
     let mut last_left: BTreeMap<PartitionId<NodeIx>, Millis> = BTreeMap::new();
-    let mut merges = 0;
+    let (mut merges, mut blocked) = (0, 0);
     for (t, _, e) in &sim.log {
         match e {
             Event::Started { id, .. } => {
@@ -106,6 +107,7 @@ fn run_config(cfg: SimConfig) -> Outcome {
                 last_left.insert(id.clone(), *t);
             }
             Event::Merged { .. } => merges += 1,
+            Event::Blocked { .. } => blocked += 1,
             _ => {}
         }
     }
@@ -134,6 +136,7 @@ fn run_config(cfg: SimConfig) -> Outcome {
         crashes: sim.metrics.crashes,
         migrations: sim.metrics.migrations_ok,
         merges,
+        blocked,
     }
 }
 
@@ -166,17 +169,20 @@ fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_an
     let (overloads, solved) = (total(|o| o.overloads), total(|o| o.solved as u64));
     let (crashes, migrations) = (total(|o| o.crashes), total(|o| o.migrations));
     let merges = total(|o| o.merges as u64);
+    let blocked = total(|o| o.blocked as u64);
     eprintln!(
-        "{SEEDS} seeds: {overloads} overloads detected, {solved} solved by a plan, {migrations} migrations, {crashes} crashes, {merges} merges"
+        "{SEEDS} seeds: {overloads} overloads detected, {solved} solved by a plan, {migrations} migrations, {crashes} crashes, {blocked} partitions blocked, {merges} merges"
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The runs exercised what they claim to.
     assert!(overloads > 10 * SEEDS, "too few overloads: {overloads}");
     assert!(solved > overloads / 2, "{solved} of {overloads}");
     assert!(crashes > SEEDS, "too few crashes: {crashes}");
+    // Merges are rare at these loads (0 to 2 in 200 seeds): the exact merge scenario in
+    // tests/scenarios.rs covers them; here the blocked paths must at least be taken.
     assert!(
-        merges > 0,
-        "no partitions merged: the blocked paths were not exercised"
+        blocked > 0,
+        "no partition blocked: the blocked paths were not exercised"
     );
 }
 
