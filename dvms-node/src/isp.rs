@@ -92,6 +92,11 @@ impl HostState {
         self.vms.iter().map(|v| v.cpu).sum()
     }
 
+    /// Memory its VMs hold, MiB.
+    pub fn mem_used(&self) -> u64 {
+        self.vms.iter().map(|v| v.mem).sum()
+    }
+
     /// Demand over capacity (0 for a host without capacity).
     pub fn load(&self) -> f64 {
         if self.cpu > 0.0 {
@@ -161,6 +166,13 @@ pub struct Dossier<Id> {
 impl<Id: PartialEq> Dossier<Id> {
     pub fn contains(&self, id: &Id) -> bool {
         self.members.iter().any(|(m, _)| m == id)
+    }
+
+    /// No VM is planned onto `id` again in this partition.
+    fn close(&mut self, id: Id) {
+        if !self.closed.contains(&id) {
+            self.closed.push(id);
+        }
     }
 }
 
@@ -991,13 +1003,12 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             } else {
                 h.cpu * high
             };
-            let used_mem: u64 = h.vms.iter().map(|v| v.mem).sum();
             p.hosts.push(placement::Host {
                 cpu,
                 mem: if emptied {
                     0
                 } else if failed_into {
-                    h.mem.min(used_mem)
+                    h.mem.min(h.mem_used())
                 } else {
                     h.mem
                 },
@@ -1216,9 +1227,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             l.moved.push(vm);
         } else {
             r.failed += 1;
-            if !l.d.closed.contains(&s.to) {
-                l.d.closed.push(s.to);
-            }
+            l.d.close(s.to);
         }
         if r.outstanding.is_empty() {
             if r.failed > 0 {
@@ -1606,9 +1615,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         l.d.absorbed.push(dossier.id.clone());
         l.d.absorbed.extend(dossier.absorbed);
         for c in dossier.closed {
-            if !l.d.closed.contains(&c) {
-                l.d.closed.push(c);
-            }
+            l.d.close(c);
         }
         l.d.excluded.clear();
         l.d.epoch += 1;

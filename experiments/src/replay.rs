@@ -34,9 +34,9 @@ pub struct Replay {
     pub samples: Vec<(Millis, String, f64)>,
     /// Load commands that failed (VM, error).
     pub failed_commands: Vec<(String, String)>,
-    /// The run's input, for the same run in the simulator: every VM (sorted by name) with
+    /// The run's input, for the same run in the simulator: every VM (sorted by name) as
     /// its host index and memory at the start, its initial load, and the load changes.
-    pub start: Vec<(String, usize, u64)>,
+    pub start: Vec<(usize, u64)>,
     pub initial_load: Vec<f64>,
     pub changes: Vec<(Millis, usize, f64)>,
 }
@@ -174,7 +174,7 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
             .iter()
             .find(|v| v.name == *name)
             .map_or(0, |v| v.memory_mib);
-        start.push((name.clone(), host_ix[host.as_str()], mem));
+        start.push((host_ix[host.as_str()], mem));
     }
     let initial_load = initial.clone();
     // Where each daemon's event log stands now: only what follows is this run's.
@@ -294,7 +294,7 @@ pub fn simulate(s: &Scenario, r: &Replay) -> Result<(Summary, Metrics)> {
         .start
         .iter()
         .zip(&r.initial_load)
-        .map(|((_, host, mem), load)| (*load, *mem, *host))
+        .map(|((host, mem), load)| (*load, *mem, *host))
         .collect();
     let mut sim =
         crate::engine::Sim::with_datacenter(cfg, &hosts, &vms).map_err(anyhow::Error::msg)?;

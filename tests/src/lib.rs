@@ -151,7 +151,13 @@ impl Testbed {
 
     /// (domain, state) of every domain libvirt knows on every host, through `virsh`.
     pub fn domains(&self) -> Vec<(String, String)> {
-        let out = self.ok(&["exec", "all", "--", "virsh", "-q", "list", "--all"]);
+        self.domains_on("all")
+    }
+
+    /// (domain, state) of every domain libvirt knows on `hosts` (as `exec` takes them:
+    /// `all`, or names separated by commas).
+    pub fn domains_on(&self, hosts: &str) -> Vec<(String, String)> {
+        let out = self.ok(&["exec", hosts, "--", "virsh", "-q", "list", "--all"]);
         out.lines()
             .filter(|l| !l.starts_with("== "))
             .filter_map(|l| {

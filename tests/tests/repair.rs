@@ -650,14 +650,12 @@ fn a_migration_whose_destination_libvirtd_dies_leaves_the_vm_on_its_source_and_i
         .find(|e| e["event"] == "migration_result" && e["vm_name"] == vm.as_str())
         .unwrap();
     assert_eq!(result["ok"], false, "{}", dump(&log));
+    // Only the live hosts' libvirt can be asked.
     let running_on = |host: usize| -> Vec<String> {
-        tb.ok(&["exec", &format!("h{host}"), "--", "virsh", "-q", "list"])
-            .lines()
-            .filter(|l| !l.starts_with("== "))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 3 && f[2] == "running").then(|| f[1].to_owned())
-            })
+        tb.domains_on(&format!("h{host}"))
+            .into_iter()
+            .filter(|(_, state)| state == "running")
+            .map(|(vm, _)| vm)
             .collect()
     };
     assert!(running_on(1).contains(&vm), "{vm} left h1:\n{}", dump(&log));
