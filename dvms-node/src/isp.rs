@@ -6,7 +6,8 @@
 //! partition holding only itself. The leader solves the placement problem of its
 //! partition's hosts and VMs ([`crate::placement`]); if there is no solution the partition
 //! grows by the best node outside it (the overlay's locality or ring query, seen from
-//! the initiator), which joins and becomes the new leader, and so on until a plan exists.
+//! the initiator), which joins and becomes the new leader, and so on until a plan exists
+//! (a time-limited answer that moves far more VMs than must move does not count).
 //! The leader then orders the migrations round by round ([`crate::plan`]) and dissolves
 //! the partition.
 //!
@@ -21,7 +22,8 @@
 //! Liveness: the leader sends `Update` to its members every `partition_timeout / 5` and
 //! members answer with `Ack` and their current state. A member that hears nothing for
 //! `partition_timeout` leaves; the leader drops a member silent for half of that, so it
-//! never counts a node that may already have left. A failed member is removed; a failed
+//! never counts a node that may already have left (the dossier carries each member's
+//! silence across hand-overs and merges). A failed member is removed; a failed
 //! initiator dissolves the partition; a partition blocked for `max_blocked_rounds` probes
 //! gives up. A node is in at most one partition and its resources are reserved by it.
 //! A node executes a migration only when the leader of its own partition orders it.
@@ -161,11 +163,30 @@ pub struct Dossier<Id> {
     /// planned onto them again in this partition, so a replan grows elsewhere.
     #[serde(default = "Vec::new")]
     pub closed: Vec<Id>,
+    /// How long before sending this dossier its leader last heard from each member:
+    /// silence carries over to the next leader, so hand-overs cannot keep a member that
+    /// crashed or left in the partition (and planned into).
+    #[serde(default = "Vec::new")]
+    pub heard_ago_ms: Vec<(Id, Millis)>,
 }
 
-impl<Id: PartialEq> Dossier<Id> {
+impl<Id: PartialEq + Clone> Dossier<Id> {
     pub fn contains(&self, id: &Id) -> bool {
         self.members.iter().any(|(m, _)| m == id)
+    }
+
+    /// When, in this node's time, the sender last heard from `m` (now if it did not say).
+    fn heard_at(&self, m: &Id, now: Millis) -> Millis {
+        let ago = self.heard_ago_ms.iter().find(|(x, _)| x == m);
+        now.saturating_sub(ago.map_or(0, |(_, t)| *t))
+    }
+
+    /// Records, before the dossier travels, how long ago each member was heard from.
+    fn stamp(&mut self, heard: &BTreeMap<Id, Millis>, now: Millis) {
+        self.heard_ago_ms = heard
+            .iter()
+            .map(|(m, t)| (m.clone(), now.saturating_sub(*t)))
+            .collect();
     }
 
     /// No VM is planned onto `id` again in this partition.
@@ -272,10 +293,11 @@ impl<Id> Dossier<Id> {
             self.excluded.len(),
             self.absorbed.len(),
             self.closed.len(),
+            self.heard_ago_ms.len(),
         ];
         if lists.iter().any(|n| *n > MAX_MEMBERS) || self.members.is_empty() {
             return Err(format!(
-                "dossier with {lists:?} members/excluded/absorbed/closed"
+                "dossier with {lists:?} members/excluded/absorbed/closed/heard"
             ));
         }
         self.members.iter().try_for_each(|(_, h)| h.validate())
@@ -399,10 +421,14 @@ pub enum Event<Id> {
     Planned {
         id: PartitionId<Id>,
         size: usize,
+        /// Live migrations in the plan (a VM may take a detour through a pivot host).
         migrations: usize,
         rounds: usize,
         method: Method,
         optimal: bool,
+        /// VMs whose host changes, and the fewest any placement must move.
+        vms_moved: usize,
+        lower_bound: usize,
     },
     MigrationStarted {
         id: PartitionId<Id>,
@@ -652,6 +678,8 @@ pub struct Isp<Id> {
     cooldowns: Cooldowns<VmId>,
     /// The last sample of the hypervisor failed ([`Input::HypervisorDown`]).
     hypervisor_down: bool,
+    /// The overlay declared this node's leader failed (perhaps wrongly: see `tick`).
+    suspected_leader: Option<Id>,
     /// VMs this node is migrating: the partition and leader that ordered each.
     migrating: HashMap<VmId, (PartitionId<Id>, Id)>,
     incarnation: u64,
@@ -671,6 +699,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             detector: Detector::new(cfg.thresholds.clone()),
             cooldowns: Cooldowns::new(cfg.thresholds.vm_cooldown_ms),
             hypervisor_down: false,
+            suspected_leader: None,
             me,
             cfg,
             role: Role::Free,
@@ -816,21 +845,33 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     fn tick(&mut self, now: Millis, nb: &dyn Neighbours<Id>) {
         self.cooldowns.expire(now);
         let timeout = self.cfg.partition_timeout_ms;
-        match &mut self.role {
-            Role::Free => self.maybe_start(now, nb),
-            Role::Reserved { id, heard_at, .. } | Role::Member { id, heard_at, .. } => {
-                if now.saturating_sub(*heard_at) >= timeout {
-                    let id = id.clone();
-                    self.leave(now, id, EndReason::Timeout);
-                }
+        // A node whose leader the overlay declared failed leaves as soon as that leader,
+        // if it is in fact alive, has surely dropped it (half the timeout after the last
+        // Ack, plus a keep-alive period for the Ack's trip): leaving earlier would let it
+        // join another partition while still counted, and planned into, by this one.
+        let suspected_limit = timeout / 2 + timeout / 5;
+        let (heard_at, leader) = match &self.role {
+            Role::Free => return self.maybe_start(now, nb),
+            Role::Leader(_) => return self.lead_tick(now, nb),
+            Role::Reserved {
+                heard_at, leader, ..
             }
-            Role::HandingOver { dossier, since, .. } => {
-                if now.saturating_sub(*since) >= timeout {
-                    let id = dossier.id.clone();
-                    self.leave(now, id, EndReason::Timeout);
-                }
-            }
-            Role::Leader(_) => self.lead_tick(now, nb),
+            | Role::Member {
+                heard_at, leader, ..
+            } => (*heard_at, leader),
+            Role::HandingOver { since, to, .. } => (*since, to),
+        };
+        let suspected = self.suspected_leader.as_ref() == Some(leader);
+        let silent = now.saturating_sub(heard_at);
+        let reason = if suspected && silent >= suspected_limit {
+            EndReason::LeaderFailed
+        } else if silent >= timeout {
+            EndReason::Timeout
+        } else {
+            return;
+        };
+        if let Some(id) = self.partition().cloned() {
+            self.leave(now, id, reason);
         }
     }
 
@@ -870,6 +911,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             blocked_rounds: 0,
             unsolved: false,
             closed: Vec::new(),
+            heard_ago_ms: Vec::new(),
         };
         self.become_leader(now, d, nb);
     }
@@ -890,8 +932,9 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             .members
             .iter()
             .filter(|(m, _)| *m != self.me)
-            .map(|(m, _)| (m.clone(), now))
+            .map(|(m, _)| (m.clone(), d.heard_at(m, now)))
             .collect();
+        d.heard_ago_ms.clear();
         self.role = Role::Leader(Box::new(Leadership {
             d,
             waiting: Waiting::Nothing,
@@ -1067,8 +1110,17 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         {
             h.mem = own.mem;
         }
-        let outcome = placement::solve(&p, &self.cfg.solver);
+        // An overload partition never applies a poor answer (many more migrations than
+        // must be: the solver ran out of time on a nearly full partition, and such a plan
+        // moves most of its VMs): it grows for room instead, or, blocked, probes again.
+        let cheap_only = d.kind == Kind::Overload;
+        let outcome = if cheap_only {
+            placement::solve_cheap(&p, &self.cfg.solver)
+        } else {
+            placement::solve(&p, &self.cfg.solver)
+        };
         let target = match outcome {
+            Outcome::Solved(s) if cheap_only && s.is_poor() => None,
             Outcome::Solved(s) => plan::plan(&moves, &s.placement, self.cfg.limits)
                 .ok()
                 .map(|plan| (s, plan)),
@@ -1113,6 +1165,8 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             rounds: plan.rounds.len(),
             method: sol.method,
             optimal: sol.optimal,
+            vms_moved: sol.migrations,
+            lower_bound: sol.lower_bound,
         });
         let Some(l) = self.leader() else { return };
         l.d.phase = Phase::Finishing;
@@ -1297,6 +1351,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     /// Leaves the partition this node is in without leading it.
     fn leave(&mut self, now: Millis, id: PartitionId<Id>, reason: EndReason) {
         self.role = Role::Free;
+        self.suspected_leader = None;
         self.event(Event::Left { id, reason });
         // Let monitoring catch up with the partition's migrations before judging again.
         self.next_start_at = now + self.cfg.restart_backoff_ms;
@@ -1345,16 +1400,12 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                 }
                 self.remove_member(now, p, nb);
             }
-            Role::Reserved { id, leader, .. } | Role::Member { id, leader, .. } => {
+            // Left in `tick`, once it is safe.
+            Role::Reserved { leader, .. }
+            | Role::Member { leader, .. }
+            | Role::HandingOver { to: leader, .. } => {
                 if *leader == p {
-                    let id = id.clone();
-                    self.leave(now, id, EndReason::LeaderFailed);
-                }
-            }
-            Role::HandingOver { dossier, to, .. } => {
-                if *to == p {
-                    let id = dossier.id.clone();
-                    self.leave(now, id, EndReason::LeaderFailed);
+                    self.suspected_leader = Some(p);
                 }
             }
             Role::Free => {}
@@ -1452,11 +1503,16 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             Message::MergeRefused { id } => {
                 if let Role::HandingOver { dossier, .. } = &self.role {
                     if dossier.id == id {
-                        let Role::HandingOver { dossier, .. } =
-                            std::mem::replace(&mut self.role, Role::Free)
+                        let Role::HandingOver {
+                            mut dossier, since, ..
+                        } = std::mem::replace(&mut self.role, Role::Free)
                         else {
                             return;
                         };
+                        // Nobody heard from the members while the hand-over was pending.
+                        for (_, ago) in &mut dossier.heard_ago_ms {
+                            *ago += now.saturating_sub(since);
+                        }
                         let retry_at = now + self.cfg.retry_ms;
                         self.take_lead(now, *dossier, retry_at);
                     }
@@ -1529,6 +1585,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             return;
         };
         let mut d = l.d;
+        d.stamp(&l.heard, now);
         d.members.push((from.clone(), host));
         d.phase = Phase::Growing;
         d.blocked_rounds = 0;
@@ -1582,7 +1639,8 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Free) else {
             return;
         };
-        let d = l.d;
+        let mut d = l.d;
+        d.stamp(&l.heard, now);
         self.role = Role::HandingOver {
             dossier: Box::new(d.clone()),
             to: to.clone(),
@@ -1606,10 +1664,10 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             return;
         }
         let Some(l) = self.leader() else { return };
-        for (m, h) in dossier.members {
-            if !l.d.contains(&m) {
-                l.heard.insert(m.clone(), now);
-                l.d.members.push((m, h));
+        for (m, h) in &dossier.members {
+            if !l.d.contains(m) {
+                l.heard.insert(m.clone(), dossier.heard_at(m, now));
+                l.d.members.push((m.clone(), h.clone()));
             }
         }
         l.d.absorbed.push(dossier.id.clone());
@@ -1967,6 +2025,120 @@ mod tests {
                 .any(|(to, m)| *to == 8 && matches!(m, Message::Join { .. })),
             "{s:?}"
         );
+    }
+
+    /// Hand-overs carry how long each member has been silent: a member that stopped
+    /// answering (crashed, or left) is dropped half a partition timeout after it was last
+    /// heard from, however often the leadership moves meanwhile.
+    #[test]
+    fn a_silent_member_is_dropped_on_time_across_a_hand_over() {
+        let nb = Line(vec![7, 8, 9]);
+        let full = || host(&[(50, 95.0)]);
+        let (mut a, out) = overloaded_node(&nb);
+        let [mut b, mut c, mut d] = [7, 8, 9].map(|id| {
+            let mut n = Isp::new(id, 0, Config::default());
+            n.handle(2_000, Input::Monitor(full()), &nb);
+            n
+        });
+        let joined = deliver(&mut b, 1, 2_150, &out, &nb);
+        let lead = deliver(&mut a, 7, 2_200, &joined, &nb);
+        let b_out = deliver(&mut b, 1, 2_250, &lead, &nb);
+        let joined = deliver(&mut c, 7, 2_300, &b_out, &nb);
+        let lead = deliver(&mut b, 8, 2_350, &joined, &nb);
+        // 8 leads {1, 7, 8}, finds no plan and asks 9. From now on 7 is silent.
+        let c_out = deliver(&mut c, 7, 2_400, &lead, &nb);
+        assert!(matches!(c.role(), RoleView::Leader { ref members, .. } if members.len() == 3));
+        // The others answer every keep-alive of whoever leads; 9's answer comes late.
+        let keep_alive = |leader: &mut Isp<u32>,
+                          others: &mut [&mut Isp<u32>],
+                          t: Millis,
+                          out: &[Output<u32>]| {
+            for o in others {
+                let ack = deliver(o, leader.me, t, out, &nb);
+                deliver(leader, o.me, t, &ack, &nb);
+            }
+        };
+        for t in (2_500..4_300).step_by(100) {
+            let out = c.handle(t, Input::Tick, &nb);
+            keep_alive(&mut c, &mut [&mut a], t, &out);
+        }
+        let joined = deliver(&mut d, 8, 4_300, &c_out, &nb);
+        let lead = deliver(&mut c, 9, 4_300, &joined, &nb);
+        let d_out = deliver(&mut d, 8, 4_350, &lead, &nb);
+        keep_alive(&mut d, &mut [&mut a, &mut c], 4_350, &d_out);
+        let mut lost = None;
+        for t in (4_400..12_000).step_by(100) {
+            let out = d.handle(t, Input::Tick, &nb);
+            if out
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::MemberLost { member: 7, .. })))
+            {
+                lost.get_or_insert(t);
+            }
+            keep_alive(&mut d, &mut [&mut a, &mut c], t, &out);
+        }
+        // Last heard at 2,400 (when 8 took the lead; 2,450 for 9, which cannot know how
+        // long the dossier travelled): dropped 5 s later, not 5 s after 9 took the lead.
+        assert_eq!(lost, Some(7_500));
+        assert!(
+            matches!(d.role(), RoleView::Leader { ref members, .. } if members == &[1, 8, 9]),
+            "{:?}",
+            d.role()
+        );
+    }
+
+    /// The overlay may declare a live leader failed: the member stays while it hears
+    /// from it, and once silent leaves only when that leader has surely dropped it
+    /// (7 s after its last Update, against 5 s for the leader to drop a silent member).
+    #[test]
+    fn a_member_told_its_leader_failed_leaves_only_once_the_leader_has_dropped_it() {
+        let nb = Line(vec![7]);
+        let (mut a, out) = overloaded_node(&nb);
+        let mut b = Isp::new(7, 0, Config::default());
+        b.handle(2_000, Input::Monitor(host(&[(50, 95.0)])), &nb);
+        let joined = deliver(&mut b, 1, 2_150, &out, &nb);
+        let lead = deliver(&mut a, 7, 2_200, &joined, &nb);
+        deliver(&mut b, 1, 2_250, &lead, &nb);
+        assert!(matches!(a.role(), RoleView::Member { leader: 7, .. }));
+        a.handle(2_300, Input::PeerFailed(7), &nb);
+        let mut last_update = 0;
+        for t in (2_400..6_000).step_by(100) {
+            let out = b.handle(t, Input::Tick, &nb);
+            if sends(&out)
+                .iter()
+                .any(|(to, m)| *to == 1 && matches!(m, Message::Update { .. }))
+            {
+                last_update = t;
+            }
+            let acks = deliver(&mut a, 7, t, &out, &nb);
+            deliver(&mut b, 1, t, &acks, &nb);
+            a.handle(t, Input::Tick, &nb);
+        }
+        assert!(
+            matches!(a.role(), RoleView::Member { leader: 7, .. }),
+            "{:?}",
+            a.role()
+        );
+        assert!(
+            last_update >= 4_000,
+            "no keep-alive delivered: {last_update}"
+        );
+        let mut left = None;
+        for t in (6_000..20_000).step_by(100) {
+            let out = a.handle(t, Input::Tick, &nb);
+            if out.iter().any(|o| {
+                matches!(
+                    o,
+                    Output::Event(Event::Left {
+                        reason: EndReason::LeaderFailed,
+                        ..
+                    })
+                )
+            }) {
+                left.get_or_insert(t);
+            }
+        }
+        assert_eq!(left, Some(last_update + 7_000));
     }
 
     #[test]

@@ -60,6 +60,23 @@ pub struct Solution {
     /// Proven optimal (fewest migrations, then least memory moved).
     pub optimal: bool,
     pub method: Method,
+    /// Fewest migrations any placement needs (VMs that must leave each overloaded host):
+    /// how far a time-limited answer may be from the optimum.
+    pub lower_bound: usize,
+}
+
+/// Most migrations a plan may take to count as cheap, from the fewest any plan needs.
+fn cheap_plan_limit(lower_bound: usize) -> usize {
+    lower_bound.saturating_mul(2).saturating_add(2)
+}
+
+impl Solution {
+    /// A time-limited answer that moves many more VMs than must move: the solver ran out
+    /// of time on a nearly full problem (seen: 87 migrations where 6 were optimal, on 10
+    /// hosts at 99.8 % of their CPU). A larger partition usually has a cheap plan.
+    pub fn is_poor(&self) -> bool {
+        !self.optimal && self.migrations > cheap_plan_limit(self.lower_bound)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -217,6 +234,7 @@ impl Problem {
             memory_moved,
             optimal,
             method,
+            lower_bound: self.lower_bound().0,
         }
     }
 
@@ -279,7 +297,9 @@ fn count_to_cover(values: impl Iterator<Item = f64>, excess: f64) -> usize {
 
 /// Greedy repair: empties each overloaded host of the fewest, smallest VMs that bring it
 /// under capacity, onto the host with the least room that still fits them (best fit).
-/// `None` when it cannot find room.
+/// When no host has room for any of them (a nearly full partition), one VM of a target
+/// host is first moved on to a third host to make room (one ejection). `None` when it
+/// cannot find room.
 pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
     let mut placement = p.current();
     let mut loads = p.loads(&placement);
@@ -295,17 +315,14 @@ pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
                 .filter(|v| placement[*v] == h && !p.vms[*v].pinned)
                 .collect();
             // A VM that fixes the host alone, the one with least memory; else the largest.
-            let pick = on
-                .iter()
-                .copied()
-                .filter(|v| p.vms[*v].cpu + EPS >= ex_cpu && p.vms[*v].mem >= ex_mem)
-                .filter(|v| best_fit(p, &loads, *v, h).is_some())
-                .min_by_key(|v| p.vms[*v].mem)
-                .or_else(|| {
-                    on.iter()
-                        .copied()
-                        .filter(|v| best_fit(p, &loads, *v, h).is_some())
-                        .max_by(|a, b| {
+            let pick = |room: &dyn Fn(usize) -> bool| {
+                on.iter()
+                    .copied()
+                    .filter(|v| p.vms[*v].cpu + EPS >= ex_cpu && p.vms[*v].mem >= ex_mem)
+                    .filter(|v| room(*v))
+                    .min_by_key(|v| p.vms[*v].mem)
+                    .or_else(|| {
+                        on.iter().copied().filter(|v| room(*v)).max_by(|a, b| {
                             let key = |v: usize| {
                                 p.vms[v].cpu / host.cpu.max(EPS) * f64::from(ex_cpu > EPS)
                                     + p.vms[v].mem as f64 / host.mem.max(1) as f64
@@ -313,36 +330,95 @@ pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
                             };
                             key(*a).total_cmp(&key(*b))
                         })
-                })?;
-            let to = best_fit(p, &loads, pick, h)?;
-            let vm = &p.vms[pick];
-            loads[h].0 -= vm.cpu;
-            loads[h].1 -= vm.mem;
-            loads[to].0 += vm.cpu;
-            loads[to].1 += vm.mem;
-            placement[pick] = to;
+                    })
+            };
+            let moves = match pick(&|v| best_fit(p, &loads, v, &[h]).is_some()) {
+                Some(v) => vec![(v, best_fit(p, &loads, v, &[h])?)],
+                None => {
+                    let v = pick(&|v| ejection(p, &loads, &placement, v, h).is_some())?;
+                    let (w, t, u) = ejection(p, &loads, &placement, v, h)?;
+                    vec![(w, u), (v, t)]
+                }
+            };
+            for (v, to) in moves {
+                let (vm, from) = (&p.vms[v], placement[v]);
+                loads[from].0 -= vm.cpu;
+                loads[from].1 -= vm.mem;
+                loads[to].0 += vm.cpu;
+                loads[to].1 += vm.mem;
+                placement[v] = to;
+            }
         }
     }
     Some(placement)
 }
 
-/// The host other than `from` with the least room left after taking `v`, if any fits.
-fn best_fit(p: &Problem, loads: &[(f64, u64)], v: usize, from: usize) -> Option<usize> {
+fn fits(p: &Problem, loads: &[(f64, u64)], v: usize, h: usize) -> bool {
+    let (cpu, mem) = loads[h];
+    cpu + p.vms[v].cpu <= p.hosts[h].cpu + EPS && mem + p.vms[v].mem <= p.hosts[h].mem
+}
+
+/// The host not in `not` with the least room left after taking `v`, if any fits.
+fn best_fit(p: &Problem, loads: &[(f64, u64)], v: usize, not: &[usize]) -> Option<usize> {
     let vm = &p.vms[v];
     (0..p.hosts.len())
-        .filter(|h| *h != from)
-        .filter(|h| {
-            let (cpu, mem) = loads[*h];
-            cpu + vm.cpu <= p.hosts[*h].cpu + EPS && mem + vm.mem <= p.hosts[*h].mem
-        })
+        .filter(|h| !not.contains(h) && fits(p, loads, v, *h))
         .min_by(|a, b| {
             let room = |h: usize| (p.hosts[h].cpu - loads[h].0 - vm.cpu) / p.hosts[h].cpu.max(EPS);
             room(*a).total_cmp(&room(*b))
         })
 }
 
-/// The layered solver.
+/// Room for `v` (leaving `from`) on a host `t` made by moving one of `t`'s VMs, `w`, on
+/// to a third host `u`: `(w, t, u)`, the smallest such `w` (by CPU, then memory).
+fn ejection(
+    p: &Problem,
+    loads: &[(f64, u64)],
+    placement: &[usize],
+    v: usize,
+    from: usize,
+) -> Option<(usize, usize, usize)> {
+    let vm = &p.vms[v];
+    let mut best: Option<(usize, usize, usize)> = None;
+    for (w, &t) in placement.iter().enumerate() {
+        let wm = &p.vms[w];
+        if t == from || w == v || wm.pinned {
+            continue;
+        }
+        let smaller = |b: &(usize, usize, usize)| {
+            let bm = &p.vms[b.0];
+            (wm.cpu, wm.mem) < (bm.cpu, bm.mem)
+        };
+        if best.as_ref().is_some_and(|b| !smaller(b)) {
+            continue;
+        }
+        let (cpu, mem) = loads[t];
+        let room_after = cpu - wm.cpu + vm.cpu <= p.hosts[t].cpu + EPS
+            && mem - wm.mem + vm.mem <= p.hosts[t].mem;
+        if !room_after {
+            continue;
+        }
+        if let Some(u) = best_fit(p, loads, w, &[t, from]) {
+            best = Some((w, t, u));
+        }
+    }
+    best
+}
+
+/// The layered solver: the cheapest placement it finds within the time limits, at any
+/// cost in migrations (see [`solve_cheap`]).
 pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
+    layered(p, cfg, true)
+}
+
+/// As [`solve`], but without the last, uncapped exact search: when no placement with at
+/// most `2 × lower bound + 2` migrations is found, the answer is `Unknown` or a poor one
+/// ([`Solution::is_poor`]). For a partition that may still grow instead.
+pub fn solve_cheap(p: &Problem, cfg: &SolverConfig) -> Outcome {
+    layered(p, cfg, false)
+}
+
+fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
     if p.overloaded().is_empty() {
         return Outcome::Solved(p.solution(p.current(), true, Method::None));
     }
@@ -362,51 +438,73 @@ pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
         };
     }
     let (bound, _) = p.lower_bound();
-    let mut milp_result = None;
+    // The cheapest feasible placement found so far.
+    let mut best: Option<(Vec<usize>, Method)> = greedy.map(|g| (g, Method::Greedy));
+    let keep = |best: &mut Option<(Vec<usize>, Method)>, x: Vec<usize>| {
+        if best.as_ref().is_none_or(|(b, _)| p.cost(&x) < p.cost(b)) {
+            *best = Some((x, Method::Milp));
+        }
+    };
+    let mut failure = None;
     // First the VMs of the overloaded hosts only, the others fixed: a much smaller model.
     // If its optimum reaches the lower bound on migrations it is the global optimum (a
     // solution with that few migrations moves no other VM, so it is in this model).
     let (reduced, movable) = p.movable_only();
-    let reduced_start = greedy
+    let reduced_start = best
         .as_ref()
-        .map(|g| movable.iter().map(|v| g[*v]).collect::<Vec<_>>());
-    match milp(&reduced, reduced_start.as_deref(), cfg) {
+        .map(|(g, _)| movable.iter().map(|v| g[*v]).collect::<Vec<_>>());
+    match milp(&reduced, reduced_start.as_deref(), cfg, None) {
         Milp::Optimal(x) => {
             let full = p.expand(&movable, &x);
             if p.cost(&full).0 == bound {
                 return Outcome::Solved(p.solution(full, true, Method::Milp));
             }
-            milp_result = Some(Milp::Feasible(full));
+            keep(&mut best, full);
         }
-        Milp::Feasible(x) => milp_result = Some(Milp::Feasible(p.expand(&movable, &x))),
+        Milp::Feasible(x) => keep(&mut best, p.expand(&movable, &x)),
         Milp::Infeasible | Milp::Failed(_) => {}
     }
-    let full = milp(p, greedy.as_deref(), cfg);
-    let full = match (full, milp_result) {
-        (Milp::Optimal(x), _) => Milp::Optimal(x),
-        (Milp::Feasible(a), Some(Milp::Feasible(b))) => {
-            Milp::Feasible(if p.cost(&a) <= p.cost(&b) { a } else { b })
+    // Then every VM, with at most `cap` migrations: on a nearly full partition the
+    // solver's first answers move almost every VM; the cap keeps its search among cheap
+    // plans. If a plan within the cap exists, the capped optimum is the global one.
+    let cheap = cheap_plan_limit(bound);
+    let cap = best.as_ref().map_or(cheap, |(b, _)| p.cost(b).0.min(cheap));
+    let start = best
+        .as_ref()
+        .filter(|(b, _)| p.cost(b).0 <= cap)
+        .map(|(b, _)| b.as_slice());
+    let mut proven_none_cheap = false;
+    match milp(p, start, cfg, Some(cap)) {
+        Milp::Optimal(x) => return Outcome::Solved(p.solution(x, true, Method::Milp)),
+        Milp::Feasible(x) => keep(&mut best, x),
+        Milp::Infeasible => proven_none_cheap = true,
+        Milp::Failed(why) => {
+            failure = Some(format!(
+                "no placement moving {cap} VMs or fewer found within {:?} ({why})",
+                cfg.time_limit
+            ))
         }
-        (Milp::Failed(_), Some(r)) => r,
-        (other, _) => other,
-    };
-    match full {
-        Milp::Optimal(x) => Outcome::Solved(p.solution(x, true, Method::Milp)),
-        Milp::Feasible(x) => {
-            // Time limit: the better of the MILP's incumbent and the greedy answer.
-            let cand = match greedy {
-                Some(g) if p.cost(&g) <= p.cost(&x) => p.solution(g, false, Method::Greedy),
-                _ => p.solution(x, false, Method::Milp),
-            };
-            Outcome::Solved(cand)
+    }
+    let poor =
+        |b: &Option<(Vec<usize>, Method)>| b.as_ref().is_none_or(|(x, _)| p.cost(x).0 > cheap);
+    if any_cost && poor(&best) {
+        let start = best.as_ref().map(|(b, _)| b.as_slice());
+        match milp(p, start, cfg, None) {
+            Milp::Optimal(x) => return Outcome::Solved(p.solution(x, true, Method::Milp)),
+            Milp::Feasible(x) => keep(&mut best, x),
+            Milp::Infeasible if best.is_none() => {
+                return Outcome::Infeasible("the exact solver proved no placement exists".into())
+            }
+            Milp::Infeasible => {}
+            Milp::Failed(why) => failure = Some(why),
         }
-        Milp::Infeasible => {
-            Outcome::Infeasible("the exact solver proved no placement exists".into())
-        }
-        Milp::Failed(why) => match greedy {
-            Some(g) => Outcome::Solved(p.solution(g, false, Method::Greedy)),
-            None => Outcome::Unknown(why),
-        },
+    }
+    match best {
+        Some((x, method)) => Outcome::Solved(p.solution(x, false, method)),
+        None if proven_none_cheap => Outcome::Unknown(format!(
+            "no placement moves {cap} VMs or fewer (at least {bound} must move)"
+        )),
+        None => Outcome::Unknown(failure.unwrap_or_else(|| "no placement found".into())),
     }
 }
 
@@ -469,8 +567,9 @@ enum Milp {
 }
 
 /// x[v][h] binary; each VM on one host; CPU and memory capacities; minimise
-/// Σ moved_v × (BIG + mem_v) with BIG > total memory (so migrations count first).
-fn milp(p: &Problem, start: Option<&[usize]>, cfg: &SolverConfig) -> Milp {
+/// Σ moved_v × (BIG + mem_v) with BIG > total memory (so migrations count first); at most
+/// `cap` VMs move.
+fn milp(p: &Problem, start: Option<&[usize]>, cfg: &SolverConfig, cap: Option<usize>) -> Milp {
     let (nv, nh) = (p.vms.len(), p.hosts.len());
     if nv.saturating_mul(nh) > cfg.max_exact_variables {
         return Milp::Failed(format!(
@@ -517,6 +616,10 @@ fn milp(p: &Problem, start: Option<&[usize]>, cfg: &SolverConfig) -> Milp {
             .sum();
         let on = p.vms.iter().filter(|v| v.host == h).count();
         model = model.with(constraint!(stay <= on.saturating_sub(k) as f64));
+    }
+    if let Some(cap) = cap {
+        let stay: Expression = p.vms.iter().enumerate().map(|(v, vm)| x[v][vm.host]).sum();
+        model = model.with(constraint!(stay >= nv.saturating_sub(cap) as f64));
     }
     for (v, vm) in p.vms.iter().enumerate().filter(|(_, vm)| vm.pinned) {
         model = model.with(constraint!(x[v][vm.host] == 1));
