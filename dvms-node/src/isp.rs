@@ -374,6 +374,8 @@ pub enum EndReason {
     PlanFailed,
     /// A member heard nothing from its leader for the partition timeout.
     Timeout,
+    /// The overlay declared the leader failed and it stayed silent until it must have
+    /// dropped this member.
     LeaderFailed,
     /// Dissolved by its leader (seen from a member).
     Dissolved,
