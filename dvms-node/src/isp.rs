@@ -1115,14 +1115,12 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         // An overload partition never applies a poor answer (many more migrations than
         // must be: the solver ran out of time on a nearly full partition, and such a plan
         // moves most of its VMs): it grows for room instead, or, blocked, probes again.
-        let cheap_only = d.kind == Kind::Overload;
-        let outcome = if cheap_only {
+        let outcome = if d.kind == Kind::Overload {
             placement::solve_cheap(&p, &self.cfg.solver)
         } else {
             placement::solve(&p, &self.cfg.solver)
         };
         let target = match outcome {
-            Outcome::Solved(s) if cheap_only && s.is_poor() => None,
             Outcome::Solved(s) => plan::plan(&moves, &s.placement, self.cfg.limits)
                 .ok()
                 .map(|plan| (s, plan)),

@@ -65,8 +65,12 @@ pub struct Solution {
     pub lower_bound: usize,
 }
 
+/// Fewest migrations in all, and per overloaded host (host, VMs that must leave, least
+/// memory of a VM that alone suffices).
+type LowerBound = (usize, Vec<(usize, usize, Option<u64>)>);
+
 /// Most migrations a plan may take to count as cheap, from the fewest any plan needs.
-fn cheap_plan_limit(lower_bound: usize) -> usize {
+pub fn cheap_plan_limit(lower_bound: usize) -> usize {
     lower_bound.saturating_mul(2).saturating_add(2)
 }
 
@@ -226,7 +230,14 @@ impl Problem {
         full
     }
 
-    fn solution(&self, placement: Vec<usize>, optimal: bool, method: Method) -> Solution {
+    /// `lower_bound`: from [`Problem::lower_bound`], computed once per solve.
+    fn solution(
+        &self,
+        placement: Vec<usize>,
+        optimal: bool,
+        method: Method,
+        lower_bound: usize,
+    ) -> Solution {
         let (migrations, memory_moved) = self.cost(&placement);
         Solution {
             placement,
@@ -234,13 +245,13 @@ impl Problem {
             memory_moved,
             optimal,
             method,
-            lower_bound: self.lower_bound().0,
+            lower_bound,
         }
     }
 
     /// Fewest VMs that must leave each overloaded host (a lower bound on migrations), and
     /// for hosts where one VM suffices, the least memory such a VM has.
-    fn lower_bound(&self) -> (usize, Vec<(usize, usize, Option<u64>)>) {
+    fn lower_bound(&self) -> LowerBound {
         let loads = self.loads(&self.current());
         let mut total: usize = 0;
         let mut per_host = Vec::new();
@@ -314,15 +325,17 @@ pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
             let on: Vec<usize> = (0..p.vms.len())
                 .filter(|v| placement[*v] == h && !p.vms[*v].pinned)
                 .collect();
-            // A VM that fixes the host alone, the one with least memory; else the largest.
-            let pick = |room: &dyn Fn(usize) -> bool| {
+            // Among the VMs `place` finds (VM, destination) moves for: one that fixes the
+            // host alone, the one with least memory; else the largest.
+            type Moves = Vec<(usize, usize)>;
+            let pick = |place: &dyn Fn(usize) -> Option<Moves>| {
+                let placed = |v: &usize| place(*v).map(|m| (*v, m));
                 on.iter()
-                    .copied()
-                    .filter(|v| p.vms[*v].cpu + EPS >= ex_cpu && p.vms[*v].mem >= ex_mem)
-                    .filter(|v| room(*v))
-                    .min_by_key(|v| p.vms[*v].mem)
+                    .filter(|v| p.vms[**v].cpu + EPS >= ex_cpu && p.vms[**v].mem >= ex_mem)
+                    .filter_map(placed)
+                    .min_by_key(|(v, _)| p.vms[*v].mem)
                     .or_else(|| {
-                        on.iter().copied().filter(|v| room(*v)).max_by(|a, b| {
+                        on.iter().filter_map(placed).max_by(|(a, _), (b, _)| {
                             let key = |v: usize| {
                                 p.vms[v].cpu / host.cpu.max(EPS) * f64::from(ex_cpu > EPS)
                                     + p.vms[v].mem as f64 / host.mem.max(1) as f64
@@ -331,15 +344,12 @@ pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
                             key(*a).total_cmp(&key(*b))
                         })
                     })
+                    .map(|(_, m)| m)
             };
-            let moves = match pick(&|v| best_fit(p, &loads, v, &[h]).is_some()) {
-                Some(v) => vec![(v, best_fit(p, &loads, v, &[h])?)],
-                None => {
-                    let v = pick(&|v| ejection(p, &loads, &placement, v, h).is_some())?;
-                    let (w, t, u) = ejection(p, &loads, &placement, v, h)?;
-                    vec![(w, u), (v, t)]
-                }
-            };
+            let direct = |v| best_fit(p, &loads, v, &[h]).map(|to| vec![(v, to)]);
+            let ejected =
+                |v| ejection(p, &loads, &placement, v, h).map(|(w, t, u)| vec![(w, u), (v, t)]);
+            let moves = pick(&direct).or_else(|| pick(&ejected))?;
             for (v, to) in moves {
                 let (vm, from) = (&p.vms[v], placement[v]);
                 loads[from].0 -= vm.cpu;
@@ -411,33 +421,34 @@ pub fn solve(p: &Problem, cfg: &SolverConfig) -> Outcome {
     layered(p, cfg, true)
 }
 
-/// As [`solve`], but without the last, uncapped exact search: when no placement with at
-/// most `2 × lower bound + 2` migrations is found, the answer is `Unknown` or a poor one
-/// ([`Solution::is_poor`]). For a partition that may still grow instead.
+/// As [`solve`], but cheap plans only: without the last, uncapped exact search, and
+/// `Unknown` rather than a poor answer ([`Solution::is_poor`]) when no placement with at
+/// most [`cheap_plan_limit`] migrations is found. For a partition that may grow instead.
 pub fn solve_cheap(p: &Problem, cfg: &SolverConfig) -> Outcome {
     layered(p, cfg, false)
 }
 
 fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
     if p.overloaded().is_empty() {
-        return Outcome::Solved(p.solution(p.current(), true, Method::None));
+        return Outcome::Solved(p.solution(p.current(), true, Method::None, 0));
     }
     if let Some(reason) = obviously_infeasible(p) {
         return Outcome::Infeasible(reason);
     }
+    let lower_bound = p.lower_bound();
+    let bound = lower_bound.0;
     let greedy = greedy(p).filter(|g| p.check(g).is_ok());
     if let Some(g) = &greedy {
-        if greedy_is_optimal(p, g) {
-            return Outcome::Solved(p.solution(g.clone(), true, Method::Greedy));
+        if greedy_is_optimal(p, g, &lower_bound) {
+            return Outcome::Solved(p.solution(g.clone(), true, Method::Greedy, bound));
         }
     }
     if cfg.greedy_only {
         return match greedy {
-            Some(g) => Outcome::Solved(p.solution(g, false, Method::Greedy)),
+            Some(g) => Outcome::Solved(p.solution(g, false, Method::Greedy, bound)),
             None => Outcome::Unknown("greedy repair found no room".into()),
         };
     }
-    let (bound, _) = p.lower_bound();
     // The cheapest feasible placement found so far.
     let mut best: Option<(Vec<usize>, Method)> = greedy.map(|g| (g, Method::Greedy));
     let keep = |best: &mut Option<(Vec<usize>, Method)>, x: Vec<usize>| {
@@ -445,6 +456,7 @@ fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
             *best = Some((x, Method::Milp));
         }
     };
+    let optimal = |x: Vec<usize>| Outcome::Solved(p.solution(x, true, Method::Milp, bound));
     let mut failure = None;
     // First the VMs of the overloaded hosts only, the others fixed: a much smaller model.
     // If its optimum reaches the lower bound on migrations it is the global optimum (a
@@ -457,7 +469,7 @@ fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
         Milp::Optimal(x) => {
             let full = p.expand(&movable, &x);
             if p.cost(&full).0 == bound {
-                return Outcome::Solved(p.solution(full, true, Method::Milp));
+                return optimal(full);
             }
             keep(&mut best, full);
         }
@@ -473,11 +485,14 @@ fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
         .as_ref()
         .filter(|(b, _)| p.cost(b).0 <= cap)
         .map(|(b, _)| b.as_slice());
-    let mut proven_none_cheap = false;
     match milp(p, start, cfg, Some(cap)) {
-        Milp::Optimal(x) => return Outcome::Solved(p.solution(x, true, Method::Milp)),
+        Milp::Optimal(x) => return optimal(x),
         Milp::Feasible(x) => keep(&mut best, x),
-        Milp::Infeasible => proven_none_cheap = true,
+        Milp::Infeasible => {
+            failure = Some(format!(
+                "no placement moves {cap} VMs or fewer (at least {bound} must move)"
+            ))
+        }
         Milp::Failed(why) => {
             failure = Some(format!(
                 "no placement moving {cap} VMs or fewer found within {:?} ({why})",
@@ -485,12 +500,11 @@ fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
             ))
         }
     }
-    let poor =
-        |b: &Option<(Vec<usize>, Method)>| b.as_ref().is_none_or(|(x, _)| p.cost(x).0 > cheap);
-    if any_cost && poor(&best) {
+    let found_cheap = best.as_ref().is_some_and(|(x, _)| p.cost(x).0 <= cheap);
+    if any_cost && !found_cheap {
         let start = best.as_ref().map(|(b, _)| b.as_slice());
         match milp(p, start, cfg, None) {
-            Milp::Optimal(x) => return Outcome::Solved(p.solution(x, true, Method::Milp)),
+            Milp::Optimal(x) => return optimal(x),
             Milp::Feasible(x) => keep(&mut best, x),
             Milp::Infeasible if best.is_none() => {
                 return Outcome::Infeasible("the exact solver proved no placement exists".into())
@@ -499,10 +513,11 @@ fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Outcome {
             Milp::Failed(why) => failure = Some(why),
         }
     }
-    match best {
-        Some((x, method)) => Outcome::Solved(p.solution(x, false, method)),
-        None if proven_none_cheap => Outcome::Unknown(format!(
-            "no placement moves {cap} VMs or fewer (at least {bound} must move)"
+    match best.map(|(x, method)| p.solution(x, false, method, bound)) {
+        Some(s) if any_cost || !s.is_poor() => Outcome::Solved(s),
+        Some(s) => Outcome::Unknown(format!(
+            "the cheapest placement found moves {} VMs; none found moving {cheap} VMs or fewer (at least {bound} must move)",
+            s.migrations
         )),
         None => Outcome::Unknown(failure.unwrap_or_else(|| "no placement found".into())),
     }
@@ -539,10 +554,10 @@ fn obviously_infeasible(p: &Problem) -> Option<String> {
 
 /// Greedy reached the lower bound on migrations, and on every host that needed one VM to
 /// leave, moved the one with least memory: no placement can do better.
-fn greedy_is_optimal(p: &Problem, g: &[usize]) -> bool {
-    let (bound, per_host) = p.lower_bound();
+fn greedy_is_optimal(p: &Problem, g: &[usize], lower_bound: &LowerBound) -> bool {
+    let (bound, per_host) = lower_bound;
     let (migrations, _) = p.cost(g);
-    if migrations != bound {
+    if migrations != *bound {
         return false;
     }
     per_host.iter().all(|(h, k, least)| {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use dvms_node::isp::{Event, Millis, PartitionId};
+use dvms_node::placement::cheap_plan_limit;
 use experiments::engine::{CrashModel, LoadModel, NodeIx, OverlayModel, Scheduler, Sim, SimConfig};
 
 const SEEDS: u64 = 200;
@@ -116,7 +117,7 @@ fn run_config(cfg: SimConfig) -> Outcome {
                 vms_moved,
                 lower_bound,
                 ..
-            } if *vms_moved > 2 * lower_bound + 2 => {
+            } if *vms_moved > cheap_plan_limit(*lower_bound) => {
                 problems.push(format!(
                     "t={t} partition {id:?} applies a plan moving {vms_moved} VMs where {lower_bound} must move"
                 ));
