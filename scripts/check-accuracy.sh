@@ -4,7 +4,7 @@
 # Prints a table; exits non-zero if a seed misses. Used by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/country_rtt.csv.gz}
+DATA=${DATA:-data/country_rtt.csv.gz}
 cargo build -q -p vivaldi --example accuracy
 fail=0
 printf '%-5s %-16s %-16s %s\n' seed "held-out med/p90" "training med/p90" verdict

@@ -3,7 +3,7 @@
 # guests, a dvms-node daemon on every host; CPU load injected inside h1's guests with
 # cpulimit overloads h1, and the daemons repair it by live migration, with nobody in
 # charge.
-#   sudo scripts/demo.sh
+#   scripts/demo.sh
 # It leaves the testbed and the daemons running for you to explore;
 # `dvms-launch testbed down` removes everything.
 set -euo pipefail

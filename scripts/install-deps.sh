@@ -11,7 +11,7 @@ set -euo pipefail
 # the ssh provider and its test (openssh), what the `virt` crate links, and what HiGHS
 # (the placement solver, built from source by highs-sys) needs: cmake, g++, libclang;
 # and headless Chromium for the test of the daemons' live view.
-# NOT libvirt-daemon-system: it pulls in systemd (see shared/testbed/RECIPE.md §1).
+# NOT libvirt-daemon-system: it pulls in systemd, which a testbed host does not run.
 PKGS=(
   qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config

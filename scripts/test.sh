@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs all of DVMS-rs's checks and tests on this machine, as root (the tests build real
 # libvirt testbeds in network namespaces). Installs what it needs first.
-#   sudo scripts/test.sh
+#   scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -10,6 +10,7 @@ scripts/install-deps.sh
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+scripts/check-layout.sh
 
 echo "== tests (unit, and integration on real libvirt/QEMU testbeds)"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -28,6 +29,7 @@ cargo run -q -p experiments --bin dvms-sim -- --scenario experiments/scenarios/s
 
 echo "== benchmarks (run once each, in the test profile)"
 cargo test -p overlay --bench neighbours
-cargo test -p dvms-node --bench placement
+cargo test -p dvms-core --bench placement
+cargo test -p experiments --bench solve_cost
 cargo test -p launcher --bench deploy
 cargo test -p dvms-tests --bench idle_daemon

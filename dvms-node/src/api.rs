@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::Status;
+use crate::status::Status;
 
 #[derive(Clone)]
 pub struct Api {

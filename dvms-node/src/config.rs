@@ -10,7 +10,8 @@ use libp2p::{identity, pnet::PreSharedKey, Multiaddr, PeerId};
 use serde::Deserialize;
 
 use crate::hypervisor::Capacity;
-use crate::isp;
+use dvms_core::isp;
+use dvms_core::placement::Budget;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -81,6 +82,9 @@ pub struct Scheduler {
 }
 
 pub const DEFAULT_MIGRATION_URI: &str = "qemu+tcp://{host}/system";
+/// The daemon's budget for each exact placement search, unless `scheduler.isp.solver`
+/// says otherwise.
+pub const DEFAULT_SOLVER_BUDGET: Budget = Budget::TimeMs(2_000);
 
 impl SchedulerFile {
     fn settle(self) -> anyhow::Result<Option<Scheduler>> {
@@ -104,9 +108,11 @@ impl SchedulerFile {
                 x => Ok(Duration::from_millis(x)),
             }
         };
-        let isp = self.isp.unwrap_or_default();
+        let mut isp = self.isp.unwrap_or_default();
         isp.validate()
             .map_err(|e| anyhow::anyhow!("scheduler.isp: {e}"))?;
+        // A leader must keep answering its peers: its exact searches are bounded in time.
+        isp.solver.budget.get_or_insert(DEFAULT_SOLVER_BUDGET);
         Ok(Some(Scheduler {
             libvirt_uri,
             migration_uri,
@@ -331,6 +337,39 @@ mod tests {
             .unwrap()
             .scheduler
             .is_none());
+    }
+
+    /// The daemon bounds each exact search in wall-clock time unless the file says
+    /// otherwise (a node budget, say, to reproduce a simulated run's answers).
+    #[test]
+    fn the_solver_budget_is_wall_clock_time_unless_the_file_names_one() {
+        let base = "psk_file = \"k\"\nidentity_file = \"i\"\n[scheduler]\nlibvirt_uri = \"qemu:///system\"\n";
+        let budget = |extra: &str| {
+            settle(&format!("{base}{extra}"))
+                .unwrap()
+                .scheduler
+                .unwrap()
+                .isp
+                .solver
+                .budget
+        };
+        assert_eq!(budget(""), Some(DEFAULT_SOLVER_BUDGET));
+        assert_eq!(
+            budget("[scheduler.isp.solver]\nbudget = { lp_iterations = 500 }"),
+            Some(Budget::LpIterations(500))
+        );
+        assert_eq!(
+            budget("[scheduler.isp.solver]\nbudget = { time_ms = 250 }"),
+            Some(Budget::TimeMs(250))
+        );
+        let err = format!(
+            "{:#}",
+            settle(&format!(
+                "{base}[scheduler.isp.solver]\nbudget = {{ time_ms = 0 }}"
+            ))
+            .unwrap_err()
+        );
+        assert!(err.contains("budget"), "{err}");
     }
 
     #[test]

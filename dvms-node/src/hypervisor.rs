@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-use crate::isp::{HostState, VmId, VmState};
+use dvms_core::host::{HostState, VmId, VmState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -173,19 +173,19 @@ impl Hypervisor for Libvirt {
             seen.push(id.0);
             vms.push(VmState {
                 id,
-                cpu: use_pct,
-                mem: info.max_mem / 1024,
+                cpu_demand: use_pct,
+                mem_mib: info.max_mem / 1024,
                 pinned: paused,
             });
         }
         cpu.retain(|k, _| seen.contains(k));
         vms.sort_by_key(|v| v.id);
         Ok(HostState {
-            cpu: self
+            cpu_capacity: self
                 .capacity
                 .cpu
                 .unwrap_or(f64::from(node.cpus.max(1)) * 100.0),
-            mem: self.capacity.mem_mib.unwrap_or(node.memory / 1024),
+            mem_capacity_mib: self.capacity.mem_mib.unwrap_or(node.memory / 1024),
             vms,
         })
     }

@@ -1,39 +1,30 @@
-//! DVMS-rs node: the daemon that runs on every hypervisor, and the scheduling core it
-//! drives. The daemon joins the overlay (membership, failure suspicion, Vivaldi
-//! coordinates) over libp2p; with a libvirt URI it also watches its host's VMs and, when
-//! the host is overloaded, runs the iterative scheduling procedure with its peers and
-//! live-migrates VMs. The scheduling core is pure code (no I/O, no clock): the simulator
-//! (crate `experiments`) runs it too.
+//! DVMS-rs node: the daemon that runs on every hypervisor. It drives the pure scheduling
+//! core ([`dvms_core::node::Node`]: overlay, Vivaldi coordinates, failure suspicion and the
+//! ISP) with real time and real I/O: libp2p between peers, libvirt for its host's VMs,
+//! an HTTP endpoint, an event log. Only I/O lives here.
 //!
-//! - [`isp`]: the iterative scheduling procedure: partitions that grow by the overlay's
-//!   best node outside them until a plan exists, block, merge, time out, and apply plans.
-//! - [`placement`]: the partition's placement problem; greedy repair, then an exact MILP
-//!   (HiGHS, or microlp without the `highs` feature); infeasibility reported as such.
-//! - [`plan`]: rounds of parallel live migrations that never exceed a host's memory,
-//!   within per-host limits; cycles broken through a pivot host.
-//! - [`load`]: overload detection with hysteresis and a hold time; per-VM cooldowns.
-//! - [`protocol`]: wire messages, bounded and validated decoding.
+//! - [`config`]: TOML file + command line.
+//! - [`runtime`]: the loop that sleeps until the node's next timeout or input, and
+//!   carries out its outputs (messages, live migrations).
 //! - [`net`]: the libp2p stack (TCP + pre-shared key + noise + yamux, allow-list, ping,
-//!   identify, request-response with a bounded frame codec).
+//!   identify, request-response with a bounded frame codec); [`protocol`]: the wire
+//!   encoding, bounded and validated decoding.
 //! - [`hypervisor`]: what the scheduler needs from a hypervisor, and libvirt's answer
 //!   (CPU use from domain CPU time, live migration with a timeout and abort).
-//! - [`runtime`]: the loop that drives the pure [`overlay`] and [`isp`] state machines with
-//!   real time, the network and the hypervisor; event log (JSON lines).
-//! - [`api`]: `GET /status` (JSON) and `GET /metrics` (Prometheus).
-//! - [`config`]: TOML file + command line.
+//! - [`status`] and [`api`]: `GET /status` (JSON), `GET /metrics` (Prometheus,
+//!   [`metrics`]) and `GET /` (the live view); [`events`]: the JSON-lines event log.
 //!
 //! Run `dvms-node --help`.
 
 pub mod api;
 pub mod config;
+pub mod events;
 pub mod hypervisor;
-pub mod isp;
-pub mod load;
+pub mod metrics;
 pub mod net;
-pub mod placement;
-pub mod plan;
 pub mod protocol;
 pub mod runtime;
+pub mod status;
 
 use libp2p::PeerId;
 

@@ -7,7 +7,10 @@ use overlay::MemberInfo;
 use serde::{Deserialize, Serialize};
 use vivaldi::Coord;
 
-use crate::{isp, NodeId};
+use dvms_core::isp;
+use dvms_core::node::Message;
+
+use crate::NodeId;
 
 /// Version of the message format; a peer speaking another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -27,13 +30,6 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     Overlay(WireOverlay),
-    Isp(Box<isp::Message<NodeId>>),
-}
-
-/// A decoded, validated message for one of the daemon's state machines.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Incoming {
-    Overlay(overlay::Message<NodeId>),
     Isp(Box<isp::Message<NodeId>>),
 }
 
@@ -109,52 +105,51 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireErr
 }
 
 /// Decodes and validates a request: version, peer ids, addresses, numbers.
-pub fn decode_envelope(bytes: &[u8]) -> Result<Incoming, WireError> {
+pub fn decode_message(bytes: &[u8]) -> Result<Message<NodeId>, WireError> {
     let env: Envelope = decode(bytes)?;
     if env.version != PROTOCOL_VERSION {
         return Err(WireError::Version(env.version));
     }
     match env.body {
         Body::Overlay(WireOverlay::Leave { incarnation }) => {
-            Ok(Incoming::Overlay(overlay::Message::Leave { incarnation }))
+            Ok(Message::Overlay(overlay::Message::Leave { incarnation }))
         }
         Body::Overlay(WireOverlay::Gossip { members, reply }) => {
             let members = members
                 .into_iter()
                 .map(member_from_wire)
                 .collect::<Result<_, _>>()?;
-            Ok(Incoming::Overlay(overlay::Message::Gossip {
+            Ok(Message::Overlay(overlay::Message::Gossip {
                 members,
                 reply,
             }))
         }
         Body::Isp(m) => {
             m.validate().map_err(WireError::Isp)?;
-            Ok(Incoming::Isp(m))
+            Ok(Message::Isp(*m))
         }
     }
 }
 
-pub fn encode_isp(msg: &isp::Message<NodeId>) -> Result<Vec<u8>, WireError> {
-    encode(&Envelope {
-        version: PROTOCOL_VERSION,
-        body: Body::Isp(Box::new(msg.clone())),
-    })
-}
-
-pub fn encode_envelope(msg: &overlay::Message<NodeId>) -> Result<Vec<u8>, WireError> {
+/// Encodes a message for the wire (in an envelope with the protocol version).
+pub fn encode_message(msg: &Message<NodeId>) -> Result<Vec<u8>, WireError> {
     let body = match msg {
-        overlay::Message::Leave { incarnation } => WireOverlay::Leave {
-            incarnation: *incarnation,
-        },
-        overlay::Message::Gossip { members, reply } => WireOverlay::Gossip {
-            members: members.iter().map(member_to_wire).collect(),
-            reply: *reply,
-        },
+        Message::Overlay(overlay::Message::Leave { incarnation }) => {
+            Body::Overlay(WireOverlay::Leave {
+                incarnation: *incarnation,
+            })
+        }
+        Message::Overlay(overlay::Message::Gossip { members, reply }) => {
+            Body::Overlay(WireOverlay::Gossip {
+                members: members.iter().map(member_to_wire).collect(),
+                reply: *reply,
+            })
+        }
+        Message::Isp(m) => Body::Isp(Box::new(m.clone())),
     };
     encode(&Envelope {
         version: PROTOCOL_VERSION,
-        body: Body::Overlay(body),
+        body,
     })
 }
 
@@ -200,9 +195,10 @@ fn member_from_wire(w: WireMember) -> Result<MemberInfo<NodeId>, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dvms_core::host::{HostState, VmId, VmState};
     use proptest::prelude::*;
 
-    fn sample(n: usize) -> overlay::Message<NodeId> {
+    fn sample(n: usize) -> Message<NodeId> {
         let members = (0..n)
             .map(|i| MemberInfo {
                 id: NodeId(PeerId::random()),
@@ -216,50 +212,47 @@ mod tests {
                 addrs: vec!["/ip4/127.0.0.1/tcp/7070".into()],
             })
             .collect();
-        overlay::Message::Gossip {
+        Message::Overlay(overlay::Message::Gossip {
             members,
             reply: true,
-        }
+        })
     }
 
     #[test]
     fn a_gossip_message_survives_the_round_trip() {
         let msg = sample(5);
-        let bytes = encode_envelope(&msg).unwrap();
-        assert_eq!(decode_envelope(&bytes).unwrap(), Incoming::Overlay(msg));
+        let bytes = encode_message(&msg).unwrap();
+        assert_eq!(decode_message(&bytes).unwrap(), msg);
     }
 
-    fn joined(cpu: f64) -> isp::Message<NodeId> {
-        isp::Message::Joined {
+    fn joined(cpu: f64) -> Message<NodeId> {
+        Message::Isp(isp::Message::Joined {
             id: isp::PartitionId {
                 initiator: NodeId(PeerId::random()),
                 incarnation: 7,
                 seq: 1,
             },
-            host: isp::HostState {
-                cpu: 800.0,
-                mem: 4096,
-                vms: vec![isp::VmState {
-                    id: isp::VmId(u128::MAX - 3),
-                    cpu,
-                    mem: 512,
+            host: HostState {
+                cpu_capacity: 800.0,
+                mem_capacity_mib: 4096,
+                vms: vec![VmState {
+                    id: VmId(u128::MAX - 3),
+                    cpu_demand: cpu,
+                    mem_mib: 512,
                     pinned: false,
                 }],
             },
-        }
+        })
     }
 
     #[test]
     fn scheduling_messages_survive_the_round_trip_and_bad_numbers_are_refused() {
         let msg = joined(42.5);
-        let bytes = encode_isp(&msg).unwrap();
-        assert_eq!(
-            decode_envelope(&bytes).unwrap(),
-            Incoming::Isp(Box::new(msg))
-        );
+        let bytes = encode_message(&msg).unwrap();
+        assert_eq!(decode_message(&bytes).unwrap(), msg);
         for bad in [f64::NAN, -1.0, f64::INFINITY] {
-            let bytes = encode_isp(&joined(bad)).unwrap();
-            match decode_envelope(&bytes) {
+            let bytes = encode_message(&joined(bad)).unwrap();
+            match decode_message(&bytes) {
                 Err(WireError::Isp(reason)) => assert!(reason.contains("CPU demand"), "{reason}"),
                 other => panic!("{bad}: {other:?}"),
             }
@@ -269,24 +262,24 @@ mod tests {
     #[test]
     fn the_largest_gossip_the_overlay_sends_fits_the_limit() {
         let cfg = overlay::Config::default();
-        let bytes = encode_envelope(&sample(cfg.max_records)).unwrap();
+        let bytes = encode_message(&sample(cfg.max_records)).unwrap();
         assert!(bytes.len() < MAX_MESSAGE_BYTES / 2, "{}", bytes.len());
     }
 
     #[test]
     fn oversized_truncated_versioned_and_invalid_messages_are_refused_with_the_reason() {
         let msg = sample(2);
-        let bytes = encode_envelope(&msg).unwrap();
+        let bytes = encode_message(&msg).unwrap();
         let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(decode_envelope(&big), Err(WireError::TooLarge(_))));
+        assert!(matches!(decode_message(&big), Err(WireError::TooLarge(_))));
         assert!(matches!(
-            decode_envelope(&bytes[..bytes.len() - 3]),
+            decode_message(&bytes[..bytes.len() - 3]),
             Err(WireError::Decode(_))
         ));
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(matches!(
-            decode_envelope(&trailing),
+            decode_message(&trailing),
             Err(WireError::Trailing(1))
         ));
         let v2 = encode(&Envelope {
@@ -294,9 +287,9 @@ mod tests {
             body: Body::Overlay(WireOverlay::Leave { incarnation: 1 }),
         })
         .unwrap();
-        assert!(matches!(decode_envelope(&v2), Err(WireError::Version(2))));
+        assert!(matches!(decode_message(&v2), Err(WireError::Version(2))));
         let mut bad = member_to_wire(&match sample(1) {
-            overlay::Message::Gossip { members, .. } => members[0].clone(),
+            Message::Overlay(overlay::Message::Gossip { members, .. }) => members[0].clone(),
             _ => unreachable!(),
         });
         let gossip = |m: WireMember| {
@@ -312,18 +305,18 @@ mod tests {
         let mut nan = bad.clone();
         nan.coordinate.position[1] = f64::NAN;
         assert!(matches!(
-            decode_envelope(&gossip(nan)),
+            decode_message(&gossip(nan)),
             Err(WireError::Member(_))
         ));
         let mut addr = bad.clone();
         addr.addrs = vec!["not an address".into()];
         assert!(matches!(
-            decode_envelope(&gossip(addr)),
+            decode_message(&gossip(addr)),
             Err(WireError::Member(_))
         ));
         bad.id = vec![1, 2, 3];
         assert!(matches!(
-            decode_envelope(&gossip(bad)),
+            decode_message(&gossip(bad)),
             Err(WireError::Member(_))
         ));
     }
@@ -335,23 +328,23 @@ mod tests {
         let mut bytes = vec![PROTOCOL_VERSION as u8, 0, 0];
         bytes.extend([253]);
         bytes.extend((1u64 << 40).to_le_bytes());
-        assert!(decode_envelope(&bytes).is_err());
+        assert!(decode_message(&bytes).is_err());
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-            let _ = decode_envelope(&bytes);
+            let _ = decode_message(&bytes);
             let _ = decode::<Ack>(&bytes);
         }
 
         #[test]
         fn corrupting_a_valid_message_never_panics(pos in 0usize..4096, val in any::<u8>(), n in 0usize..6) {
-            let mut bytes = encode_envelope(&sample(n)).unwrap();
+            let mut bytes = encode_message(&sample(n)).unwrap();
             let i = pos % bytes.len();
             bytes[i] = val;
-            let _ = decode_envelope(&bytes);
+            let _ = decode_message(&bytes);
         }
     }
 }

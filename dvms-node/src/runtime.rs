@@ -1,211 +1,43 @@
-//! The daemon's event loop: drives the pure [`overlay::Overlay`] with the wall clock and
-//! the libp2p swarm, answers status requests, and keeps the metrics.
+//! The daemon's event loop: drives the pure [`Node`] (overlay + ISP, from `dvms-core`)
+//! with the wall clock, the libp2p swarm and the hypervisor. It sleeps until the node's
+//! next timeout or the next input, carries out what the node asks (send a message,
+//! live-migrate a VM), and keeps the metrics, the event log and the status.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use dvms_core::host::{HostState, Millis, VmId};
+use dvms_core::isp;
+use dvms_core::node::{Input, Message, Node, NodeConfig, Output};
 use futures::StreamExt;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
-use overlay::{Event, Input, Output, Overlay};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use overlay::Event;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::api::{self, Api};
 use crate::config::{self, Config};
+use crate::events::EventLog;
 use crate::hypervisor::{Hypervisor, Libvirt};
-use crate::isp::{self, HostState, Isp, VmId};
+use crate::metrics::{count, Metrics};
 use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
 use crate::protocol::{self, Ack};
+use crate::status::{MemberStatus, SchedulerStatus, Status};
 use crate::NodeId;
-
-/// What `GET /status` returns.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub id: NodeId,
-    pub incarnation: u64,
-    pub uptime_ms: u64,
-    pub listen: Vec<String>,
-    pub mode: overlay::Mode,
-    pub coordinate: vivaldi::Coord,
-    pub error: f64,
-    /// Every other member, in ring order after this node.
-    pub members: Vec<MemberStatus>,
-    pub suspected: Vec<NodeId>,
-    /// The node a partition started here would grow by first.
-    pub best_outside_self: Option<NodeId>,
-    pub connected_peers: usize,
-    /// The scheduler's view, when the daemon schedules this host.
-    pub scheduler: Option<SchedulerStatus>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct SchedulerStatus {
-    pub libvirt_uri: String,
-    pub dry_run: bool,
-    /// The last sample of this host: capacities and VMs with their CPU use.
-    pub host: Option<HostState>,
-    /// Demand over capacity.
-    pub load: f64,
-    pub threshold: f64,
-    pub overloaded: bool,
-    /// This node's part in a partition.
-    pub role: isp::RoleView<NodeId>,
-    /// The last plans this node computed as a leader.
-    pub last_plans: Vec<serde_json::Value>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct MemberStatus {
-    #[serde(flatten)]
-    pub view: overlay::MemberView<NodeId>,
-    pub connected: bool,
-}
-
-type Labels = Vec<(&'static str, &'static str)>;
-
-/// This daemon's own metrics (libp2p's are registered beside them).
-struct Metrics {
-    members: Gauge,
-    suspected: Gauge,
-    sent: Counter,
-    received: Counter,
-    dropped: Family<Labels, Counter>,
-    refused: Family<Labels, Counter>,
-    membership_events: Family<Labels, Counter>,
-    vivaldi_error: Gauge<f64, std::sync::atomic::AtomicU64>,
-    isp_events: Family<Labels, Counter>,
-    migrations: Family<Labels, Counter>,
-    migration_seconds: Histogram,
-    partition_size: Histogram,
-    plan_compute_seconds: Histogram,
-    host_load: Gauge<f64, std::sync::atomic::AtomicU64>,
-    monitor_errors: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let exp = |start: f64, n: u16| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                start, 2.0, n,
-            ))
-        };
-        Metrics {
-            members: Gauge::default(),
-            suspected: Gauge::default(),
-            sent: Counter::default(),
-            received: Counter::default(),
-            dropped: Family::default(),
-            refused: Family::default(),
-            membership_events: Family::default(),
-            vivaldi_error: Gauge::default(),
-            isp_events: Family::default(),
-            migrations: Family::default(),
-            migration_seconds: exp(0.25, 12),
-            partition_size: exp(1.0, 12),
-            plan_compute_seconds: exp(0.0005, 14),
-            host_load: Gauge::default(),
-            monitor_errors: Counter::default(),
-        }
-    }
-}
-
-impl Metrics {
-    fn register(r: &mut Registry) -> Metrics {
-        let m = Metrics::default();
-        r.register(
-            "overlay_members",
-            "Other members known (alive or suspected)",
-            m.members.clone(),
-        );
-        r.register(
-            "overlay_suspected",
-            "Members currently suspected",
-            m.suspected.clone(),
-        );
-        r.register("messages_sent", "Overlay messages sent", m.sent.clone());
-        r.register(
-            "messages_received",
-            "Valid overlay messages received",
-            m.received.clone(),
-        );
-        r.register(
-            "messages_dropped",
-            "Messages dropped, by reason",
-            m.dropped.clone(),
-        );
-        r.register(
-            "connections_refused",
-            "Connections refused or failed, by reason",
-            m.refused.clone(),
-        );
-        r.register(
-            "membership_events",
-            "Membership changes, by kind",
-            m.membership_events.clone(),
-        );
-        r.register(
-            "vivaldi_error",
-            "This node's Vivaldi error estimate",
-            m.vivaldi_error.clone(),
-        );
-        r.register(
-            "isp_events",
-            "Scheduling events (overloaded, started, planned, dissolved, ...), by kind",
-            m.isp_events.clone(),
-        );
-        r.register(
-            "migrations",
-            "Live migrations started here, by result",
-            m.migrations.clone(),
-        );
-        r.register(
-            "migration_seconds",
-            "Duration of live migrations started here",
-            m.migration_seconds.clone(),
-        );
-        r.register(
-            "partition_size",
-            "Hosts in the partitions this node dissolved as leader",
-            m.partition_size.clone(),
-        );
-        r.register(
-            "plan_compute_seconds",
-            "Time to compute a plan (placement solve and migration ordering)",
-            m.plan_compute_seconds.clone(),
-        );
-        r.register(
-            "host_load",
-            "This host's CPU demand over its capacity",
-            m.host_load.clone(),
-        );
-        r.register(
-            "monitor_errors",
-            "Failed samples of the hypervisor",
-            m.monitor_errors.clone(),
-        );
-        m
-    }
-}
 
 pub struct Daemon {
     swarm: Swarm<Behaviour>,
-    overlay: Overlay<NodeId>,
-    rng: StdRng,
+    node: Node<NodeId>,
     started: Instant,
     me: PeerId,
     bootstrap: Vec<Multiaddr>,
@@ -224,13 +56,12 @@ pub struct Daemon {
 /// The scheduling side of the daemon.
 struct Sched {
     cfg: config::Scheduler,
-    isp: Isp<NodeId>,
     hv: Arc<dyn Hypervisor>,
     /// A sample is being taken (samples never overlap).
     sampling: bool,
     host: Option<HostState>,
-    events: Option<std::io::LineWriter<std::fs::File>>,
-    last_plans: std::collections::VecDeque<serde_json::Value>,
+    events: Option<EventLog>,
+    last_plans: VecDeque<serde_json::Value>,
     /// When each running migration started, and where to.
     migrating: HashMap<VmId, (Instant, NodeId)>,
 }
@@ -246,9 +77,10 @@ enum HvDone {
     },
 }
 
-const TICK: Duration = Duration::from_millis(100);
 const REDIAL: Duration = Duration::from_secs(2);
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
+/// With nothing due, the loop still wakes this often (and does nothing).
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 
 /// Runs the daemon until `shutdown` completes, then leaves the overlay gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -301,17 +133,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Some(sc) => {
             let events = match &sc.event_log {
                 None => None,
-                Some(p) => Some(std::io::LineWriter::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .with_context(|| format!("cannot open event log {}", p.display()))?,
-                )),
+                Some(p) => Some(EventLog::open(p, &me.to_string())?),
             };
             info!(libvirt = %sc.libvirt_uri, dry_run = sc.dry_run, "scheduling this host's VMs");
             Some(Sched {
-                isp: Isp::new(NodeId(me), incarnation, sc.isp.clone()),
                 hv: Arc::new(Libvirt::new(
                     &sc.libvirt_uri,
                     sc.capacity.clone(),
@@ -320,17 +145,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 sampling: false,
                 host: None,
                 events,
-                last_plans: std::collections::VecDeque::new(),
+                last_plans: VecDeque::new(),
                 migrating: HashMap::new(),
                 cfg: sc,
             })
         }
     };
+    let node_cfg = NodeConfig {
+        overlay: cfg.overlay.clone(),
+        isp: cfg
+            .scheduler
+            .as_ref()
+            .map(|s| s.isp.clone())
+            .unwrap_or_default(),
+    };
     let (hv_tx, hv_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         swarm,
-        overlay: Overlay::new(NodeId(me), incarnation, cfg.overlay.clone()),
-        rng: StdRng::from_os_rng(),
+        node: Node::new(NodeId(me), incarnation, &node_cfg, StdRng::from_os_rng()),
         started: Instant::now(),
         me,
         bootstrap: cfg.bootstrap.clone(),
@@ -348,29 +180,34 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 }
 
 impl Daemon {
-    fn now(&self) -> overlay::Millis {
+    fn now(&self) -> Millis {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// The instant of the node's next timeout (or a long idle wait).
+    fn next_wake(&self) -> tokio::time::Instant {
+        let at = match self.node.poll_timeout() {
+            Some(ms) => self.started + Duration::from_millis(ms),
+            None => Instant::now() + IDLE_WAKE,
+        };
+        tokio::time::Instant::from_std(at)
+    }
+
     async fn event_loop(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(TICK);
         let mut redial = tokio::time::interval(REDIAL);
         let monitor_every = self
             .sched
             .as_ref()
             .map_or(Duration::from_secs(3600), |s| s.cfg.monitor_interval);
         let mut monitor = tokio::time::interval(monitor_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tokio::pin!(shutdown);
         loop {
+            let wake = tokio::time::sleep_until(self.next_wake());
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
-                _ = tick.tick() => {
-                    self.input(Input::Tick);
-                    self.isp_input(isp::Input::Tick);
-                }
+                _ = wake => self.feed(|node, now| node.handle_timeout(now)),
                 _ = monitor.tick() => self.start_sample(),
                 Some(done) = self.hv_rx.recv() => self.on_hypervisor(done),
                 _ = redial.tick() => self.dial_bootstrap(),
@@ -380,9 +217,8 @@ impl Daemon {
         }
         info!("leaving the overlay");
         self.pending.clear();
-        // Leave any partition first (a leader frees its members), then the overlay.
-        self.isp_input(isp::Input::Shutdown);
-        self.input(Input::Leave);
+        // Leaves any partition first (a leader frees its members), then the overlay.
+        self.input(Input::Shutdown);
         let deadline = tokio::time::sleep(LEAVE_GRACE);
         tokio::pin!(deadline);
         while !self.pending.is_empty() {
@@ -395,18 +231,33 @@ impl Daemon {
     }
 
     fn input(&mut self, input: Input<NodeId>) {
+        self.feed(|node, now| node.handle(now, input));
+    }
+
+    /// Runs one step of the node at the current time, then carries out its outputs. The
+    /// step's duration is the compute time of a plan it produced.
+    fn feed(&mut self, step: impl FnOnce(&mut Node<NodeId>, Millis)) {
         let now = self.now();
-        let outputs = self.overlay.handle(now, input, &mut self.rng);
-        for o in outputs {
-            match o {
+        let started = Instant::now();
+        step(&mut self.node, now);
+        let compute = started.elapsed().as_secs_f64();
+        while let Some(out) = self.node.poll_output() {
+            match out {
                 Output::Send { to, msg } => self.send(to.0, &msg),
-                Output::Event(e) => self.on_overlay_event(e),
+                Output::Migrate { vm, to } => self.start_migration(vm, to),
+                Output::Overlay(e) => self.on_overlay_event(e),
+                Output::Isp(e) => {
+                    if matches!(e, isp::Event::Planned { .. }) {
+                        self.metrics.plan_compute_seconds.observe(compute);
+                    }
+                    self.on_isp_event(e);
+                }
             }
         }
     }
 
-    fn send(&mut self, to: PeerId, msg: &overlay::Message<NodeId>) {
-        match protocol::encode_envelope(msg) {
+    fn send(&mut self, to: PeerId, msg: &Message<NodeId>) {
+        match protocol::encode_message(msg) {
             Ok(bytes) => self.send_bytes(to, bytes),
             Err(e) => warn!(%to, "message not sent: {e}"),
         }
@@ -417,7 +268,8 @@ impl Daemon {
         let addrs = if self.swarm.is_connected(&to) {
             Vec::new()
         } else {
-            self.overlay
+            self.node
+                .membership()
                 .member(&NodeId(to), 0)
                 .map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()).collect())
                 .unwrap_or_default()
@@ -447,12 +299,10 @@ impl Daemon {
             }
             Event::Failed(id) => {
                 info!(peer = %id, "member failed and was dropped");
-                self.isp_input(isp::Input::PeerFailed(*id));
                 "failed"
             }
             Event::Left(id) => {
                 info!(peer = %id, "member left");
-                self.isp_input(isp::Input::PeerFailed(*id));
                 "left"
             }
             Event::Rejected { from, reason } => {
@@ -462,9 +312,9 @@ impl Daemon {
             }
         };
         count(&self.metrics.membership_events, "kind", kind);
-        self.metrics.members.set(self.overlay.len() as i64);
-        let suspected = self.overlay.suspected_count();
-        self.metrics.suspected.set(suspected as i64);
+        let overlay = self.node.membership();
+        self.metrics.members.set(overlay.len() as i64);
+        self.metrics.suspected.set(overlay.suspected_count() as i64);
     }
 
     /// Dials every bootstrap address whose peer is not a live, connected member, so that
@@ -475,9 +325,8 @@ impl Daemon {
                 continue;
             }
             if let Some(peer) = self.bootstrap_peers.get(&addr) {
-                if *peer == self.me
-                    || (self.overlay.is_alive(&NodeId(*peer)) && self.swarm.is_connected(peer))
-                {
+                let alive = self.node.membership().is_alive(&NodeId(*peer));
+                if *peer == self.me || (alive && self.swarm.is_connected(peer)) {
                     continue;
                 }
             }
@@ -552,7 +401,9 @@ impl Daemon {
                         peer: NodeId(ev.peer),
                         rtt_ms,
                     });
-                    self.metrics.vivaldi_error.set(self.overlay.error());
+                    self.metrics
+                        .vivaldi_error
+                        .set(self.node.membership().error());
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => {
@@ -577,6 +428,37 @@ impl Daemon {
         count(&self.metrics.dropped, "reason", reason);
     }
 
+    /// A request from a peer: decoded and validated, given to the node, acknowledged.
+    fn on_request(&mut self, peer: PeerId, request: Frame) -> Ack {
+        let bytes = match request {
+            Frame::Invalid(reason) => {
+                warn!(%peer, "dropped an incoming message: {reason}");
+                self.dropped("unreadable");
+                return Ack::Rejected(reason);
+            }
+            Frame::Bytes(b) => b,
+        };
+        match protocol::decode_message(&bytes) {
+            Ok(Message::Isp(_)) if self.sched.is_none() => {
+                self.dropped("not_scheduling");
+                Ack::Rejected("this daemon does not schedule".into())
+            }
+            Ok(msg) => {
+                self.metrics.received.inc();
+                self.input(Input::Message {
+                    from: NodeId(peer),
+                    msg,
+                });
+                Ack::Ok
+            }
+            Err(e) => {
+                warn!(%peer, bytes = bytes.len(), "dropped a malformed message: {e}");
+                self.dropped("malformed");
+                Ack::Rejected(e.to_string())
+            }
+        }
+    }
+
     fn on_message(&mut self, ev: request_response::Event<Frame, Frame>) {
         use request_response::{Event as E, Message as M};
         match ev {
@@ -587,33 +469,7 @@ impl Daemon {
                 },
                 ..
             } => {
-                let ack = match request {
-                    Frame::Invalid(reason) => {
-                        warn!(%peer, "dropped an incoming message: {reason}");
-                        self.dropped("unreadable");
-                        Ack::Rejected(reason)
-                    }
-                    Frame::Bytes(request) => match protocol::decode_envelope(&request) {
-                        Ok(protocol::Incoming::Overlay(msg)) => {
-                            self.metrics.received.inc();
-                            self.input(Input::Message {
-                                from: NodeId(peer),
-                                msg,
-                            });
-                            Ack::Ok
-                        }
-                        Ok(protocol::Incoming::Isp(msg)) => {
-                            self.metrics.received.inc();
-                            self.isp_message(NodeId(peer), *msg);
-                            Ack::Ok
-                        }
-                        Err(e) => {
-                            warn!(%peer, bytes = request.len(), "dropped a malformed message: {e}");
-                            self.dropped("malformed");
-                            Ack::Rejected(e.to_string())
-                        }
-                    },
-                };
+                let ack = self.on_request(peer, request);
                 if let Ok(bytes) = protocol::encode(&ack) {
                     let _ = self
                         .swarm
@@ -678,13 +534,13 @@ impl Daemon {
             .take(protocol::MAX_ADDRS)
             .map(|a| a.to_string())
             .collect();
-        self.overlay.set_addrs(addrs);
+        self.node.membership_mut().set_addrs(addrs);
     }
 
     fn status(&self) -> Status {
         let now = self.now();
-        let members: Vec<MemberStatus> = self
-            .overlay
+        let overlay = self.node.membership();
+        let members: Vec<MemberStatus> = overlay
             .members(now)
             .into_iter()
             .map(|view| MemberStatus {
@@ -698,17 +554,18 @@ impl Daemon {
             .map(|m| m.view.id)
             .collect();
         let me = NodeId(self.me);
+        let isp = self.node.isp();
         Status {
             id: me,
-            incarnation: self.overlay.me().incarnation,
+            incarnation: overlay.me().incarnation,
             uptime_ms: now,
             listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-            mode: self.overlay.config().mode,
-            coordinate: self.overlay.coordinate(),
-            error: self.overlay.error(),
+            mode: overlay.config().mode,
+            coordinate: overlay.coordinate(),
+            error: overlay.error(),
             members,
             suspected,
-            best_outside_self: self.overlay.best_outside(&me, |id| *id == me),
+            best_outside_self: overlay.best_outside(&me, |id| *id == me),
             connected_peers: self.swarm.connected_peers().count(),
             scheduler: self.sched.as_ref().map(|s| SchedulerStatus {
                 libvirt_uri: s.cfg.libvirt_uri.clone(),
@@ -716,8 +573,8 @@ impl Daemon {
                 load: s.host.as_ref().map_or(0.0, HostState::load),
                 host: s.host.clone(),
                 threshold: s.cfg.isp.thresholds.high,
-                overloaded: s.isp.is_overloaded(),
-                role: s.isp.role(),
+                overloaded: isp.is_overloaded(),
+                role: isp.role(),
                 last_plans: s.last_plans.iter().cloned().collect(),
             }),
         }
@@ -746,12 +603,12 @@ impl Daemon {
                     Ok(h) => {
                         self.metrics.host_load.set(h.load());
                         s.host = Some(h.clone());
-                        self.isp_input(isp::Input::Monitor(h));
+                        self.input(Input::Monitor(h));
                     }
                     Err(e) => {
                         warn!("cannot sample the hypervisor: {e}");
                         self.metrics.monitor_errors.inc();
-                        self.isp_input(isp::Input::HypervisorDown);
+                        self.input(Input::HypervisorDown);
                     }
                 }
             }
@@ -784,39 +641,10 @@ impl Daemon {
                     "event": "migration_result", "vm": vm.0.to_string(), "vm_name": name,
                     "to": to, "ok": ok, "secs": secs, "error": result.err(), "dry_run": dry_run,
                 });
-                self.log_event(line);
-                self.isp_input(isp::Input::MigrationDone { vm, ok });
-            }
-        }
-    }
-
-    fn isp_message(&mut self, from: NodeId, msg: isp::Message<NodeId>) {
-        if self.sched.is_none() {
-            self.dropped("not_scheduling");
-            return;
-        }
-        self.isp_input(isp::Input::Message { from, msg });
-    }
-
-    fn isp_input(&mut self, input: isp::Input<NodeId>) {
-        let now = self.now();
-        let Some(s) = &mut self.sched else { return };
-        let started = Instant::now();
-        let outputs = s.isp.handle(now, input, &self.overlay);
-        let compute = started.elapsed().as_secs_f64();
-        for o in outputs {
-            match o {
-                isp::Output::Send { to, msg } => match protocol::encode_isp(&msg) {
-                    Ok(bytes) => self.send_bytes(to.0, bytes),
-                    Err(e) => warn!(%to, "scheduling message not sent: {e}"),
-                },
-                isp::Output::Migrate { vm, to } => self.start_migration(vm, to),
-                isp::Output::Event(e) => {
-                    if matches!(e, isp::Event::Planned { .. }) {
-                        self.metrics.plan_compute_seconds.observe(compute);
-                    }
-                    self.on_isp_event(e);
+                if let Some(log) = &mut s.events {
+                    log.write(line);
                 }
+                self.input(Input::MigrationDone { vm, ok });
             }
         }
     }
@@ -864,35 +692,18 @@ impl Daemon {
             other => debug!(event = ?other, "scheduling event"),
         }
         count(&self.metrics.isp_events, "kind", e.kind());
-        self.log_event(line);
-    }
-
-    /// Appends one line to the event log: the event with a timestamp and this node.
-    fn log_event(&mut self, mut line: serde_json::Value) {
-        let Some(Sched {
-            events: Some(w), ..
+        if let Some(Sched {
+            events: Some(log), ..
         }) = &mut self.sched
-        else {
-            return;
-        };
-        if let Some(o) = line.as_object_mut() {
-            let ts = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            o.insert("ts_ms".into(), ts.into());
-            o.insert("node".into(), self.me.to_string().into());
-        }
-        use std::io::Write as _;
-        if let Err(e) = writeln!(w, "{line}") {
-            warn!("cannot write the event log: {e}");
+        {
+            log.write(line);
         }
     }
 
     /// Starts a live migration ordered by this node's partition leader.
     fn start_migration(&mut self, vm: VmId, to: NodeId) {
         let Some(s) = &mut self.sched else { return };
-        let ip = self.overlay.member(&to, 0).and_then(|m| {
+        let ip = self.node.membership().member(&to, 0).and_then(|m| {
             m.addrs
                 .iter()
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
@@ -936,11 +747,6 @@ impl Daemon {
             });
         });
     }
-}
-
-/// Adds one to the counter of `family` labelled `key = value`.
-fn count(family: &Family<Labels, Counter>, key: &'static str, value: &'static str) {
-    family.get_or_create(&vec![(key, value)]).inc();
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {

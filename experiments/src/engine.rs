@@ -1,380 +1,87 @@
 //! The discrete-event engine: a virtual clock, one event queue, message delivery with
-//! latencies, the modelled hypervisors, load and crash processes, and one [`Overlay`] and
-//! one [`Isp`] per host: the very state machines the daemon runs. Deterministic for a
-//! seed: one seeded RNG, events ordered by (time, insertion order), no wall clock.
+//! latencies, the modelled hypervisors, load and crash processes, and on every host the
+//! daemon's own [`Node`] (overlay + ISP, from `dvms-core`): the code the daemon runs.
+//! Deterministic for a seed: seeded RNGs (the run's, and one per daemon), events ordered
+//! by (time, insertion order), solver budgets in work units, no wall clock.
+//!
+//! Each daemon says when it next needs to run ([`Node::poll_timeout`]); the engine keeps
+//! one pending timer event per daemon at that time, so thousands of idle daemons cost
+//! nothing between their monitoring samples.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
 
-use dvms_node::isp::{self, Event as IspEvent, Isp, Millis, VmId};
+use dvms_core::host::{Millis, VmId};
+use dvms_core::instance::{HostRule, Instance};
+use dvms_core::isp::{self, Event as IspEvent, Isp};
+use dvms_core::load::Change;
+use dvms_core::node::{Input, Membership, Message, Node, Output};
+use dvms_core::placement::{self, Outcome};
 use overlay::Overlay;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Distribution, Exp, Normal};
-use serde::{Deserialize, Serialize};
+use rand_distr::{Distribution, Exp};
 
-use crate::model::{Datacenter, MigrationModel, Refusal};
-use crate::report::Metrics;
-use crate::view::{Nobody, SharedView};
+use crate::centralized::{Central, Round};
+use crate::config::{OverlayModel, Scheduler, SimConfig, DEFAULT_SOLVER_BUDGET};
+use crate::model::{Datacenter, Refusal};
+use crate::network::{Network, NodeIx};
+use crate::report::{MessageKind, Metrics};
+use crate::view::{Nobody, Shared, SharedMember, SharedView};
+use crate::workload::CrashModel;
 
-mod centralized;
-use centralized::Central;
-pub use centralized::CentralConfig;
+/// A simulated daemon's node: the core's `Node` over whichever membership layer the run
+/// simulates (its own overlay, a window on the shared view, or none).
+pub type SimNode = Node<NodeIx, Box<dyn Membership<NodeIx>>>;
 
-pub type NodeIx = u32;
-
-/// Where hosts are and how long messages take between them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Network {
-    /// Site of each host.
-    pub site_of: Vec<usize>,
-    /// Round-trip times between sites, ms (the diagonal is the RTT inside a site).
-    pub site_rtt_ms: Vec<Vec<f64>>,
-    /// Names of the sites, when they have some (e.g. countries).
-    #[serde(default)]
-    pub site_names: Vec<String>,
+/// One host's daemon.
+pub struct Daemon {
+    pub node: SimNode,
+    pub alive: bool,
+    gen: u64,
+    /// When this daemon's pending timer event fires, if one is queued.
+    timer_at: Option<Millis>,
 }
 
-impl Network {
-    /// All hosts in one site with `rtt_ms` between any two.
-    pub fn one_site(hosts: usize, rtt_ms: f64) -> Network {
-        Network {
-            site_of: vec![0; hosts],
-            site_rtt_ms: vec![vec![rtt_ms]],
-            site_names: Vec::new(),
-        }
-    }
-
-    /// `sites` sites of consecutive hosts, `local_ms` inside a site, `between_ms` across.
-    pub fn sites(hosts: usize, sites: usize, local_ms: f64, between_ms: f64) -> Network {
-        let sites = sites.clamp(1, hosts.max(1));
-        Network {
-            site_of: (0..hosts).map(|h| h * sites / hosts.max(1)).collect(),
-            site_rtt_ms: (0..sites)
-                .map(|a| {
-                    (0..sites)
-                        .map(|b| if a == b { local_ms } else { between_ms })
-                        .collect()
-                })
-                .collect(),
-            site_names: Vec::new(),
-        }
-    }
-
-    pub fn rtt_ms(&self, a: usize, b: usize) -> f64 {
-        self.site_rtt_ms[self.site_of[a]][self.site_of[b]]
-    }
-
-    /// One measured RTT between two hosts: the RTT with ±5 % uniform noise (what a ping
-    /// sees), at least 0.05 ms.
-    pub fn sample_rtt(&self, a: usize, b: usize, rng: &mut StdRng) -> f64 {
-        let rtt = self.rtt_ms(a, b);
-        (rtt * (1.0 + 0.05 * rng.random_range(-1.0..1.0))).max(0.05)
-    }
-
-    pub fn validate(&self, hosts: usize) -> Result<(), String> {
-        if self.site_of.len() != hosts {
-            return Err(format!(
-                "network places {} hosts, the datacenter has {hosts}",
-                self.site_of.len()
-            ));
-        }
-        let n = self.site_rtt_ms.len();
-        if self.site_rtt_ms.iter().any(|r| r.len() != n) {
-            return Err("site RTT matrix is not square".into());
-        }
-        if let Some(s) = self.site_of.iter().find(|s| **s >= n) {
-            return Err(format!("site {s} has no row in the RTT matrix"));
-        }
-        if self
-            .site_rtt_ms
-            .iter()
-            .flatten()
-            .any(|x| !(x.is_finite() && *x >= 0.0))
-        {
-            return Err("RTTs must be finite and non-negative".into());
-        }
-        Ok(())
+impl Daemon {
+    pub fn isp(&self) -> &Isp<NodeIx> {
+        self.node.isp()
     }
 }
 
-/// VMPlaceS-style load: load changes arrive as a Poisson process of rate VMs / period;
-/// each picks a VM uniformly and sets its demand from a Gaussian, clamped to [0, 100] %
-/// of its vCPU and quantized in `slots` steps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoadModel {
-    /// Mean time between two changes of one VM's load, ms.
-    pub period_ms: Millis,
-    pub mean: f64,
-    pub std: f64,
-    pub slots: u32,
-    /// No load changes before this, nor from `stop_ms` on.
-    pub start_ms: Millis,
-    pub stop_ms: Option<Millis>,
-}
-
-impl Default for LoadModel {
-    fn default() -> Self {
-        LoadModel {
-            period_ms: 300_000,
-            mean: 60.0,
-            std: 30.0,
-            slots: 10,
-            start_ms: 30_000,
-            stop_ms: None,
-        }
-    }
-}
-
-impl LoadModel {
-    /// A load trace on its own: every VM's initial demand, then the changes (time, VM,
-    /// demand), up to `until` (what a real run replays; the simulator draws the same way
-    /// from its shared random stream).
-    pub fn trace(
-        &self,
-        vms: usize,
-        until: Millis,
-        seed: u64,
-    ) -> (Vec<f64>, Vec<(Millis, usize, f64)>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let initial: Vec<f64> = (0..vms).map(|_| self.draw(&mut rng)).collect();
-        let mut changes = Vec::new();
-        let end = self.stop_ms.map_or(until, |s| s.min(until));
-        if vms > 0 {
-            let gap = Exp::new(vms as f64 / self.period_ms.max(1) as f64).ok();
-            let mut t = self.start_ms;
-            while let Some(g) = &gap {
-                t += g.sample(&mut rng).ceil() as Millis;
-                if t >= end {
-                    break;
-                }
-                let vm = rng.random_range(0..vms);
-                changes.push((t, vm, self.draw(&mut rng)));
-            }
-        }
-        (initial, changes)
-    }
-
-    fn draw(&self, rng: &mut StdRng) -> f64 {
-        let x = Normal::new(self.mean, self.std.max(0.0))
-            .map(|n| n.sample(rng))
-            .unwrap_or(self.mean)
-            .clamp(0.0, 100.0);
-        let step = 100.0 / f64::from(self.slots.max(1));
-        (x / step).round() * step
-    }
-}
-
-/// Host crashes: a Poisson process per host of mean `period_ms`; a crashed host comes
-/// back after `duration_ms` with a fresh daemon (its VMs stay, unreachable meanwhile).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CrashModel {
-    pub period_ms: Millis,
-    pub duration_ms: Millis,
-    pub start_ms: Millis,
-    pub stop_ms: Option<Millis>,
-}
-
-impl Default for CrashModel {
-    fn default() -> Self {
-        CrashModel {
-            period_ms: 3_600_000,
-            duration_ms: 60_000,
-            start_ms: 30_000,
-            stop_ms: None,
-        }
-    }
-}
-
-/// How the daemons' overlay is simulated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OverlayModel {
-    /// Every host runs its own `overlay::Overlay` and gossips, as the daemon does:
-    /// faithful, but work and memory grow with the square of the hosts.
-    #[default]
-    PerHost,
-    /// One converged view shared by all hosts (see [`crate::view`]): for large runs.
-    Shared,
-}
-
-impl std::str::FromStr for OverlayModel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "per-host" => Ok(OverlayModel::PerHost),
-            "shared" => Ok(OverlayModel::Shared),
-            _ => Err(format!("unknown overlay model {s:?} (per-host or shared)")),
-        }
-    }
-}
-
-/// Who schedules: the daemons (DVMS) or one central scheduler (the baseline).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scheduler {
-    #[default]
-    Dvms,
-    Centralized,
-}
-
-impl Scheduler {
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheduler::Dvms => "dvms",
-            Scheduler::Centralized => "centralized",
-        }
-    }
-}
-
-impl std::str::FromStr for Scheduler {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "dvms" => Ok(Scheduler::Dvms),
-            "centralized" => Ok(Scheduler::Centralized),
-            _ => Err(format!("unknown scheduler {s:?} (dvms or centralized)")),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimConfig {
-    pub seed: u64,
-    pub hosts: usize,
-    pub vms: usize,
-    /// CPU capacity of a host, % of one core (800: 8 cores).
-    pub host_cpu: f64,
-    pub host_mem: u64,
-    /// vCPUs of each VM: its demand goes up to 100 % per vCPU.
-    pub vm_vcpus: u32,
-    /// Memory of each VM, drawn uniformly from these, MiB.
-    pub vm_mem: Vec<u64>,
-    pub network: Option<Network>,
-    pub load: LoadModel,
-    pub crashes: Option<CrashModel>,
-    /// Probability that any message is lost.
-    pub loss: f64,
-    pub migration: MigrationModel,
-    pub isp: isp::Config,
-    pub overlay: overlay::Config,
-    pub overlay_model: OverlayModel,
-    pub scheduler: Scheduler,
-    /// The centralized baseline's settings (with `scheduler = centralized`).
-    pub centralized: CentralConfig,
-    /// Period of each daemon's timer (overlay and ISP), ms.
-    pub tick_ms: Millis,
-    /// Period of each daemon's monitoring of its host, ms.
-    pub monitor_ms: Millis,
-    /// Check the invariants after every event (slower; for tests).
-    pub check_invariants: bool,
-    /// Keep every ISP event in [`Sim::log`].
-    pub keep_log: bool,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            seed: 1,
-            hosts: 64,
-            vms: 640,
-            host_cpu: 800.0,
-            host_mem: 32_768,
-            vm_vcpus: 1,
-            vm_mem: vec![1024, 2048, 4096],
-            network: None,
-            load: LoadModel::default(),
-            crashes: None,
-            loss: 0.0,
-            migration: MigrationModel::default(),
-            isp: isp::Config::default(),
-            overlay: overlay::Config::default(),
-            overlay_model: OverlayModel::PerHost,
-            scheduler: Scheduler::Dvms,
-            centralized: CentralConfig::default(),
-            tick_ms: 100,
-            monitor_ms: 1_000,
-            check_invariants: false,
-            keep_log: false,
-        }
-    }
-}
-
-impl SimConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.hosts == 0 {
-            return Err("at least one host is needed".into());
-        }
-        if self.hosts > u32::MAX as usize {
-            return Err("too many hosts".into());
-        }
-        if !(self.host_cpu.is_finite() && self.host_cpu > 0.0) || self.host_mem == 0 {
-            return Err("host capacities must be positive".into());
-        }
-        if self.vm_vcpus == 0 {
-            return Err("vm_vcpus must be positive".into());
-        }
-        if self.vm_mem.is_empty() || self.vm_mem.contains(&0) {
-            return Err("vm_mem must list positive sizes".into());
-        }
-        if let Some(n) = &self.network {
-            n.validate(self.hosts)?;
-        }
-        if self.load.period_ms == 0 || !(self.load.mean.is_finite() && self.load.std.is_finite()) {
-            return Err("load period must be positive and mean/std finite".into());
-        }
-        if let Some(c) = &self.crashes {
-            if c.period_ms == 0 || c.duration_ms == 0 {
-                return Err("crash period and duration must be positive".into());
-            }
-        }
-        if !(0.0..1.0).contains(&self.loss) {
-            return Err("loss must be in [0, 1)".into());
-        }
-        if !(1..=60_000).contains(&self.tick_ms) || !(1..=60_000).contains(&self.monitor_ms) {
-            return Err("tick_ms and monitor_ms must be between 1 and 60000".into());
-        }
-        self.isp.validate()?;
-        self.centralized.validate()?;
-        self.overlay.validate()
-    }
-}
-
-/// A message between two daemons.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Msg {
-    Overlay(overlay::Message<NodeIx>),
-    Isp(isp::Message<NodeIx>),
-}
-
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 enum Ev {
-    /// The daemons' timers (overlay and ISP) whose phase is this slot of the period.
-    Ticks {
-        slot: usize,
+    /// A daemon's timeout (stale when it no longer matches the daemon's `timer_at`).
+    Timer {
+        node: NodeIx,
+        gen: u64,
     },
-    /// The daemons' host monitoring whose phase is this slot of the period.
-    Monitors {
-        slot: usize,
+    /// A daemon samples its host.
+    Monitor {
+        host: usize,
+        gen: u64,
+    },
+    /// A daemon with its own overlay starts gossiping, through `seed`.
+    Boot {
+        host: usize,
+        gen: u64,
+        seed: Option<NodeIx>,
     },
     // Boxed: the queue moves its events around, keep them small.
     Deliver {
         from: NodeIx,
         to: NodeIx,
-        msg: Box<Msg>,
+        msg: Box<Message<NodeIx>>,
     },
     LoadChange,
-    /// The centralized scheduler collects and solves.
-    CentralRound,
-    /// The centralized scheduler starts the next round of its plan.
-    CentralApply,
     SetLoad {
         vm: usize,
         cpu: f64,
     },
+    /// The centralized scheduler's round or plan is due.
+    Central,
     Crash {
         host: usize,
         until: Option<Millis>,
@@ -382,12 +89,8 @@ enum Ev {
     Recover {
         host: usize,
     },
-    /// Shared overlay view: a crashed host is suspected, declared failed, or back.
+    /// Shared overlay view: a crashed host stops being a candidate, or is one again.
     ViewSuspect {
-        host: usize,
-        gen: u64,
-    },
-    ViewFail {
         host: usize,
         gen: u64,
     },
@@ -402,41 +105,6 @@ enum Ev {
         node: NodeIx,
         vm: VmId,
     },
-}
-
-/// Periodic timers grouped by phase: the nodes whose timer fires at the same offset in
-/// the period share one queue event (thousands of hosts would otherwise keep the queue
-/// full of timers). Entries of dead incarnations are dropped when their slot fires.
-struct Timers {
-    slots: Vec<Vec<(NodeIx, u64)>>,
-    /// Whether the slot's recurring event is in the queue.
-    armed: Vec<bool>,
-}
-
-impl Timers {
-    fn new(period: Millis) -> Timers {
-        Timers {
-            slots: vec![Vec::new(); period as usize],
-            armed: vec![false; period as usize],
-        }
-    }
-
-    /// Adds a timer first firing at `at`; returns its slot if the slot's event must be
-    /// scheduled (at `at`).
-    fn add(&mut self, at: Millis, node: NodeIx, gen: u64) -> Option<usize> {
-        let slot = (at % self.slots.len() as Millis) as usize;
-        self.slots[slot].push((node, gen));
-        (!std::mem::replace(&mut self.armed[slot], true)).then_some(slot)
-    }
-
-    /// Puts back the slot's live timers (after those added while it fired); false, and
-    /// disarmed, when none is left.
-    fn put_back(&mut self, slot: usize, mut live: Vec<(NodeIx, u64)>) -> bool {
-        live.append(&mut self.slots[slot]);
-        self.slots[slot] = live;
-        self.armed[slot] = !self.slots[slot].is_empty();
-        self.armed[slot]
-    }
 }
 
 struct Scheduled {
@@ -463,32 +131,23 @@ impl Ord for Scheduled {
     }
 }
 
-pub struct Node {
-    /// The host's own overlay (none with the shared view).
-    pub overlay: Option<Overlay<NodeIx>>,
-    pub isp: Isp<NodeIx>,
-    pub alive: bool,
-    gen: u64,
-}
-
 /// A rule that drops matching messages (for failure scenarios): called with the time,
 /// sender, receiver and message; returns true to drop.
-pub type DropRule = Box<dyn FnMut(Millis, NodeIx, NodeIx, &Msg) -> bool>;
+pub type DropRule = Box<dyn FnMut(Millis, NodeIx, NodeIx, &Message<NodeIx>) -> bool>;
 
 pub struct Sim {
     pub cfg: SimConfig,
     now: Millis,
     seq: u64,
     queue: BinaryHeap<Scheduled>,
-    ticks: Timers,
-    monitors: Timers,
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<Daemon>,
     pub dc: Datacenter,
     network: Network,
     /// With [`OverlayModel::Shared`]: the view every daemon queries.
-    view: Option<SharedView>,
-    /// With [`Scheduler::Centralized`]: the central scheduler.
+    view: Option<Shared>,
+    /// With [`Scheduler::Centralized`]: the central scheduler, and its pending event.
     central: Option<Central>,
+    central_at: Option<Millis>,
     rng: StdRng,
     pub metrics: Metrics,
     /// Every ISP event, when `keep_log` is on: (time, node, event).
@@ -496,7 +155,7 @@ pub struct Sim {
     drop_rule: Option<DropRule>,
     /// The datacenter changed since the last invariant check.
     dc_changed: bool,
-    /// Some ISP produced output (every role change does) since the last check.
+    /// Some ISP acted (every role change does) since the last check.
     isp_changed: bool,
 }
 
@@ -542,12 +201,12 @@ impl Sim {
     }
 
     fn with_placement(
-        cfg: SimConfig,
+        mut cfg: SimConfig,
         hosts: &[(f64, u64)],
         vms: &[(f64, u64, usize)],
-        rng: StdRng,
+        mut rng: StdRng,
     ) -> Result<Sim, String> {
-        let mut rng = rng;
+        cfg.isp.solver.budget.get_or_insert(DEFAULT_SOLVER_BUDGET);
         let dc = Datacenter::new(hosts, vms);
         dc.check()
             .map_err(|e| format!("initial placement is invalid: {e}"))?;
@@ -556,23 +215,38 @@ impl Sim {
             .clone()
             .unwrap_or_else(|| Network::one_site(hosts.len(), 0.2));
         let dvms = cfg.scheduler == Scheduler::Dvms;
-        let view = (dvms && cfg.overlay_model == OverlayModel::Shared)
-            .then(|| SharedView::new(&network, &cfg.overlay, &mut rng));
+        let view = (dvms && cfg.overlay_model == OverlayModel::Shared).then(|| {
+            Rc::new(RefCell::new(SharedView::new(
+                &network,
+                &cfg.overlay,
+                &mut rng,
+            )))
+        });
+        let central = (!dvms).then(|| {
+            let farthest = (0..hosts.len())
+                .map(|h| network.rtt_ms(0, h))
+                .fold(0.0, f64::max);
+            Central::new(
+                cfg.centralized.clone(),
+                hosts.len(),
+                cfg.isp.thresholds.clone(),
+                farthest,
+            )
+        });
         let mut sim = Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            ticks: Timers::new(cfg.tick_ms),
-            monitors: Timers::new(cfg.monitor_ms),
             nodes: Vec::new(),
             metrics: Metrics::new(
                 hosts.len(),
-                cfg.scheduler == Scheduler::Dvms && cfg.overlay_model == OverlayModel::PerHost,
+                dvms && cfg.overlay_model == OverlayModel::PerHost,
             ),
             dc,
             network,
             view,
-            central: None,
+            central,
+            central_at: None,
             rng,
             log: Vec::new(),
             drop_rule: None,
@@ -581,24 +255,15 @@ impl Sim {
             cfg,
         };
         for h in 0..hosts.len() {
-            let node = sim.fresh_node(h as NodeIx, 0);
+            let node = sim.fresh_daemon(h, 0);
             sim.nodes.push(node);
         }
-        if !dvms {
-            sim.central = Some(Central::new(&sim));
-            let first = sim.cfg.centralized.period_ms;
-            sim.schedule(first, Ev::CentralRound);
-        }
+        sim.arm_central();
         for h in 0..hosts.len() {
             sim.boot(h);
         }
-        if sim
-            .cfg
-            .load
-            .stop_ms
-            .is_none_or(|s| s > sim.cfg.load.start_ms)
-            && sim.cfg.vms > 0
-        {
+        let load = &sim.cfg.load;
+        if load.stop_ms.is_none_or(|s| s > load.start_ms) && sim.cfg.vms > 0 {
             let first = sim.cfg.load.start_ms + sim.load_gap();
             sim.schedule(first, Ev::LoadChange);
         }
@@ -622,39 +287,42 @@ impl Sim {
         Ok(sim)
     }
 
-    fn fresh_node(&self, id: NodeIx, incarnation: u64) -> Node {
-        Node {
-            overlay: (self.cfg.scheduler == Scheduler::Dvms
-                && self.cfg.overlay_model == OverlayModel::PerHost)
-                .then(|| Overlay::new(id, incarnation, self.cfg.overlay.clone())),
-            isp: Isp::new(id, incarnation, self.cfg.isp.clone()),
+    /// A fresh daemon for host `h`, generation `gen` (its incarnation): its own RNG,
+    /// drawn from the run's seed, the host and the generation.
+    fn fresh_daemon(&self, h: usize, gen: u64) -> Daemon {
+        let id = h as NodeIx;
+        let membership: Box<dyn Membership<NodeIx>> = match (&self.central, &self.view) {
+            (Some(_), _) => Box::new(Nobody),
+            (None, Some(view)) => Box::new(SharedMember::new(view.clone(), id, self.now)),
+            (None, None) => Box::new(Overlay::new(id, gen, self.cfg.overlay.clone())),
+        };
+        let seed = overlay::mix64(self.cfg.seed ^ overlay::mix64(((h as u64) << 24) ^ gen));
+        let rng = StdRng::seed_from_u64(seed);
+        Daemon {
+            node: Node::with_membership(id, gen, self.cfg.isp.clone(), membership, rng),
             alive: true,
-            gen: incarnation,
+            gen,
+            timer_at: None,
         }
     }
 
-    /// Starts a host's daemon: timers staggered over one period, seeded with a live host.
+    /// Starts a host's daemon (or, under the central scheduler, its monitoring agent):
+    /// monitoring at a random phase; a daemon with its own overlay starts gossiping at a
+    /// random phase of its gossip period, through a live host.
     fn boot(&mut self, h: usize) {
         let gen = self.nodes[h].gen;
-        let node = h as NodeIx;
-        let t0 = self.now + self.rng.random_range(0..self.cfg.tick_ms);
         let m0 = self.now + self.rng.random_range(0..self.cfg.monitor_ms);
-        if let Some(slot) = self.monitors.add(m0, node, gen) {
-            self.schedule(m0, Ev::Monitors { slot });
-        }
+        self.schedule(m0, Ev::Monitor { host: h, gen });
         if let Some(c) = &mut self.central {
-            // Only the host's agent runs: it reports to the central scheduler.
-            c.host_restarted(h, &self.cfg);
+            c.host_restarted(h);
             return;
-        }
-        if let Some(slot) = self.ticks.add(t0, node, gen) {
-            self.schedule(t0, Ev::Ticks { slot });
         }
         if self.view.is_some() {
             if self.now > 0 {
                 let at = self.now + self.cfg.overlay.gossip_interval;
                 self.schedule(at, Ev::ViewJoin { host: h, gen });
             }
+            self.arm(h as NodeIx, false);
             return;
         }
         // Like the daemons' bootstrap peers: host 0 (host 1 for itself), or after a crash
@@ -667,10 +335,10 @@ impl Sim {
         };
         let seed = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| i != h && self.nodes[i].alive);
-        if let Some(s) = seed {
-            self.overlay_input(node, overlay::Input::Seed(s as NodeIx));
-        }
+            .find(|&i| i != h && self.nodes[i].alive)
+            .map(|i| i as NodeIx);
+        let t0 = self.now + self.rng.random_range(0..self.cfg.overlay.gossip_interval);
+        self.schedule(t0, Ev::Boot { host: h, gen, seed });
     }
 
     pub fn now(&self) -> Millis {
@@ -733,35 +401,29 @@ impl Sim {
         };
         self.now = s.at;
         match s.ev {
-            Ev::Ticks { slot } => {
-                let mut due = std::mem::take(&mut self.ticks.slots[slot]);
-                due.retain(|(node, gen)| self.live(*node, *gen));
-                let per_host_overlay = self.view.is_none();
-                for (node, _) in &due {
-                    if per_host_overlay {
-                        self.overlay_input(*node, overlay::Input::Tick);
+            Ev::Timer { node, gen } => self.timer(node, gen),
+            Ev::Monitor { host, gen } => {
+                if self.live(host as NodeIx, gen) {
+                    let state = self.dc.host_state(host);
+                    let now = self.now;
+                    match &mut self.central {
+                        Some(c) => match c.monitor(now, host, state.load()) {
+                            Some(Change::Detected) => self.metrics.overload_detected(now, host),
+                            Some(Change::Cleared) => self.metrics.overload_cleared(host),
+                            None => {}
+                        },
+                        None => self.input(host as NodeIx, Input::Monitor(state)),
                     }
-                    self.isp_input(*node, isp::Input::Tick);
-                }
-                if self.ticks.put_back(slot, due) {
-                    let next = self.now + self.cfg.tick_ms;
-                    self.schedule(next, Ev::Ticks { slot });
+                    let next = self.now + self.cfg.monitor_ms;
+                    self.schedule(next, Ev::Monitor { host, gen });
                 }
             }
-            Ev::Monitors { slot } => {
-                let mut due = std::mem::take(&mut self.monitors.slots[slot]);
-                due.retain(|(node, gen)| self.live(*node, *gen));
-                for (node, _) in &due {
-                    let state = self.dc.host_state(*node as usize);
-                    if self.central.is_some() {
-                        self.central_monitor(*node as usize, &state);
-                    } else {
-                        self.isp_input(*node, isp::Input::Monitor(state));
+            Ev::Boot { host, gen, seed } => {
+                if self.live(host as NodeIx, gen) {
+                    match seed {
+                        Some(s) => self.input(host as NodeIx, Input::Seed(s)),
+                        None => self.arm(host as NodeIx, false),
                     }
-                }
-                if self.monitors.put_back(slot, due) {
-                    let next = self.now + self.cfg.monitor_ms;
-                    self.schedule(next, Ev::Monitors { slot });
                 }
             }
             Ev::Deliver { from, to, msg } => self.deliver(from, to, *msg),
@@ -775,36 +437,31 @@ impl Sim {
                 }
             }
             Ev::SetLoad { vm, cpu } => self.set_load(vm, cpu),
-            Ev::CentralRound => self.central_round(),
-            Ev::CentralApply => self.central_apply(),
+            Ev::Central => {
+                if self.central_at == Some(self.now) {
+                    self.central_at = None;
+                    self.central_due();
+                }
+            }
             Ev::Crash { host, until } => self.crash(host, until),
             Ev::Recover { host } => self.recover(host),
             Ev::ViewSuspect { host, gen } => {
-                // Still the crashed incarnation (not back meanwhile).
+                // Still the crashed generation (not back meanwhile).
                 let down = self.nodes[host].gen == gen && !self.nodes[host].alive;
-                if let (Some(v), true) = (&mut self.view, down) {
-                    v.set_usable(host as NodeIx, false);
-                }
-            }
-            Ev::ViewFail { host, gen } => {
-                if self.nodes[host].gen == gen && !self.nodes[host].alive {
-                    for n in 0..self.nodes.len() {
-                        if self.nodes[n].alive {
-                            self.isp_input(n as NodeIx, isp::Input::PeerFailed(host as NodeIx));
-                        }
-                    }
+                if let (Some(v), true) = (&self.view, down) {
+                    v.borrow_mut().set_usable(host as NodeIx, false);
                 }
             }
             Ev::ViewJoin { host, gen } => {
                 let up = self.live(host as NodeIx, gen);
-                if let (Some(v), true) = (&mut self.view, up) {
-                    v.set_usable(host as NodeIx, true);
+                if let (Some(v), true) = (&self.view, up) {
+                    v.borrow_mut().set_usable(host as NodeIx, true);
                 }
             }
             Ev::MigrationEnd { id } => self.migration_end(id),
             Ev::MigrationRefused { node, vm } => {
                 if self.nodes[node as usize].alive {
-                    self.isp_input(node, isp::Input::MigrationDone { vm, ok: false });
+                    self.input(node, Input::MigrationDone { vm, ok: false });
                 }
             }
         }
@@ -824,9 +481,79 @@ impl Sim {
         n.alive && n.gen == gen
     }
 
+    /// A daemon's timeout, if it is the one pending.
+    fn timer(&mut self, node: NodeIx, gen: u64) {
+        let now = self.now;
+        let d = &mut self.nodes[node as usize];
+        if !(d.alive && d.gen == gen && d.timer_at == Some(now)) {
+            return; // stale: the daemon restarted, or asked for another time since
+        }
+        d.timer_at = None;
+        d.node.handle_timeout(now);
+        self.route(node);
+        self.arm(node, true);
+    }
+
+    /// Queues a timer event for the daemon's next timeout if it is earlier than the one
+    /// pending. `after_timeout`: the daemon just handled its timeout at `now`, so a
+    /// deadline at `now` again would never end (counted as an invariant violation).
+    fn arm(&mut self, node: NodeIx, after_timeout: bool) {
+        let now = self.now;
+        let d = &mut self.nodes[node as usize];
+        let Some(mut at) = d.node.poll_timeout() else {
+            return;
+        };
+        if after_timeout && at <= now {
+            let msg = format!("t={now} node {node} asks for a timeout at {at} after handling one");
+            self.metrics.invariant(msg);
+            at = now + 1;
+        }
+        let at = at.max(now);
+        let d = &mut self.nodes[node as usize];
+        if d.timer_at.is_none_or(|pending| at < pending) {
+            d.timer_at = Some(at);
+            let gen = d.gen;
+            self.schedule(at, Ev::Timer { node, gen });
+        }
+    }
+
+    /// Gives a daemon an input now, then carries out what it asks.
+    fn input(&mut self, node: NodeIx, input: Input<NodeIx>) {
+        let now = self.now;
+        self.nodes[node as usize].node.handle(now, input);
+        self.route(node);
+        self.arm(node, false);
+    }
+
+    /// Carries out a daemon's outputs: messages, migrations, events.
+    fn route(&mut self, node: NodeIx) {
+        let now = self.now;
+        while let Some(out) = self.nodes[node as usize].node.poll_output() {
+            match out {
+                Output::Send { to, msg } => {
+                    self.isp_changed |= matches!(msg, Message::Isp(_));
+                    self.send(node, to, msg);
+                }
+                Output::Migrate { vm, to } => {
+                    self.isp_changed = true;
+                    self.start_migration(node, vm, to);
+                }
+                Output::Isp(e) => {
+                    self.isp_changed = true;
+                    self.metrics
+                        .isp_event(now, node, &e, &self.dc, &self.cfg.isp);
+                    if self.cfg.keep_log {
+                        self.log.push((now, node, e));
+                    }
+                }
+                Output::Overlay(_) => {}
+            }
+        }
+    }
+
     fn set_load(&mut self, vm: usize, cpu: f64) {
         if let Some(v) = self.dc.vms.get_mut(vm) {
-            v.cpu = cpu.clamp(0.0, 100.0 * f64::from(self.cfg.vm_vcpus));
+            v.cpu_demand = cpu.clamp(0.0, 100.0 * f64::from(self.cfg.vm_vcpus));
             let h = v.host;
             self.metrics.update_host(self.now, h, &self.dc);
         }
@@ -838,11 +565,17 @@ impl Sim {
         }
         self.nodes[host].alive = false;
         self.dc.hosts[host].alive = false;
-        if self.view.is_some() {
+        if let Some(v) = &self.view {
             let gen = self.nodes[host].gen;
-            let (suspect, fail) = (self.cfg.overlay.suspect_after, self.cfg.overlay.fail_after);
+            v.borrow_mut().host_down(host as NodeIx, gen, self.now);
+            let suspect = self.cfg.overlay.suspect_after;
             self.schedule(self.now + suspect, Ev::ViewSuspect { host, gen });
-            self.schedule(self.now + fail, Ev::ViewFail { host, gen });
+            // Every daemon hears of it in time: their next timeouts may now be sooner.
+            for n in 0..self.nodes.len() {
+                if self.nodes[n].alive {
+                    self.arm(n as NodeIx, false);
+                }
+            }
         }
         self.metrics.crashes += 1;
         self.metrics.update_host(self.now, host, &self.dc);
@@ -867,17 +600,22 @@ impl Sim {
             return;
         }
         let gen = self.nodes[host].gen + 1;
-        let mut node = self.fresh_node(host as NodeIx, gen);
-        node.gen = gen;
-        self.nodes[host] = node;
+        if let Some(v) = &self.view {
+            v.borrow_mut().host_up(host as NodeIx);
+        }
+        self.nodes[host] = self.fresh_daemon(host, gen);
         self.dc.hosts[host].alive = true;
         self.metrics.update_host(self.now, host, &self.dc);
         self.boot(host);
     }
 
-    fn send(&mut self, from: NodeIx, to: NodeIx, msg: Msg) {
+    fn send(&mut self, from: NodeIx, to: NodeIx, msg: Message<NodeIx>) {
         let cross = self.network.site_of[from as usize] != self.network.site_of[to as usize];
-        self.metrics.message(&msg, cross);
+        let kind = match msg {
+            Message::Overlay(_) => MessageKind::Overlay,
+            Message::Isp(_) => MessageKind::Scheduling,
+        };
+        self.metrics.message(kind, cross);
         if self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss) {
             return;
         }
@@ -898,77 +636,42 @@ impl Sim {
         );
     }
 
-    fn deliver(&mut self, from: NodeIx, to: NodeIx, msg: Msg) {
+    fn deliver(&mut self, from: NodeIx, to: NodeIx, msg: Message<NodeIx>) {
         if !self.nodes[to as usize].alive {
             return;
         }
-        match msg {
-            Msg::Overlay(m) => {
-                if matches!(m, overlay::Message::Gossip { .. }) {
-                    // The daemon pings its peers; here each gossip carries a sample.
-                    let rtt_ms = self
-                        .network
-                        .sample_rtt(from as usize, to as usize, &mut self.rng);
-                    self.overlay_input(to, overlay::Input::Rtt { peer: from, rtt_ms });
-                }
-                self.overlay_input(to, overlay::Input::Message { from, msg: m });
-            }
-            Msg::Isp(m) => self.isp_input(to, isp::Input::Message { from, msg: m }),
+        if matches!(msg, Message::Overlay(overlay::Message::Gossip { .. })) {
+            // The daemon pings its peers; here each gossip carries a sample.
+            let rtt_ms = self
+                .network
+                .sample_rtt(from as usize, to as usize, &mut self.rng);
+            self.nodes[to as usize]
+                .node
+                .handle(self.now, Input::Rtt { peer: from, rtt_ms });
         }
-    }
-
-    fn overlay_input(&mut self, node: NodeIx, input: overlay::Input<NodeIx>) {
-        let now = self.now;
-        let Some(o) = self.nodes[node as usize].overlay.as_mut() else {
-            return;
-        };
-        let outs = o.handle(now, input, &mut self.rng);
-        for o in outs {
-            match o {
-                overlay::Output::Send { to, msg } => self.send(node, to, Msg::Overlay(msg)),
-                overlay::Output::Event(overlay::Event::Failed(p) | overlay::Event::Left(p)) => {
-                    self.isp_input(node, isp::Input::PeerFailed(p))
-                }
-                overlay::Output::Event(_) => {}
-            }
-        }
-    }
-
-    fn isp_input(&mut self, node: NodeIx, input: isp::Input<NodeIx>) {
-        let now = self.now;
-        let n = &mut self.nodes[node as usize];
-        let neighbours: &dyn isp::Neighbours<NodeIx> = match (&n.overlay, &self.view) {
-            (Some(o), _) => o,
-            (None, Some(v)) => v,
-            (None, None) => &Nobody,
-        };
-        let outs = n.isp.handle(now, input, neighbours);
-        self.isp_changed |= !outs.is_empty();
-        for o in outs {
-            match o {
-                isp::Output::Send { to, msg } => self.send(node, to, Msg::Isp(msg)),
-                isp::Output::Migrate { vm, to } => self.start_migration(node, vm, to),
-                isp::Output::Event(e) => {
-                    self.metrics
-                        .isp_event(now, node, &e, &self.dc, &self.cfg.isp);
-                    if self.cfg.keep_log {
-                        self.log.push((now, node, e));
-                    }
-                }
-            }
-        }
+        self.input(to, Input::Message { from, msg });
     }
 
     fn start_migration(&mut self, node: NodeIx, vm: VmId, to: NodeIx) {
         let v = vm.0 as usize;
         let model = self.cfg.migration.clone();
         if self.cfg.check_invariants {
-            let part = self.nodes[node as usize].isp.partition().cloned();
+            // Source and destination in the ordering partition. A member of a partition
+            // it has just absorbed counts: it follows the new leader one message later.
+            let part = self.nodes[node as usize].isp().partition().cloned();
             let dest = self
                 .nodes
                 .get(to as usize)
-                .and_then(|n| n.isp.partition().cloned());
-            if part.is_none() || part != dest {
+                .and_then(|n| n.isp().partition().cloned());
+            let absorbed = |dest: &isp::PartitionId<NodeIx>| {
+                self.nodes.iter().any(|n| {
+                    n.isp()
+                        .leading()
+                        .is_some_and(|d| Some(&d.id) == part.as_ref() && d.absorbed.contains(dest))
+                })
+            };
+            let same = part.is_some() && (part == dest || dest.as_ref().is_some_and(absorbed));
+            if !same {
                 self.metrics.invariant(format!(
                     "t={} migration of VM {v} from {node} to {to} ordered in {part:?} but the destination is in {dest:?}",
                     self.now
@@ -1006,17 +709,128 @@ impl Sim {
         self.metrics.migration(run.start, run.end, ok, cross);
         self.metrics.update_host(self.now, run.from, &self.dc);
         self.metrics.update_host(self.now, run.to, &self.dc);
-        if self.central.is_some() {
-            self.central_migration_done(run.vm, ok);
+        let now = self.now;
+        if let Some(c) = &mut self.central {
+            if c.migration_done(now, run.vm, ok) {
+                self.central_apply();
+            }
         } else if self.nodes[run.from].alive {
-            self.isp_input(
-                run.from as NodeIx,
-                isp::Input::MigrationDone {
-                    vm: VmId(run.vm as u128),
-                    ok,
-                },
-            );
+            let vm = VmId(run.vm as u128);
+            self.input(run.from as NodeIx, Input::MigrationDone { vm, ok });
         }
+    }
+
+    /// Queues the central scheduler's next event if it is earlier than the one pending.
+    fn arm_central(&mut self) {
+        let Some(at) = self.central.as_ref().map(Central::poll_timeout) else {
+            return;
+        };
+        let at = at.max(self.now);
+        if self.central_at.is_none_or(|pending| at < pending) {
+            self.central_at = Some(at);
+            self.schedule(at, Ev::Central);
+        }
+    }
+
+    /// The central scheduler's round (collect, solve, plan) and plan rounds, when due.
+    fn central_due(&mut self) {
+        let now = self.now;
+        if self.central.as_ref().is_some_and(|c| c.apply_due(now)) {
+            self.central_apply();
+        }
+        if self.central.as_ref().is_some_and(|c| c.round_due(now)) {
+            let states: Vec<_> = (0..self.dc.hosts.len())
+                .filter(|h| self.dc.hosts[*h].alive)
+                .map(|h| (h, self.dc.resident_state(h)))
+                .collect();
+            let (solver, limits) = (self.cfg.isp.solver.clone(), self.cfg.isp.limits);
+            let cost = self.cfg.solve_cost.clone();
+            let Some(c) = &mut self.central else { return };
+            let round = c.round(now, &states, &solver, limits, &cost);
+            if !matches!(round, Round::Skipped) {
+                // The state request and its answer, to and from every live host.
+                for (h, _) in &states {
+                    let cross = self.network.site_of[*h] != self.network.site_of[0];
+                    self.metrics.scheduler_messages(2, cross);
+                }
+            }
+            if let Round::Solved {
+                hosts,
+                compute_ms,
+                planned,
+            } = round
+            {
+                self.metrics.partitions_started += 1;
+                self.metrics.partition_sizes.push(hosts);
+                self.metrics.compute_ms.push(compute_ms);
+                if planned {
+                    self.metrics.plans += 1;
+                } else {
+                    *self
+                        .metrics
+                        .ended
+                        .entry(isp::EndReason::Abandoned)
+                        .or_default() += 1;
+                }
+            }
+        }
+        self.arm_central();
+    }
+
+    /// Starts the next round of the central plan (or ends the plan).
+    fn central_apply(&mut self) {
+        loop {
+            let Some(c) = &mut self.central else { return };
+            let Some(orders) = c.next_orders() else {
+                self.central_plan_done();
+                return;
+            };
+            let model = self.cfg.migration.clone();
+            let (mut started, mut refused) = (0, 0);
+            for m in orders {
+                let cross = self.network.site_of[m.from] != self.network.site_of[0];
+                self.metrics.scheduler_messages(1, cross);
+                match self
+                    .dc
+                    .start_migration(m.vm, m.from, m.to, self.now, &model)
+                {
+                    Ok((id, end)) => {
+                        started += 1;
+                        self.dc_changed = true;
+                        self.schedule(end, Ev::MigrationEnd { id });
+                    }
+                    Err(_) => {
+                        // The state changed since it was collected: the plan is stale.
+                        self.metrics.migrations_refused += 1;
+                        refused += 1;
+                    }
+                }
+            }
+            if let Some(c) = &mut self.central {
+                c.round_started(started, refused);
+            }
+            if started > 0 {
+                return;
+            }
+        }
+    }
+
+    fn central_plan_done(&mut self) {
+        let now = self.now;
+        let Some((overloaded, failed)) = self.central.as_mut().and_then(|c| c.finish_plan(now))
+        else {
+            return;
+        };
+        let reason = if failed {
+            isp::EndReason::Abandoned
+        } else {
+            isp::EndReason::Solved
+        };
+        *self.metrics.ended.entry(reason).or_default() += 1;
+        let high = self.cfg.isp.thresholds.high;
+        self.metrics
+            .plan_done(now, overloaded.into_iter(), &self.dc, high);
+        self.arm_central();
     }
 
     /// The model is consistent: each VM resident on exactly one host, no host holding
@@ -1034,7 +848,7 @@ impl Sim {
             if !n.alive {
                 continue;
             }
-            if let Some(d) = n.isp.leading() {
+            if let Some(d) = n.isp().leading() {
                 for (m, _) in &d.members {
                     if let Some(other) = owner.insert(*m, i as NodeIx) {
                         let msg = format!(
@@ -1051,41 +865,22 @@ impl Sim {
     /// Whether the whole datacenter could carry its current demand under the threshold
     /// (alive hosts only), ignoring migration cooldowns: the bound the scheduler can reach.
     pub fn absorbable(&self) -> bool {
-        use dvms_node::placement::{self, Outcome, Problem};
-        let alive: Vec<usize> = (0..self.dc.hosts.len())
+        let states: Vec<_> = (0..self.dc.hosts.len())
             .filter(|h| self.dc.hosts[*h].alive)
+            .map(|h| (h, self.dc.resident_state(h)))
             .collect();
-        let index: BTreeMap<usize, usize> =
-            alive.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-        let mut p = Problem::default();
-        for h in &alive {
-            p.hosts.push(placement::Host {
-                cpu: self.dc.hosts[*h].cpu * self.cfg.isp.thresholds.high,
-                mem: self.dc.hosts[*h].mem,
-            });
-        }
-        for v in &self.dc.vms {
-            if let Some(i) = index.get(&v.host) {
-                p.vms.push(placement::Vm {
-                    cpu: v.cpu,
-                    mem: v.mem,
-                    host: *i,
-                    pinned: false,
-                });
-            }
-        }
-        matches!(
-            placement::solve(&p, &self.cfg.isp.solver),
-            Outcome::Solved(_)
-        )
+        let high = self.cfg.isp.thresholds.high;
+        let instance = Instance::new(high, states.iter().map(|(h, s)| (*h, s, HostRule::Open)));
+        let answer = placement::solve(&instance.problem, &self.cfg.isp.solver);
+        matches!(answer.outcome, Outcome::Solved(_))
     }
 
     /// Hosts (alive) whose demand is over capacity × the high threshold.
     pub fn overloaded_hosts(&self) -> Vec<usize> {
         (0..self.dc.hosts.len())
             .filter(|h| {
-                self.dc.hosts[*h].alive
-                    && self.dc.demand(*h) > self.dc.hosts[*h].cpu * self.cfg.isp.thresholds.high
+                let host = &self.dc.hosts[*h];
+                host.alive && self.dc.demand(*h) > host.cpu_capacity * self.cfg.isp.thresholds.high
             })
             .collect()
     }

@@ -1,31 +1,38 @@
-//! Experiments for DVMS-rs: the simulator, its centralized baseline, scenario files, real
-//! runs on deployed clusters, and the result files (see README.md).
+//! The DVMS-rs simulator: the daemon's own scheduling core (`dvms-core`'s `Node`:
+//! overlay and ISP, placement solver, planner) on a modelled datacenter in virtual time,
+//! against an Entropy-like centralized baseline, with scenario files and result files
+//! (see README.md). Deterministic: the same scenario and seed give the same result files.
 //!
-//! - [`engine`]: a deterministic discrete-event engine. Virtual clock, one event queue,
-//!   message delivery with latencies from a site matrix, a modelled hypervisor per host
-//!   ([`model`]), VMPlaceS-style load changes and host crashes as events, and on every
-//!   host the daemon's own state machines: [`overlay::Overlay`] and
-//!   [`dvms_node::isp::Isp`]. Same seed, same run.
-//! - [`view`]: the shared overlay view of large runs.
-//! - [`scenario`]: scenarios as TOML files (`scenarios/`), for simulated and real runs.
-//! - [`replay`]: a scenario's load replayed on real guests with cpulimit, measured from
-//!   the daemons' event logs and sampled loads (`dvms-replay`).
+//! - [`engine`]: the discrete-event engine. Virtual clock, one event queue, message
+//!   delivery with latencies from a site matrix ([`network`]), a modelled hypervisor per
+//!   host ([`model`]), load changes and host crashes ([`workload`]), and on every host a
+//!   `Node` driven by its own timeouts.
+//! - [`view`]: the shared overlay view of large runs (one converged membership).
+//! - [`centralized`]: the baseline, a state machine over the same problem builder,
+//!   solver and planner; [`cost`]: the virtual time a solve costs, from its work.
+//! - [`config`]: a run's settings; [`scenario`]: scenarios as TOML files (`scenarios/`).
 //! - [`report`]: the measures of a run (violations, time to solve, partitions,
-//!   migrations, messages), the table both binaries print, and the CSV and SVG files
-//!   ([`plot`]).
+//!   migrations, messages), the table, the CSV and SVG files ([`plot`]).
+//!
+//! Real runs of the same scenarios on deployed guests are the `dvms-replay` crate's.
 //!
 //! ```no_run
-//! use experiments::engine::{Sim, SimConfig};
+//! use experiments::config::SimConfig;
+//! use experiments::engine::Sim;
 //! let mut sim = Sim::new(SimConfig { hosts: 64, vms: 640, ..SimConfig::default() }).unwrap();
 //! sim.run_until(3_600_000);
 //! sim.finish();
 //! println!("{}", experiments::report::table(&[sim.metrics.summary("dvms")]));
 //! ```
 
+pub mod centralized;
+pub mod config;
+pub mod cost;
 pub mod engine;
 pub mod model;
+pub mod network;
 pub mod plot;
-pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod view;
+pub mod workload;

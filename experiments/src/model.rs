@@ -3,7 +3,7 @@
 //! algorithm (memory sent over the link, then the pages dirtied meanwhile, round after
 //! round, until what is left is small enough to stop and copy).
 
-use dvms_node::isp::{HostState, Millis, VmId, VmState};
+use dvms_core::host::{HostState, Millis, VmId, VmState};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,8 +56,9 @@ impl MigrationModel {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostModel {
-    pub cpu: f64,
-    pub mem: u64,
+    /// CPU capacity, % of one core.
+    pub cpu_capacity: f64,
+    pub mem_capacity_mib: u64,
     pub alive: bool,
     /// VMs resident here (a migrating VM stays resident on its source until it ends).
     pub vms: Vec<usize>,
@@ -65,8 +66,9 @@ pub struct HostModel {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct VmModel {
-    pub cpu: f64,
-    pub mem: u64,
+    /// CPU it uses, % of one core.
+    pub cpu_demand: f64,
+    pub mem_mib: u64,
     pub host: usize,
     /// The running migration of this VM, if any.
     pub migration: Option<u64>,
@@ -111,19 +113,19 @@ impl Datacenter {
         let mut dc = Datacenter {
             hosts: hosts
                 .iter()
-                .map(|&(cpu, mem)| HostModel {
-                    cpu,
-                    mem,
+                .map(|&(cpu_capacity, mem_capacity_mib)| HostModel {
+                    cpu_capacity,
+                    mem_capacity_mib,
                     alive: true,
                     vms: Vec::new(),
                 })
                 .collect(),
             ..Datacenter::default()
         };
-        for (i, &(cpu, mem, host)) in vms.iter().enumerate() {
+        for (i, &(cpu_demand, mem_mib, host)) in vms.iter().enumerate() {
             dc.vms.push(VmModel {
-                cpu,
-                mem,
+                cpu_demand,
+                mem_mib,
                 host,
                 migration: None,
             });
@@ -133,17 +135,25 @@ impl Datacenter {
     }
 
     pub fn demand(&self, host: usize) -> f64 {
-        self.hosts[host].vms.iter().map(|v| self.vms[*v].cpu).sum()
+        self.hosts[host]
+            .vms
+            .iter()
+            .map(|v| self.vms[*v].cpu_demand)
+            .sum()
     }
 
     /// Memory held on `host`: resident VMs plus incoming copies of running migrations.
     pub fn mem_held(&self, host: usize) -> u64 {
-        let resident: u64 = self.hosts[host].vms.iter().map(|v| self.vms[*v].mem).sum();
+        let resident: u64 = self.hosts[host]
+            .vms
+            .iter()
+            .map(|v| self.vms[*v].mem_mib)
+            .sum();
         let incoming: u64 = self
             .running
             .values()
             .filter(|m| m.to == host)
-            .map(|m| self.vms[m.vm].mem)
+            .map(|m| self.vms[m.vm].mem_mib)
             .sum();
         resident + incoming
     }
@@ -164,24 +174,35 @@ impl Datacenter {
             .iter()
             .map(|&v| VmState {
                 id: VmId(v as u128),
-                cpu: self.vms[v].cpu,
-                mem: self.vms[v].mem,
+                cpu_demand: self.vms[v].cpu_demand,
+                mem_mib: self.vms[v].mem_mib,
                 pinned: self.vms[v].migration.is_some(),
             })
             .collect();
         for m in self.running.values().filter(|m| m.to == host) {
             vms.push(VmState {
                 id: VmId(m.vm as u128),
-                cpu: self.vms[m.vm].cpu,
-                mem: self.vms[m.vm].mem,
+                cpu_demand: self.vms[m.vm].cpu_demand,
+                mem_mib: self.vms[m.vm].mem_mib,
                 pinned: true,
             });
         }
         HostState {
-            cpu: h.cpu,
-            mem: h.mem,
+            cpu_capacity: h.cpu_capacity,
+            mem_capacity_mib: h.mem_capacity_mib,
             vms,
         }
+    }
+
+    /// The host's capacities and the VMs resident on it (not those arriving), none
+    /// pinned: the datacenter as a whole-datacenter placement sees it.
+    pub fn resident_state(&self, host: usize) -> HostState {
+        let mut s = self.host_state(host);
+        s.vms.retain(|v| self.vms[v.id.0 as usize].host == host);
+        for v in &mut s.vms {
+            v.pinned = false;
+        }
+        s
     }
 
     /// Starts a live migration; returns its id and end time.
@@ -210,15 +231,15 @@ impl Datacenter {
             return Err(Refusal::HostDown);
         }
         let used = self.mem_held(to);
-        if used + v.mem > self.hosts[to].mem {
+        if used + v.mem_mib > self.hosts[to].mem_capacity_mib {
             return Err(Refusal::Memory {
                 host: to,
-                used: used + v.mem,
-                cap: self.hosts[to].mem,
+                used: used + v.mem_mib,
+                cap: self.hosts[to].mem_capacity_mib,
             });
         }
         let share = 1.0 / (1 + self.concurrent(from).max(self.concurrent(to))) as f64;
-        let end = now + model.duration_ms(v.mem, v.cpu, share);
+        let end = now + model.duration_ms(v.mem_mib, v.cpu_demand, share);
         let id = self.next_migration;
         self.next_migration += 1;
         self.vms[vm].migration = Some(id);
@@ -272,10 +293,10 @@ impl Datacenter {
                 }
             }
             let held = self.mem_held(h);
-            if held > host.mem {
+            if held > host.mem_capacity_mib {
                 return Err(format!(
                     "host {h} holds {held} MiB for a capacity of {} MiB",
-                    host.mem
+                    host.mem_capacity_mib
                 ));
             }
         }

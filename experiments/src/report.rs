@@ -6,11 +6,21 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use dvms_node::isp::{self, EndReason, Event, Millis};
+use dvms_core::host::Millis;
+use dvms_core::isp::{self, EndReason, Event};
 use serde::Serialize;
 
-use crate::engine::{Msg, NodeIx};
 use crate::model::Datacenter;
+use crate::network::NodeIx;
+
+/// What a message between daemons is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    /// Membership (gossip).
+    Overlay,
+    /// Scheduling (the ISP's messages, or the central scheduler's collection and orders).
+    Scheduling,
+}
 
 /// Counters filled while the engine runs.
 #[derive(Clone, Debug, Default)]
@@ -44,7 +54,7 @@ pub struct Metrics {
     /// (centralized).
     pub messages_isp: u64,
     pub cross_site_isp_messages: u64,
-    /// Wall time of each centralized solve, ms (counted as virtual time).
+    /// Virtual time of each centralized solve, ms (from the solver's work).
     pub compute_ms: Vec<Millis>,
     pub crashes: u64,
     pub invariant_count: u64,
@@ -73,7 +83,7 @@ impl Metrics {
     /// Re-evaluates whether `host` is in violation after its demand or state changed.
     pub fn update_host(&mut self, now: Millis, host: usize, dc: &Datacenter) {
         let h = &dc.hosts[host];
-        let over = h.alive && dc.demand(host) > h.cpu;
+        let over = h.alive && dc.demand(host) > h.cpu_capacity;
         match (self.over_since[host], over) {
             (None, true) => {
                 self.violations += 1;
@@ -90,10 +100,10 @@ impl Metrics {
         }
     }
 
-    pub fn message(&mut self, msg: &Msg, cross_site: bool) {
-        match msg {
-            Msg::Overlay(_) => self.messages_overlay += 1,
-            Msg::Isp(_) => self.scheduler_messages(1, cross_site),
+    pub fn message(&mut self, kind: MessageKind, cross_site: bool) {
+        match kind {
+            MessageKind::Overlay => self.messages_overlay += 1,
+            MessageKind::Scheduling => self.scheduler_messages(1, cross_site),
         }
     }
 
@@ -131,7 +141,7 @@ impl Metrics {
         high: f64,
     ) {
         for h in hosts {
-            if dc.demand(h) <= dc.hosts[h].cpu * high {
+            if dc.demand(h) <= dc.hosts[h].cpu_capacity * high {
                 self.overload_solved(now, h);
             }
         }
@@ -245,7 +255,6 @@ impl Metrics {
             compute_mean_s: mean(&secs(&self.compute_ms)),
             compute_max_s: secs(&self.compute_ms).into_iter().fold(f64::NAN, f64::max),
             invariant_violations: self.invariant_count,
-            wall_s: None,
         }
     }
 }
@@ -297,12 +306,10 @@ pub struct Summary {
     pub messages_overlay: Option<u64>,
     pub cross_site_isp_messages: Option<u64>,
     pub crashes: u64,
-    /// Centralized scheduler: mean and max wall time of one solve, s.
+    /// Centralized scheduler: mean and max virtual time of one solve, s.
     pub compute_mean_s: f64,
     pub compute_max_s: f64,
     pub invariant_violations: u64,
-    /// Wall time of the run, s (set by whoever timed it).
-    pub wall_s: Option<f64>,
 }
 
 /// Runs side by side: one row per measure, one column per run.
@@ -341,9 +348,6 @@ pub fn table(runs: &[Summary]) -> String {
         ("host crashes", |s| s.crashes.to_string()),
         ("invariant violations", |s| {
             s.invariant_violations.to_string()
-        }),
-        ("wall time of the run (s)", |s| {
-            fmt(s.wall_s.unwrap_or(f64::NAN))
         }),
     ];
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);

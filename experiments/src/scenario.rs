@@ -19,7 +19,7 @@
 //! sites = 2                 # consecutive hosts per site
 //! local_rtt_ms = 0.2        # inside a site
 //! site_rtt_ms = 40.0        # between sites, unless latency_file is given:
-//! # latency_file = "../../shared/data/country_rtt.csv.gz"  # sites = best-measured countries
+//! # latency_file = "../../data/country_rtt.csv.gz"  # sites = best-measured countries
 //!
 //! [vms]
 //! count = 640
@@ -39,10 +39,11 @@
 //! [dvms]
 //! modes = ["locality"]      # and/or "ring"
 //! overlay = "shared"        # or "per-host"
+//! # budget_lp_iterations = 6000  # per exact search (deterministic); this default
 //!
 //! [centralized]
 //! period = "30s"
-//! # time_limit = "10s"      # default min(30 s, hosts / 8 s)
+//! # budget_lp_iterations = 20000  # per exact search; default: the daemons' budget
 //!
 //! [migration]               # the modelled live migration (defaults: 10 Gbit/s links)
 //! bandwidth_mib_s = 1190.0
@@ -54,11 +55,14 @@ use std::path::{Path, PathBuf};
 use overlay::Mode;
 use serde::{Deserialize, Deserializer};
 
-use crate::engine::{
-    CentralConfig, CrashModel, LoadModel, Network, OverlayModel, Scheduler, SimConfig,
-};
+use dvms_core::host::Millis;
+use dvms_core::placement::Budget;
+
+use crate::centralized::CentralConfig;
+use crate::config::{OverlayModel, Scheduler, SimConfig};
 use crate::model::MigrationModel;
-use dvms_node::isp::Millis;
+use crate::network::Network;
+use crate::workload::{CrashModel, LoadModel};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +200,9 @@ pub struct Crashes {
 pub struct Dvms {
     pub modes: Vec<Mode>,
     pub overlay: OverlayModel,
+    /// Simplex iterations of each exact placement search (default
+    /// [`crate::config::DEFAULT_SOLVER_BUDGET`]).
+    pub budget_lp_iterations: Option<u64>,
 }
 
 impl Default for Dvms {
@@ -203,6 +210,7 @@ impl Default for Dvms {
         Dvms {
             modes: vec![Mode::Locality],
             overlay: OverlayModel::Shared,
+            budget_lp_iterations: None,
         }
     }
 }
@@ -212,8 +220,8 @@ impl Default for Dvms {
 pub struct Centralized {
     #[serde(deserialize_with = "duration")]
     pub period: Millis,
-    #[serde(deserialize_with = "optional_duration")]
-    pub time_limit: Option<Millis>,
+    /// Simplex iterations of each exact search (default: the daemons' budget).
+    pub budget_lp_iterations: Option<u64>,
 }
 
 impl Default for Centralized {
@@ -221,7 +229,7 @@ impl Default for Centralized {
         let d = CentralConfig::default();
         Centralized {
             period: d.period_ms,
-            time_limit: d.time_limit_ms,
+            budget_lp_iterations: None,
         }
     }
 }
@@ -257,10 +265,6 @@ pub fn parse_duration(s: &str) -> Result<Millis, String> {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
-    duration(d).map(Some)
 }
 
 /// One run of a scenario: its column label and configuration.
@@ -302,7 +306,7 @@ impl Scenario {
         }
         let mut net = Network::sites(self.hosts.count, n.sites, n.local_rtt_ms, n.site_rtt_ms);
         if let Some(file) = &n.latency_file {
-            let m = launcher::latency::RttMatrix::load(file).map_err(|e| format!("{e:#}"))?;
+            let m = rtt_matrix::RttMatrix::load(file).map_err(|e| format!("{e:#}"))?;
             let names = m.pick_sites(n.sites).map_err(|e| format!("{e:#}"))?;
             let mut rtt = m.restrict(&names).map_err(|e| format!("{e:#}"))?;
             // A site is a datacenter: inside it, the LAN RTT (the file's same-country
@@ -356,10 +360,17 @@ impl Scenario {
             overlay_model: self.dvms.overlay,
             centralized: CentralConfig {
                 period_ms: self.centralized.period,
-                time_limit_ms: self.centralized.time_limit,
+                budget: self
+                    .centralized
+                    .budget_lp_iterations
+                    .map(Budget::LpIterations),
             },
             ..SimConfig::default()
         };
+        let mut base = base;
+        if let Some(n) = self.dvms.budget_lp_iterations {
+            base.isp.solver.budget = Some(Budget::LpIterations(n));
+        }
         let mut runs = Vec::new();
         for s in &self.schedulers {
             match s {

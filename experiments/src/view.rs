@@ -13,16 +13,25 @@
 //! that comes back is a candidate again after one gossip interval. What it leaves out:
 //! the gossip messages themselves (not counted) and coordinates moving during the run
 //! (the simulated network does not change).
+//!
+//! Each daemon's [`dvms_core::node::Node`] holds a [`SharedMember`]: its window on the
+//! one view, as its membership layer. The engine changes the view (crashes, recoveries);
+//! each member reports the failures the view declared, when they fall due, to its own
+//! node, which hands them to its ISP as the overlay would.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
-use dvms_node::isp::Neighbours;
+use dvms_core::host::Millis;
+use dvms_core::isp::Neighbours;
+use dvms_core::node::Membership;
 use overlay::{Mode, OverlayId};
 use rand::rngs::StdRng;
 use rand::Rng;
 use vivaldi::Coord;
 
-use crate::engine::{Network, NodeIx};
+use crate::network::{Network, NodeIx};
 
 /// Samples each host takes against each of its Vivaldi neighbours before the run.
 const TRAINING_ROUNDS: usize = 400;
@@ -37,7 +46,16 @@ pub struct SharedView {
     ring_key: Vec<u64>,
     coords: Vec<Coord>,
     usable: Vec<bool>,
+    /// The daemon generation of each host that is down (`None` while it is up).
+    down: Vec<Option<u64>>,
+    /// Failures declared, in time order: (when every daemon hears of it, host, the
+    /// generation that went down).
+    failures: Vec<(Millis, NodeIx, u64)>,
+    fail_after: Millis,
 }
+
+/// The view shared by every simulated daemon.
+pub type Shared = Rc<RefCell<SharedView>>;
 
 impl SharedView {
     /// Every host a member, with Vivaldi coordinates learnt on `network`.
@@ -54,6 +72,25 @@ impl SharedView {
             ring,
             ring_key,
             usable: vec![true; n],
+            down: vec![None; n],
+            failures: Vec::new(),
+            fail_after: cfg.fail_after,
+        }
+    }
+
+    /// Host `host`'s daemon (generation `gen`) went down at `now`: every daemon hears it
+    /// failed after the overlay's failure delay, if it is still down then.
+    pub fn host_down(&mut self, host: NodeIx, gen: u64, now: Millis) {
+        if let Some(d) = self.down.get_mut(host as usize) {
+            *d = Some(gen);
+            self.failures.push((now + self.fail_after, host, gen));
+        }
+    }
+
+    /// Host `host` is back with a fresh daemon.
+    pub fn host_up(&mut self, host: NodeIx) {
+        if let Some(d) = self.down.get_mut(host as usize) {
+            *d = None;
         }
     }
 
@@ -90,11 +127,87 @@ impl Neighbours<NodeIx> for SharedView {
     }
 }
 
-/// No neighbours at all (a daemon that runs without an overlay).
+/// One daemon's window on the shared view: its membership layer.
+pub struct SharedMember {
+    view: Shared,
+    me: NodeIx,
+    /// The first failure of the view's list this daemon has not heard of yet.
+    next_failure: usize,
+}
+
+impl SharedMember {
+    /// A daemon starting at `now`: it hears of the failures declared from now on.
+    pub fn new(view: Shared, me: NodeIx, now: Millis) -> SharedMember {
+        let next_failure = view.borrow().failures.partition_point(|f| f.0 < now);
+        SharedMember {
+            view,
+            me,
+            next_failure,
+        }
+    }
+}
+
+impl Neighbours<NodeIx> for SharedMember {
+    fn best_outside(&self, from: &NodeIx, exclude: &dyn Fn(&NodeIx) -> bool) -> Option<NodeIx> {
+        self.view.borrow().best_outside(from, exclude)
+    }
+}
+
+impl Membership<NodeIx> for SharedMember {
+    /// On a timeout, the failures now due: each host still down in the generation that
+    /// failed is reported failed (as the overlay would, after its failure delay).
+    fn handle(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<NodeIx>,
+        _rng: &mut StdRng,
+    ) -> Vec<overlay::Output<NodeIx>> {
+        if !matches!(input, overlay::Input::Tick) {
+            return Vec::new();
+        }
+        let view = self.view.borrow();
+        let mut out = Vec::new();
+        while let Some(&(at, host, gen)) = view.failures.get(self.next_failure) {
+            if at > now {
+                break;
+            }
+            self.next_failure += 1;
+            if host != self.me && view.down[host as usize] == Some(gen) {
+                out.push(overlay::Output::Event(overlay::Event::Failed(host)));
+            }
+        }
+        out
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
+        self.view
+            .borrow()
+            .failures
+            .get(self.next_failure)
+            .map(|f| f.0)
+    }
+}
+
+/// No neighbours at all (the hosts' agents under the central scheduler run no overlay).
 pub struct Nobody;
 
 impl Neighbours<NodeIx> for Nobody {
     fn best_outside(&self, _: &NodeIx, _: &dyn Fn(&NodeIx) -> bool) -> Option<NodeIx> {
+        None
+    }
+}
+
+impl Membership<NodeIx> for Nobody {
+    fn handle(
+        &mut self,
+        _: Millis,
+        _: overlay::Input<NodeIx>,
+        _: &mut StdRng,
+    ) -> Vec<overlay::Output<NodeIx>> {
+        Vec::new()
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
         None
     }
 }

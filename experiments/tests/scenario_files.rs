@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use experiments::engine::{Scheduler, Sim};
+use experiments::config::Scheduler;
+use experiments::engine::Sim;
 use experiments::scenario::Scenario;
 
 fn shipped() -> Vec<PathBuf> {

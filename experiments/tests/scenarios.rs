@@ -4,10 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use dvms_node::isp::{EndReason, Event, Millis, PartitionId, RoleView};
-use experiments::engine::{
-    LoadModel, Msg, Network, NodeIx, OverlayModel, Scheduler, Sim, SimConfig,
-};
+use dvms_core::host::Millis;
+use dvms_core::isp::{self, EndReason, Event, PartitionId, RoleView};
+use dvms_core::node::Message;
+use experiments::config::{OverlayModel, Scheduler, SimConfig};
+use experiments::engine::Sim;
+use experiments::network::{Network, NodeIx};
+use experiments::workload::LoadModel;
 
 const GIB: u64 = 1024;
 
@@ -29,8 +32,8 @@ fn config(sites: Vec<usize>) -> SimConfig {
     }
 }
 
-fn is_join(m: &Msg) -> bool {
-    matches!(m, Msg::Isp(dvms_node::isp::Message::Join { .. }))
+fn is_join(m: &Message<NodeIx>) -> bool {
+    matches!(m, Message::Isp(isp::Message::Join { .. }))
 }
 
 fn events(sim: &Sim) -> Vec<(Millis, NodeIx, Event<NodeIx>)> {
@@ -53,7 +56,7 @@ fn all_free(sim: &Sim) -> bool {
     sim.nodes
         .iter()
         .filter(|n| n.alive)
-        .all(|n| n.isp.role() == RoleView::Free)
+        .all(|n| n.isp().role() == RoleView::Free)
 }
 
 /// Two overloads in two sites whose partitions cannot reach the other site at first
@@ -200,7 +203,7 @@ const FORMED: Millis = OVERLOAD + 12_000;
 /// The partition's leader, its id and members.
 fn leader_of(sim: &Sim) -> Option<(NodeIx, PartitionId<NodeIx>, Vec<NodeIx>)> {
     sim.nodes.iter().enumerate().find_map(|(i, n)| {
-        n.isp.leading().map(|d| {
+        n.isp().leading().map(|d| {
             (
                 i as NodeIx,
                 d.id.clone(),
@@ -354,7 +357,7 @@ fn a_lost_lead_message_times_the_partition_out_and_the_retry_solves() {
     let mut sim = Sim::with_datacenter(config(vec![0, 0]), &hosts, &vms).unwrap();
     let mut dropped = 0;
     sim.set_drop_rule(Some(Box::new(move |_, _, _, m| {
-        let lead = matches!(m, Msg::Isp(dvms_node::isp::Message::Lead { .. }));
+        let lead = matches!(m, Message::Isp(isp::Message::Lead { .. }));
         if lead && dropped == 0 {
             dropped += 1;
             return true;

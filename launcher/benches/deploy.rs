@@ -8,47 +8,15 @@
 //!
 //! Needs root, like the testbed.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dvms-launch");
-const ID: &str = "40";
-
-fn state() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-state")
-}
-
-fn launch(args: &[&str]) -> String {
-    let o = Command::new(BIN)
-        .arg("--state-dir")
-        .arg(state())
-        .arg("--image-cache")
-        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("images"))
-        .args(["--id", ID])
-        .args(args)
-        .output()
-        .expect("dvms-launch runs");
-    if !o.status.success() {
-        let _ = Command::new(BIN)
-            .arg("--state-dir")
-            .arg(state())
-            .args(["--id", ID, "testbed", "down"])
-            .status();
-        panic!(
-            "dvms-launch {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use dvms_tests::Testbed;
 
 /// Seconds from deploy start to the last guest up, from the report.
-fn deploy_seconds(args: &[&str]) -> f64 {
+fn deploy_seconds(tb: &Testbed, args: &[&str]) -> f64 {
     let mut a = vec!["deploy", "--json"];
     a.extend_from_slice(args);
-    let r: serde_json::Value = serde_json::from_str(&launch(&a)).expect("JSON report");
+    let r: serde_json::Value = serde_json::from_str(&tb.ok(&a)).expect("JSON report");
     assert_eq!(r["failed"], 0, "{r}");
     r["wall_seconds"].as_f64().unwrap()
 }
@@ -82,20 +50,7 @@ fn busy_share(secs: u64) -> f64 {
     (b1 - b0) as f64 / ((b1 - b0) + (i1 - i0)) as f64
 }
 
-/// Tears the testbed down however the benchmark ends.
-struct Teardown;
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .arg("--state-dir")
-            .arg(state())
-            .args(["--id", ID, "testbed", "down"])
-            .status();
-    }
-}
-
 fn main() {
-    let _teardown = Teardown;
     let hosts: usize = std::env::var("DVMS_BENCH_HOSTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -107,9 +62,10 @@ fn main() {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    launch(&["testbed", "down"]);
+    // Torn down however the benchmark ends (the harness's drop).
+    let tb = Testbed::new(40);
     let t = Instant::now();
-    launch(&[
+    tb.ok(&[
         "testbed",
         "up",
         "--hosts",
@@ -119,15 +75,15 @@ fn main() {
     ]);
     let up = t.elapsed().as_secs_f64();
 
-    let one = deploy_seconds(&["--vms", "1"]);
-    launch(&["destroy", "--all"]);
+    let one = deploy_seconds(&tb, &["--vms", "1"]);
+    tb.ok(&["destroy", "--all"]);
     let (_, avail0) = launcher::util::meminfo_mib().unwrap();
-    let all = deploy_seconds(&["--vms", &vms.to_string()]);
+    let all = deploy_seconds(&tb, &["--vms", &vms.to_string()]);
     std::thread::sleep(std::time::Duration::from_secs(10)); // boot activity settles
     let (_, avail1) = launcher::util::meminfo_mib().unwrap();
     let idle = busy_share(10);
 
-    let dir = state().join(format!("testbed-{ID}/hosts"));
+    let dir = tb.dir().join("hosts");
     let mut pids = Vec::new();
     for h in std::fs::read_dir(&dir).unwrap().flatten() {
         if let Ok(rd) = std::fs::read_dir(h.path().join("run/qemu")) {
@@ -150,7 +106,7 @@ fn main() {
     assert_eq!(pids.len(), vms, "QEMU processes");
     let rss: u64 = pids.iter().map(|p| kib(p, "status", "VmRSS:")).sum();
     let pss: u64 = pids.iter().map(|p| kib(p, "smaps_rollup", "Pss:")).sum();
-    launch(&["testbed", "down"]);
+    tb.ok(&["testbed", "down"]);
     let n = vms as f64;
     println!("dvms-launch deploy benchmark ({cores} cores, guests of 128 MiB under TCG)");
     println!("| measure | value |");

@@ -60,7 +60,7 @@ pub fn running_pid(cluster: &Cluster, h: &Host) -> Option<i32> {
 }
 
 fn remote_alive(h: &Host, pid: i32) -> bool {
-    crate::remote::exec(h, &["kill".into(), "-0".into(), pid.to_string()])
+    crate::hosts::exec(h, &["kill".into(), "-0".into(), pid.to_string()])
         .is_ok_and(|o| o.status.success())
 }
 
@@ -76,17 +76,17 @@ fn start_over_ssh(cluster: &Cluster, h: &Host, bin: &Path, config: &Path) -> Res
         .output()?;
     anyhow::ensure!(o.status.success(), "dvms-node peer-id failed");
     let r = |name: &str| remote.join(name).to_string_lossy().into_owned();
-    crate::remote::copy_to(h, bin, &r("dvms-node"))?;
-    crate::remote::copy_to(h, &local.join("swarm.key"), &r("swarm.key"))?;
-    crate::remote::copy_to(h, &id, &r(&format!("{}.id", h.name)))?;
-    crate::remote::copy_to(h, config, &r(&format!("{}.toml", h.name)))?;
+    crate::hosts::copy_to(h, bin, &r("dvms-node"))?;
+    crate::hosts::copy_to(h, &local.join("swarm.key"), &r("swarm.key"))?;
+    crate::hosts::copy_to(h, &id, &r(&format!("{}.id", h.name)))?;
+    crate::hosts::copy_to(h, config, &r(&format!("{}.toml", h.name)))?;
     let script = format!(
         "chmod 700 {dir} && chmod 600 {dir}/swarm.key {dir}/{n}.id && chmod 755 {dir}/dvms-node && \
          (nohup {dir}/dvms-node run --config {dir}/{n}.toml >> {dir}/{n}.log 2>&1 < /dev/null & echo $!)",
-        dir = crate::remote::shell_quote(&remote.to_string_lossy()),
+        dir = crate::util::shell_quote(&remote.to_string_lossy()),
         n = h.name,
     );
-    let out = crate::remote::exec_ok(h, &["sh".into(), "-c".into(), script])?;
+    let out = crate::hosts::exec_ok(h, &["sh".into(), "-c".into(), script])?;
     let pid: i32 = out
         .trim()
         .parse()
@@ -133,7 +133,7 @@ pub fn read_event_log(cluster: &Cluster, h: &Host, offset: u64) -> Result<String
                 .with_context(|| format!("cannot read {}", path.display()))?;
             Ok(text)
         }
-        Access::Ssh { .. } => crate::remote::exec_ok(
+        Access::Ssh { .. } => crate::hosts::exec_ok(
             h,
             &[
                 "sh".into(),
@@ -141,7 +141,7 @@ pub fn read_event_log(cluster: &Cluster, h: &Host, offset: u64) -> Result<String
                 format!(
                     "[ -f {p} ] && tail -c +{} {p} || true",
                     offset + 1,
-                    p = crate::remote::shell_quote(&path.display().to_string())
+                    p = crate::util::shell_quote(&path.display().to_string())
                 ),
             ],
         ),
@@ -308,7 +308,7 @@ pub fn stop(cluster: &Cluster) -> Vec<String> {
                     let script = format!(
                         "kill {pid}; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.5; done; kill -9 {pid}"
                     );
-                    let _ = crate::remote::exec(h, &["sh".into(), "-c".into(), script]);
+                    let _ = crate::hosts::exec(h, &["sh".into(), "-c".into(), script]);
                 }
             }
             stopped.push(h.name.clone());

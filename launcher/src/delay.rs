@@ -1,7 +1,8 @@
 //! Latency emulation without `sch_netem` (absent from this kernel): iptables sends a
 //! host's incoming packets to NFQUEUE, one queue per delay value, and this process holds
 //! each packet for its queue's delay before accepting it. Delaying on ingress, not on the
-//! sender's egress, keeps TCP throughput intact (shared/testbed/RECIPE.md §6).
+//! sender's egress, keeps TCP throughput intact (measured on this kernel when the testbed
+//! was designed: a queue on egress stalls TCP's acknowledgements).
 //!
 //! Runs as `dvms-launch internal delay --netns NS --queue Q:MS ...` inside the host's
 //! network namespace. The iptables rules use `--queue-bypass`, so traffic flows
@@ -11,6 +12,16 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+
+/// One ingress delay rule of a host: packets from `src_range` are held `delay_ms`
+/// (half the RTT: the other half is added by the other side's own ingress).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelayRule {
+    pub src_first: String,
+    pub src_last: String,
+    pub queue: u16,
+    pub delay_ms: f64,
+}
 
 /// Parses `Q:MS` (queue number, one-way delay in milliseconds).
 pub fn parse_queue_spec(s: &str) -> Result<(u16, Duration)> {

@@ -154,7 +154,7 @@ pub fn deploy(
         .collect();
 
     if cluster.provider == Provider::Local && !to_boot.is_empty() {
-        // QEMU's own overhead on top of guest RAM, measured ~50 MiB (RECIPE.md §4).
+        // QEMU's own overhead on top of guest RAM, measured ~50 MiB per guest here.
         let need: u64 = to_boot.iter().map(|v| v.memory_mib + 64).sum();
         let (_, avail) = crate::util::meminfo_mib()?;
         if need + 512 > avail {
@@ -385,7 +385,7 @@ fn boot_once(
         Some(base) => {
             let overlay = cluster.overlay_path(&vm.name);
             let create = crate::image::overlay_command(&staged_base(cluster, base), &overlay);
-            crate::remote::exec_ok(host, &create)
+            crate::hosts::exec_ok(host, &create)
                 .map_err(|e| Fault::Guest(format!("overlay: {e:#}")))?;
             Some(overlay.to_string_lossy().into_owned())
         }
@@ -420,7 +420,7 @@ fn boot_once(
     let deadline = Instant::now() + opts.boot_timeout;
     let marker = format!("{GUEST_UP}{} ", vm.name);
     loop {
-        if crate::remote::console_tail(cluster, host, &vm.name, 64 * 1024)
+        if crate::hosts::console_tail(cluster, host, &vm.name, 64 * 1024)
             .is_ok_and(|t| t.contains(&marker))
         {
             return Ok(());
@@ -480,7 +480,7 @@ fn stop_orphan(host: &Host, vm: &str, why: String) -> Fault {
         Access::Ssh { .. } => {
             let script =
                 format!("p=$(cat /run/libvirt/qemu/{vm}.pid 2>/dev/null) && kill -9 \"$p\"; true");
-            crate::remote::exec_ok(host, &["sh".into(), "-c".into(), script]).is_ok()
+            crate::hosts::exec_ok(host, &["sh".into(), "-c".into(), script]).is_ok()
         }
     };
     if stopped {
@@ -502,10 +502,10 @@ fn reset_console(cluster: &Cluster, host: &Host, path: &Path) -> Result<()> {
         Provider::Ssh => {
             let script = format!(
                 "mkdir -p {} && : > {}",
-                crate::remote::shell_quote(&cluster.console_dir.to_string_lossy()),
-                crate::remote::shell_quote(&path.to_string_lossy())
+                crate::util::shell_quote(&cluster.console_dir.to_string_lossy()),
+                crate::util::shell_quote(&path.to_string_lossy())
             );
-            crate::remote::exec_ok(host, &["sh".into(), "-c".into(), script]).map(|_| ())
+            crate::hosts::exec_ok(host, &["sh".into(), "-c".into(), script]).map(|_| ())
         }
     }
 }
@@ -538,7 +538,7 @@ fn stage_images(
     let results = crate::util::fan_out(&hosts, 8, |h| -> Result<()> {
         for (src, dst) in &files {
             let size = std::fs::metadata(src)?.len();
-            let there = crate::remote::exec(
+            let there = crate::hosts::exec(
                 h,
                 &[
                     "stat".into(),
@@ -548,7 +548,7 @@ fn stage_images(
                 ],
             )?;
             if String::from_utf8_lossy(&there.stdout).trim() != size.to_string() {
-                crate::remote::copy_to(h, src, &dst.to_string_lossy())?;
+                crate::hosts::copy_to(h, src, &dst.to_string_lossy())?;
             }
         }
         Ok(())

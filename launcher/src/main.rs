@@ -10,7 +10,7 @@ use launcher::cluster::Cluster;
 use launcher::deploy::{self, DeployOptions};
 use launcher::inventory::Inventory;
 use launcher::request::{self, Addressing, Distribution};
-use launcher::{image, latency, libvirt, netns, remote, ssh, testbed};
+use launcher::{hosts, image, libvirt, netns, ssh, testbed};
 
 #[derive(Parser)]
 #[command(
@@ -175,7 +175,7 @@ enum TestbedCmd {
     /// Create N hosts (idempotent: completes or restarts what is missing).
     #[command(after_help = "Examples:\n  dvms-launch testbed up --hosts 3\n  \
         dvms-launch testbed up --hosts 6 --sites 2 --intra-site-ms 1 --inter-site-ms 20\n  \
-        dvms-launch testbed up --hosts 8 --sites 4 --latency ../shared/data/country_rtt.csv.gz\n  \
+        dvms-launch testbed up --hosts 8 --sites 4 --latency data/country_rtt.csv.gz\n  \
         dvms-launch --id 2 testbed up --hosts 2 --ssh")]
     Up(Box<UpArgs>),
     /// Remove everything of the testbed: guests, daemons, namespaces, cgroups, files. Idempotent.
@@ -206,7 +206,8 @@ struct UpArgs {
     #[arg(long, value_delimiter = ',')]
     site_names: Vec<String>,
     /// Latency matrix between sites: CSV (or .csv.gz) with columns cty1,cty2,rtt_avg (the
-    /// RIPE Atlas file in shared/data works). Without --site-names, the best-measured sites are used.
+    /// RIPE Atlas file data/country_rtt.csv.gz works). Without --site-names, the best-measured
+    /// sites are used.
     #[arg(long, conflicts_with = "inter_site_ms")]
     latency: Option<PathBuf>,
     /// Round-trip time between two sites, in ms.
@@ -423,7 +424,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let c = cli.load_cluster()?;
             let sel = c.select(hosts)?;
-            let results = remote::exec_all(&sel, command, *width);
+            let results = hosts::exec_all(&sel, command, *width);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
@@ -456,7 +457,7 @@ fn run(cli: Cli) -> Result<i32> {
                 "the destination path must be absolute: '{path}'"
             );
             let sel = c.select(hosts)?;
-            let results = launcher::util::fan_out(&sel, *width, |h| remote::copy_to(h, file, path));
+            let results = launcher::util::fan_out(&sel, *width, |h| hosts::copy_to(h, file, path));
             let mut failed = 0;
             for (h, r) in sel.iter().zip(results) {
                 match r {
@@ -520,7 +521,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Guest { vm, command } => {
             let c = cli.load_cluster()?;
             let host = libvirt::find_vm(&c, vm)?;
-            let answer = remote::guest_command(c.host(&host)?, vm, &command.join(" "))?;
+            let answer = hosts::guest_command(c.host(&host)?, vm, &command.join(" "))?;
             println!("{answer}");
             Ok(if answer.starts_with("err") { 1 } else { 0 })
         }
@@ -571,7 +572,7 @@ fn testbed_up(cli: &Cli, a: &UpArgs) -> Result<i32> {
     );
     let (names, rtt) = match &a.latency {
         Some(file) => {
-            let m = latency::RttMatrix::load(file)?;
+            let m = rtt_matrix::RttMatrix::load(file)?;
             let names = if a.site_names.is_empty() {
                 m.pick_sites(k)?
             } else {
@@ -591,7 +592,7 @@ fn testbed_up(cli: &Cli, a: &UpArgs) -> Result<i32> {
             };
             (
                 names,
-                latency::uniform(k, a.intra_site_ms, a.inter_site_ms.unwrap_or(0.0)),
+                rtt_matrix::uniform(k, a.intra_site_ms, a.inter_site_ms.unwrap_or(0.0)),
             )
         }
     };
@@ -724,7 +725,7 @@ fn status_cmd(cli: &Cli, json: bool) -> Result<i32> {
             Ok(doms) => {
                 for d in doms {
                     let up = if d.running {
-                        remote::guest_uptime(&c, h, &d.name)
+                        hosts::guest_uptime(&c, h, &d.name)
                     } else {
                         None
                     };

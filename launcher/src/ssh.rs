@@ -1,17 +1,20 @@
 //! The `ssh` provider: existing libvirt hosts reached over SSH, listed in a hosts file
 //! (TOML) or an OAR node file (one hostname per line, repeated once per core, as
-//! `$OAR_NODEFILE` is on Grid'5000). And, for trying it on one machine, SSH servers in
-//! the hosts of a local testbed.
+//! `$OAR_NODEFILE` is on Grid'5000), and their [`Transport`]: `ssh` and `scp` in batch
+//! mode with the host's key and known_hosts file. (On one machine, a testbed started
+//! with `--ssh` runs an SSH server in each of its hosts to try this provider.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::cluster::{Access, Cluster, Host, Provider};
-use crate::util::{run, write_atomic};
+use crate::remote::{self, Transport};
+use crate::util::{run, shell_quote};
 
 /// Defaults for hosts of a node file, and for fields a hosts file leaves out.
 pub struct SshDefaults {
@@ -218,69 +221,104 @@ pub fn ssh_cluster(
     }
 }
 
-/// Starts an SSH server in every host of a testbed (in the host's network and mount
-/// namespaces, so a session there sees that host's libvirt), and writes beside the
-/// testbed a client key, a known_hosts file and an OAR-style node file.
-pub fn start_testbed_sshd(cluster: &Cluster) -> Result<()> {
-    let dir = cluster.state_dir.join("ssh");
-    std::fs::create_dir_all(&dir)?;
-    for (key, comment) in [
-        ("host_key", "dvms-testbed-host"),
-        ("id_ed25519", "dvms-testbed-client"),
-    ] {
-        if !dir.join(key).exists() {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                .arg(dir.join(key)))?;
+/// A host reached over SSH.
+pub struct SshHost<'a>(pub &'a Host);
+
+impl SshHost<'_> {
+    /// `ssh` or `scp` set up for the host (batch mode, its key and known_hosts), and the
+    /// `user@address` to append.
+    fn base(&self, prog: &str) -> Result<(Command, String)> {
+        let Access::Ssh {
+            user,
+            address,
+            port,
+            key,
+            known_hosts,
+        } = &self.0.access
+        else {
+            bail!("host {} is not reached over SSH", self.0.name);
+        };
+        let mut c = Command::new(prog);
+        c.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ]);
+        c.arg(if prog == "scp" { "-P" } else { "-p" })
+            .arg(port.to_string());
+        if let Some(k) = key {
+            c.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
         }
+        if let Some(kh) = known_hosts {
+            c.arg("-o")
+                .arg(format!("UserKnownHostsFile={}", kh.display()));
+            c.args(["-o", "StrictHostKeyChecking=yes"]);
+        }
+        Ok((c, format!("{user}@{address}")))
     }
-    let host_pub = std::fs::read_to_string(dir.join("host_key.pub"))?;
-    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-    std::fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys"))?;
-    let mut known = String::new();
-    let mut nodes = String::new();
-    std::fs::create_dir_all("/run/sshd")?; // sshd's privilege-separation directory
-    let sshd = Path::new("/usr/sbin/sshd");
-    anyhow::ensure!(
-        sshd.exists(),
-        "/usr/sbin/sshd is missing: apt-get install openssh-server"
-    );
-    for h in &cluster.hosts {
-        let hd = crate::testbed::host_dir(h)?;
-        let conf = format!(
-            "ListenAddress {addr}:22\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\nPidFile {hd}/sshd.pid\nSubsystem sftp internal-sftp\n",
-            addr = h.address,
-            d = dir.display(),
-            hd = hd.display()
+}
+
+impl Transport for SshHost<'_> {
+    fn host(&self) -> &Host {
+        self.0
+    }
+
+    fn command(&self, argv: &[String]) -> Result<Command> {
+        let (mut c, target) = self.base("ssh")?;
+        c.arg(target).arg("--");
+        c.arg(
+            argv.iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" "),
         );
-        let cfg = hd.join("sshd_config");
-        write_atomic(&cfg, conf.as_bytes())?;
-        if crate::netns::read_live_pid(&hd.join("sshd.pid")).is_none() {
-            crate::remote::exec_ok(
-                h,
-                &[
-                    sshd.to_string_lossy().into_owned(),
-                    "-f".into(),
-                    cfg.to_string_lossy().into_owned(),
-                ],
-            )?;
-        }
-        known.push_str(&format!(
-            "{} {} {}\n",
-            h.address,
-            host_pub[0],
-            host_pub.get(1).unwrap_or(&"")
-        ));
-        for _ in 0..h.cpus.max(1) {
-            nodes.push_str(&h.address);
-            nodes.push('\n');
-        }
+        Ok(c)
     }
-    write_atomic(&dir.join("known_hosts"), known.as_bytes())?;
-    write_atomic(&dir.join("nodes"), nodes.as_bytes())?;
-    Ok(())
+
+    fn copy_to(&self, local: &Path, path: &str) -> Result<()> {
+        anyhow::ensure!(local.is_file(), "{} is not a file", local.display());
+        remote::make_parent_dir(self, path)?;
+        let (mut c, target) = self.base("scp")?;
+        c.arg("-q").arg(local).arg(format!("{target}:{path}"));
+        run(&mut c).with_context(|| format!("host {}: copy failed", self.0.name))?;
+        Ok(())
+    }
+
+    fn tail(&self, path: &Path, bytes: u64) -> Result<String> {
+        let argv = [
+            "tail".into(),
+            "-c".into(),
+            bytes.to_string(),
+            path.to_string_lossy().into_owned(),
+        ];
+        remote::exec_ok(self, &argv)
+    }
+
+    /// Not known over SSH (the guest's own ticks are the only clock).
+    fn age(&self, _path: &Path) -> Option<Duration> {
+        None
+    }
+
+    fn guest_command(&self, vm: &str, line: &str) -> Result<String> {
+        anyhow::ensure!(!line.contains('\n'), "one command line at a time");
+        // The socket is on the remote host; busybox nc is not assumed there, python3 is.
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX);s.settimeout(10);s.connect(sys.argv[1])\n\
+                      s.sendall(sys.argv[2].encode()+b'\\n');b=b''\nwhile not b.endswith(b'\\n'):\n c=s.recv(4096)\n if not c: break\n b+=c\nprint(b.decode().strip())";
+        let out = remote::exec_ok(
+            self,
+            &[
+                "python3".into(),
+                "-c".into(),
+                script.into(),
+                format!("/run/libvirt/qemu/{vm}.cmd.sock"),
+                line.into(),
+            ],
+        )?;
+        Ok(out.trim().to_owned())
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cluster::{Access, Cluster, Host, Provider};
 use crate::netns::{self, CGROUP_CONTROLLERS, LIBVIRT_DIRS};
+use crate::remote::{self, Transport};
 use crate::util::{run, self_exe, write_atomic};
 
 pub struct TestbedSpec {
@@ -178,7 +179,7 @@ fn bring_up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
     }
     apply_delays(&cluster)?;
     if spec.ssh {
-        crate::ssh::start_testbed_sshd(&cluster)?;
+        start_sshd(&cluster)?;
     }
     Ok(cluster)
 }
@@ -326,7 +327,7 @@ fn write_libvirt_config(d: &Path, id: u8, i: usize, ip: &str) -> Result<()> {
 
 /// Ingress delay rules of every host, from the site RTT matrix (one-way = RTT / 2 on the
 /// receiving side), and one delayer process per host.
-pub fn delay_rules(cluster: &Cluster) -> Vec<(usize, Vec<crate::latency::DelayRule>)> {
+pub fn delay_rules(cluster: &Cluster) -> Vec<(usize, Vec<crate::delay::DelayRule>)> {
     let id = cluster.testbed_id.unwrap_or(0);
     let sites = &cluster.site_names;
     let mut out = Vec::new();
@@ -354,7 +355,7 @@ pub fn delay_rules(cluster: &Cluster) -> Vec<(usize, Vec<crate::latency::DelayRu
             let (Some(first), Some(last)) = (members.iter().min(), members.iter().max()) else {
                 continue;
             };
-            rules.push(crate::latency::DelayRule {
+            rules.push(crate::delay::DelayRule {
                 src_first: host_ip(id, *first),
                 src_last: host_ip(id, *last),
                 queue: t as u16,
@@ -560,6 +561,145 @@ fn remove_cgroup_tree(dir: &Path, problems: &mut Vec<String>) {
     problems.push(format!("cgroup {} stays busy", dir.display()));
 }
 
+/// A testbed host reached from this machine: commands run in its libvirtd's namespaces
+/// (its network, and the mounts that show its own /etc/libvirt, /run/libvirt, ...),
+/// files are its own directories.
+pub struct LocalHost<'a>(pub &'a Host);
+
+impl Transport for LocalHost<'_> {
+    fn host(&self) -> &Host {
+        self.0
+    }
+
+    fn command(&self, argv: &[String]) -> Result<Command> {
+        let Access::Local { netns, .. } = &self.0.access else {
+            bail!("host {} is not a testbed host", self.0.name);
+        };
+        let mut c = Command::new(self_exe()?);
+        match libvirtd_pid(self.0) {
+            Some(pid) => c.args(["internal", "nsexec", "--pid", &pid.to_string(), "--"]),
+            None => c.args(["internal", "netns-exec", "--netns", netns, "--"]),
+        };
+        c.args(argv);
+        Ok(c)
+    }
+
+    fn copy_to(&self, local: &Path, path: &str) -> Result<()> {
+        anyhow::ensure!(local.is_file(), "{} is not a file", local.display());
+        // Inside the host's mount namespace, so that paths under /etc/libvirt etc. land in
+        // the host's own directories.
+        remote::make_parent_dir(self, path)?;
+        let cp = [
+            "cp".into(),
+            local.to_string_lossy().into_owned(),
+            path.into(),
+        ];
+        remote::exec_ok(self, &cp).map(|_| ())
+    }
+
+    fn tail(&self, path: &Path, bytes: u64) -> Result<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(bytes)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    fn age(&self, path: &Path) -> Option<Duration> {
+        std::fs::metadata(path)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()
+    }
+
+    fn guest_command(&self, vm: &str, line: &str) -> Result<String> {
+        use std::io::{BufRead, Write};
+        anyhow::ensure!(!line.contains('\n'), "one command line at a time");
+        let sock = host_dir(self.0)?
+            .join("run/qemu")
+            .join(format!("{vm}.cmd.sock"));
+        let mut s = std::os::unix::net::UnixStream::connect(&sock)
+            .with_context(|| format!("{vm}: no command port at {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut answer)
+            .with_context(|| format!("{vm}: no answer to '{line}' within 10 s"))?;
+        Ok(answer.trim().to_owned())
+    }
+}
+
+/// Starts an SSH server in every host of the testbed (in the host's network and mount
+/// namespaces, so a session there sees that host's libvirt), and writes beside the
+/// testbed a client key, a known_hosts file and an OAR-style node file.
+fn start_sshd(cluster: &Cluster) -> Result<()> {
+    let dir = cluster.state_dir.join("ssh");
+    std::fs::create_dir_all(&dir)?;
+    for (key, comment) in [
+        ("host_key", "dvms-testbed-host"),
+        ("id_ed25519", "dvms-testbed-client"),
+    ] {
+        if !dir.join(key).exists() {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(dir.join(key)))?;
+        }
+    }
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub"))?;
+    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    std::fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys"))?;
+    let mut known = String::new();
+    let mut nodes = String::new();
+    std::fs::create_dir_all("/run/sshd")?; // sshd's privilege-separation directory
+    let sshd = Path::new("/usr/sbin/sshd");
+    anyhow::ensure!(
+        sshd.exists(),
+        "/usr/sbin/sshd is missing: apt-get install openssh-server"
+    );
+    for h in &cluster.hosts {
+        let hd = host_dir(h)?;
+        let conf = format!(
+            "ListenAddress {addr}:22\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nPidFile {hd}/sshd.pid\nSubsystem sftp internal-sftp\n",
+            addr = h.address,
+            d = dir.display(),
+            hd = hd.display()
+        );
+        let cfg = hd.join("sshd_config");
+        write_atomic(&cfg, conf.as_bytes())?;
+        if crate::netns::read_live_pid(&hd.join("sshd.pid")).is_none() {
+            remote::exec_ok(
+                &LocalHost(h),
+                &[
+                    sshd.to_string_lossy().into_owned(),
+                    "-f".into(),
+                    cfg.to_string_lossy().into_owned(),
+                ],
+            )?;
+        }
+        known.push_str(&format!(
+            "{} {} {}\n",
+            h.address,
+            host_pub[0],
+            host_pub.get(1).unwrap_or(&"")
+        ));
+        for _ in 0..h.cpus.max(1) {
+            nodes.push_str(&h.address);
+            nodes.push('\n');
+        }
+    }
+    write_atomic(&dir.join("known_hosts"), known.as_bytes())?;
+    write_atomic(&dir.join("nodes"), nodes.as_bytes())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,7 +736,7 @@ mod tests {
 
     #[test]
     fn delays_are_half_the_rtt_on_the_receiving_side() {
-        let c = cluster(6, &["a", "b"], crate::latency::uniform(2, 2.0, 40.0));
+        let c = cluster(6, &["a", "b"], rtt_matrix::uniform(2, 2.0, 40.0));
         let rules = delay_rules(&c);
         assert_eq!(rules.len(), 6);
         let (h1, r1) = &rules[0];

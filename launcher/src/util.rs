@@ -43,6 +43,18 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&run(cmd)?.stdout).into_owned())
 }
 
+/// Quotes one word for a POSIX shell (ssh runs the remote command through one).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The path of this executable, to start the launcher's own helper processes.
 pub fn self_exe() -> Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot find the dvms-launch executable")
@@ -116,6 +128,18 @@ pub fn fan_out<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_quote_survives_a_shell() {
+        for s in ["plain", "with space", "it's", "$(rm -rf /)", "", "a\"b"] {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), s);
+        }
+    }
 
     #[test]
     fn fan_out_keeps_order_and_bounds_width() {

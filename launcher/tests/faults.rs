@@ -2,8 +2,7 @@
 //! that failed there and, with --retry-elsewhere, starts them on the other hosts, never
 //! twice.
 
-mod common;
-use common::*;
+use dvms_tests::*;
 
 #[test]
 fn libvirtd_killed_mid_deploy_is_reported_and_its_vms_placed_elsewhere() {
@@ -24,17 +23,21 @@ fn libvirtd_killed_mid_deploy_is_reported_and_its_vms_placed_elsewhere() {
         .spawn()
         .unwrap();
     // As soon as the first guest is up, kill h2's libvirtd (its QEMUs live on).
-    wait_for(120, "a first guest up", || {
-        std::fs::read_dir(tb.dir().join("console"))
-            .map(|rd| {
-                rd.flatten().any(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .contains("GUEST-UP")
+    expect_within(
+        std::time::Duration::from_secs(120),
+        "a first guest up",
+        || {
+            std::fs::read_dir(tb.dir().join("console"))
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        std::fs::read_to_string(e.path())
+                            .unwrap_or_default()
+                            .contains("GUEST-UP")
+                    })
                 })
-            })
-            .unwrap_or(false)
-    });
+                .unwrap_or(false)
+        },
+    );
     let pid = tb.libvirtd_pid("h2");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -82,7 +85,7 @@ fn libvirtd_killed_mid_deploy_is_reported_and_its_vms_placed_elsewhere() {
             .unwrap();
     assert_eq!(inv["vms"].as_array().unwrap().len(), 9);
     let status: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(
-        &tb.run(&["status", "--json"]).stdout,
+        &tb.launch(&["status", "--json"]).stdout,
     ))
     .unwrap();
     let on_live_hosts: Vec<(String, String)> = status["vms"]

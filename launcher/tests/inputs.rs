@@ -2,8 +2,7 @@
 //! its mapping; malformed files and impossible placements are refused with the file, the
 //! line and the problem, and nothing is created; every command explains itself.
 
-mod common;
-use common::*;
+use dvms_tests::*;
 
 use std::path::Path;
 
@@ -68,14 +67,14 @@ fn entropy_configuration_deploys_its_mapping_and_bad_inputs_create_nothing() {
         } else {
             "--entropy-config"
         };
-        let o = tb.run(&["deploy", flag, p.to_str().unwrap()]);
+        let o = tb.launch(&["deploy", flag, p.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert!(err.contains(want), "{name}: want '{want}' in: {err}");
         assert_eq!(domains(&tb), 0, "{name} created something");
     }
     // A request larger than the hosts' memory is refused before anything boots.
-    let o = tb.run(&["deploy", "--vms", "40", "--memory", "512"]);
+    let o = tb.launch(&["deploy", "--vms", "40", "--memory", "512"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("the placement does not fit") && err.contains("host h1: VMs need"),
@@ -123,7 +122,7 @@ fn every_command_explains_itself_with_examples() {
     for sub in subcommands {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");
-        let o = std::process::Command::new(BIN)
+        let o = std::process::Command::new(bin("dvms-launch"))
             .args(&args)
             .output()
             .unwrap();
@@ -134,7 +133,7 @@ fn every_command_explains_itself_with_examples() {
             assert!(text.contains("Example"), "{args:?} has no example:\n{text}");
         }
     }
-    let o = std::process::Command::new(BIN)
+    let o = std::process::Command::new(bin("dvms-launch"))
         .args(["image", "--help"])
         .output()
         .unwrap();
@@ -170,7 +169,7 @@ fn bad_command_lines_get_clear_errors() {
         ),
     ];
     for (args, want) in cases {
-        let o = tb.run(args);
+        let o = tb.launch(args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: want '{want}' in: {err}");

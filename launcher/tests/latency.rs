@@ -2,8 +2,7 @@
 //! round-trip time, within a site the intra-site one (NFQUEUE delay on ingress, since the
 //! kernel has no netem). Measured with TCP between threads placed in host namespaces.
 
-mod common;
-use common::*;
+use dvms_tests::*;
 
 use std::io::{Read, Write};
 
@@ -103,10 +102,7 @@ fn inter_site_latency_is_emulated_on_ingress() {
 #[test]
 fn sites_from_the_ripe_atlas_matrix() {
     let id = 38;
-    let data = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/country_rtt.csv.gz"
-    );
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/country_rtt.csv.gz");
     let tb = Testbed::up(
         id,
         &[

@@ -2,8 +2,7 @@
 //! launcher deploys, inspects, runs commands, copies and migrates over SSH only (an OAR
 //! node file lists the hosts, as on Grid'5000).
 
-mod common;
-use common::*;
+use dvms_tests::*;
 
 #[test]
 fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
@@ -21,7 +20,7 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
     let cluster = |args: &[&str]| -> std::process::Output {
         let mut a = vec!["--cluster", "g5k"];
         a.extend_from_slice(args);
-        tb.run(&a)
+        tb.launch(&a)
     };
     let ok = |o: std::process::Output| -> String {
         assert!(

@@ -2,8 +2,7 @@
 //! take load through cpulimit, live-migrate without restarting; and a teardown that
 //! leaves nothing behind.
 
-mod common;
-use common::*;
+use dvms_tests::*;
 
 fn cpu_time_ns(uri: &str, vm: &str) -> u64 {
     virt::error::clear_error_callback();

@@ -181,7 +181,7 @@ pub enum Message<Id> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input<Id> {
-    /// Time passes; call at least every `gossip_interval`.
+    /// Time passes: give it at [`Overlay::poll_timeout`] (earlier is harmless).
     Tick,
     /// A peer that can be contacted (bootstrap peer, or a new connection): gossip with it
     /// until it is a member.
@@ -265,6 +265,8 @@ pub struct Overlay<Id: OverlayId> {
     tombstones: HashMap<Id, ((u64, u64), Millis)>,
     seeds: BTreeSet<Id>,
     next_round: Millis,
+    /// No member can be due for suspicion or failure before this.
+    next_check: Millis,
 }
 
 impl<Id: OverlayId> Overlay<Id> {
@@ -290,7 +292,14 @@ impl<Id: OverlayId> Overlay<Id> {
             tombstones: HashMap::new(),
             seeds: BTreeSet::new(),
             next_round: 0,
+            next_check: Millis::MAX,
         }
+    }
+
+    /// When [`Input::Tick`] is next due: the next gossip round, or the next member that
+    /// may have to be suspected or dropped.
+    pub fn poll_timeout(&self) -> Millis {
+        self.next_round.min(self.next_check)
     }
 
     /// The addresses gossiped for this node.
@@ -532,16 +541,28 @@ impl<Id: OverlayId> Overlay<Id> {
     }
 
     fn check_health(&mut self, now: Millis, out: &mut Vec<Output<Id>>) {
+        if now < self.next_check {
+            return;
+        }
         let mut failed = Vec::new();
+        let mut next = Millis::MAX;
         for e in self.members.values_mut() {
             let silent = now.saturating_sub(e.fresh_at);
             if silent >= self.cfg.fail_after {
                 failed.push(e.info.id.clone());
-            } else if silent >= self.cfg.suspect_after && e.health == Health::Alive {
+                continue;
+            }
+            if silent >= self.cfg.suspect_after && e.health == Health::Alive {
                 e.health = Health::Suspected;
                 out.push(Output::Event(Event::Suspected(e.info.id.clone())));
             }
+            let due = match e.health {
+                Health::Alive => e.fresh_at + self.cfg.suspect_after,
+                Health::Suspected => e.fresh_at + self.cfg.fail_after,
+            };
+            next = next.min(due);
         }
+        self.next_check = next;
         for id in failed {
             self.remove(&id, now);
             out.push(Output::Event(Event::Failed(id)));
@@ -634,8 +655,8 @@ impl<Id: OverlayId> Overlay<Id> {
             }));
             return;
         }
-        if let Some((version, _)) = self.tombstones.get(&m.id) {
-            if m.version() <= *version {
+        if let Some((version, until)) = self.tombstones.get(&m.id) {
+            if m.version() <= *version && *until > now {
                 return;
             }
             self.tombstones.remove(&m.id);
@@ -646,6 +667,8 @@ impl<Id: OverlayId> Overlay<Id> {
                     e.info = m;
                     e.fresh_at = now;
                     if e.health == Health::Suspected {
+                        // Its next deadline is now suspicion again, sooner than failure.
+                        self.next_check = self.next_check.min(now + self.cfg.suspect_after);
                         e.health = Health::Alive;
                         out.push(Output::Event(Event::Recovered(e.info.id.clone())));
                     }
@@ -666,6 +689,7 @@ impl<Id: OverlayId> Overlay<Id> {
                     },
                 );
                 self.seeds.remove(&id);
+                self.next_check = self.next_check.min(now + self.cfg.suspect_after);
                 out.push(Output::Event(Event::Joined(id)));
             }
         }

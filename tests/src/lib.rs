@@ -1,5 +1,8 @@
-//! Helpers for the workspace integration tests in `tests/tests/`: they drive the built
-//! binaries (`dvms-launch`, `dvms-node`) against a local testbed, as a user would.
+//! The one test harness for real testbeds, shared by the launcher's tests and benches and
+//! the workspace's integration tests in `tests/tests/`: they drive the built binaries
+//! (`dvms-launch`, `dvms-node`, `dvms-replay`) against a local testbed, as a user would.
+//! Every testbed of a test run keeps its state under `target/tmp/testbed-state-ID` and
+//! shares one guest image cache, `target/tmp/images` (built once).
 //! Run with the whole workspace built: `cargo nextest run --workspace` (what CI does).
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,7 @@ fn target_tmp() -> PathBuf {
         .expect("target directory")
 }
 
+/// A fresh, empty scratch directory under `target/tmp`.
 pub fn tmp_dir(name: &str) -> PathBuf {
     let d = target_tmp().join(name);
     let _ = std::fs::remove_dir_all(&d);
@@ -39,36 +43,57 @@ pub fn tmp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// A local testbed owned by one test, torn down when dropped (also on failure).
+/// Where every testbed of the test run finds the guest image (built once).
+pub fn image_cache() -> PathBuf {
+    target_tmp().join("images")
+}
+
+/// A local testbed owned by one test: its own id and state directory, torn down when
+/// dropped (also when the test fails).
 pub struct Testbed {
     pub id: u8,
     pub state: PathBuf,
 }
 
 impl Testbed {
-    pub fn up(id: u8, args: &[&str]) -> Testbed {
+    /// A testbed not brought up yet (leftovers of an earlier crashed run removed).
+    pub fn new(id: u8) -> Testbed {
         let tb = Testbed {
             id,
             state: target_tmp().join(format!("testbed-state-{id}")),
         };
-        let _ = tb.launch(&["testbed", "down"]); // leftovers of a crashed run
-        let mut a = vec!["testbed", "up"];
-        a.extend_from_slice(args);
-        let o = tb.launch(&a);
-        assert!(
-            o.status.success(),
-            "testbed up failed:\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let _ = tb.launch(&["testbed", "down"]);
         tb
     }
 
+    /// `testbed up` with these arguments; panics with its stderr if it fails.
+    pub fn up(id: u8, args: &[&str]) -> Testbed {
+        let tb = Testbed::new(id);
+        let mut a = vec!["testbed", "up"];
+        a.extend_from_slice(args);
+        tb.ok(&a);
+        tb
+    }
+
+    /// `dvms-launch` on this testbed, not run yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("dvms-launch"));
+        c.arg("--state-dir")
+            .arg(&self.state)
+            .arg("--image-cache")
+            .arg(image_cache())
+            .arg("--id")
+            .arg(self.id.to_string())
+            .args(args);
+        c
+    }
+
     pub fn launch(&self, args: &[&str]) -> Output {
-        self.tool("dvms-launch", args)
+        self.command(args).output().expect("dvms-launch runs")
     }
 
     /// Runs a workspace tool that takes the launcher's `--state-dir` and `--id` (e.g.
-    /// `dvms-launch`, `dvms-replay`) on this testbed.
+    /// `dvms-replay`) on this testbed.
     pub fn tool(&self, name: &str, args: &[&str]) -> Output {
         Command::new(bin(name))
             .arg("--state-dir")
@@ -93,11 +118,14 @@ impl Testbed {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// `status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON")
+    }
+
     /// (vm, host) of every running guest, sorted.
     pub fn running(&self) -> Vec<(String, String)> {
-        let s: serde_json::Value =
-            serde_json::from_str(&self.ok(&["status", "--json"])).expect("status --json is JSON");
-        let mut v: Vec<(String, String)> = s["vms"]
+        let mut v: Vec<(String, String)> = self.status()["vms"]
             .as_array()
             .expect("vms")
             .iter()
@@ -121,6 +149,21 @@ impl Testbed {
     /// The testbed's own state directory (cluster, inventory, daemons' files).
     pub fn dir(&self) -> PathBuf {
         self.state.join(format!("testbed-{}", self.id))
+    }
+
+    /// A guest's console log.
+    pub fn console(&self, vm: &str) -> String {
+        std::fs::read_to_string(self.dir().join("console").join(format!("{vm}.log")))
+            .unwrap_or_default()
+    }
+
+    /// The pid of host `host`'s libvirtd.
+    pub fn libvirtd_pid(&self, host: &str) -> i32 {
+        std::fs::read_to_string(self.dir().join("hosts").join(host).join("libvirtd.pid"))
+            .expect("libvirtd pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
     }
 
     /// Every daemon's event log (`daemons start`), merged in time order; each line must be
@@ -167,6 +210,26 @@ impl Testbed {
             .collect()
     }
 
+    /// Names of the domains `virsh list` shows on every host, with its `options`.
+    pub fn domain_names(&self, options: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "exec",
+            "all",
+            "--",
+            "virsh",
+            "-q",
+            "-c",
+            "qemu:///system",
+            "list",
+        ];
+        args.extend_from_slice(options);
+        self.ok(&args)
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("=="))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
     /// The HTTP endpoint of host `h`'s daemon.
     pub fn daemon_http(&self, host: usize) -> String {
         format!("{}:7080", self.ip(host))
@@ -179,12 +242,71 @@ impl Testbed {
     pub fn ip(&self, host: usize) -> String {
         format!("10.77.{}.{host}", self.id)
     }
+
+    /// Everything that `testbed down` must remove, as found on the system.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let prefix = format!("dvms{}-", self.id);
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    left.push(format!("namespace {n}"));
+                }
+            }
+        }
+        let needle = self.state.to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&needle) && !cmd.contains("testbed down") {
+                    left.push(format!(
+                        "process {}: {cmd}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for l in mounts
+            .lines()
+            .filter(|l| l.contains(&needle) || l.contains(&prefix))
+        {
+            left.push(format!("mount {l}"));
+        }
+        for c in ["cpu", "cpuacct"] {
+            let p = format!("/sys/fs/cgroup/{c}/dvms{}", self.id);
+            if Path::new(&p).exists() {
+                left.push(format!("cgroup {p}"));
+            }
+        }
+        let link = Command::new("ip")
+            .args(["link", "show", &format!("dvms{}ctl", self.id)])
+            .output()
+            .unwrap();
+        if link.status.success() {
+            left.push("link".into());
+        }
+        if self.dir().exists() {
+            left.push(format!("directory {}", self.dir().display()));
+        }
+        left
+    }
 }
 
 impl Drop for Testbed {
     fn drop(&mut self) {
         let _ = self.launch(&["testbed", "down"]);
     }
+}
+
+/// The TICK numbers of a guest's console log, in order.
+pub fn ticks(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("TICK "))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 /// A process killed when dropped.
@@ -220,6 +342,12 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Durat
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// [`wait_for`], failing the test with `what` when `limit` passes.
+pub fn expect_within(limit: Duration, what: &str, cond: impl FnMut() -> bool) -> Duration {
+    wait_for(limit, cond)
+        .unwrap_or_else(|| panic!("timed out after {} s waiting for {what}", limit.as_secs()))
 }
 
 /// Starts the daemons and waits until each sees the others and samples its guests.

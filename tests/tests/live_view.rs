@@ -96,7 +96,7 @@ fn the_live_view_renders_what_the_daemons_status_says() {
             let at = sec.find(&format!("data-id=\"{vid}\" data-cpu=\"")).unwrap();
             let cpu: f64 = attr_values(&sec[at..], "data-cpu")[0].parse().unwrap();
             assert!(
-                (cpu - v["cpu"].as_f64().unwrap()).abs() < 8.0,
+                (cpu - v["cpu_demand"].as_f64().unwrap()).abs() < 8.0,
                 "{vid}: {cpu} vs {v}"
             );
         }

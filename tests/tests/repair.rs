@@ -123,7 +123,7 @@ fn an_overloaded_host_is_repaired_by_live_migration_within_10_s_and_no_guest_sto
             sched["load"].as_f64().unwrap() < 1.0
                 && sched["role"]["role"] == "free"
                 && vms.len() < 4
-                && vms.iter().all(|v| v["cpu"].as_f64().unwrap() > 15.0)
+                && vms.iter().all(|v| v["cpu_demand"].as_f64().unwrap() > 15.0)
         })
     });
     let h1 = status(&http1).unwrap();

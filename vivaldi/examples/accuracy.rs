@@ -1,7 +1,7 @@
 //! Vivaldi's accuracy on real Internet latencies (RIPE Atlas, country to country).
 //!
 //!     cargo run --release -p vivaldi --example accuracy -- \
-//!         --data ../shared/data/country_rtt.csv.gz --seed 1 --holdout 0.2 --noise
+//!         --data data/country_rtt.csv.gz --seed 1 --holdout 0.2 --noise
 //!
 //! Keeps a random share of the measured pairs out of training; every node observes random
 //! training neighbours for a number of rounds (with --noise each sample is drawn from the
@@ -13,7 +13,6 @@
 //! --cc, --cc-max, --ce, --window, --percentile, --rho, --cap, --smoothing.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
@@ -81,7 +80,7 @@ fn parse_args() -> Result<Args> {
         }
     }
     if a.data.is_empty() {
-        bail!("--data FILE is required (e.g. ../shared/data/country_rtt.csv.gz)");
+        bail!("--data FILE is required (e.g. data/country_rtt.csv.gz)");
     }
     if !(0.0..1.0).contains(&a.holdout) {
         bail!("--holdout must be in [0, 1)");
@@ -89,50 +88,37 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
+/// The measured pairs between distinct sites with a positive RTT (the shared parser of
+/// the RIPE Atlas format; the deviation, minimum and maximum drive the noise).
 fn load(path: &str) -> Result<(Vec<String>, Vec<Pair>)> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-    let mut text = String::new();
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_string(&mut text)
-            .context("bad gzip")?;
-    } else {
-        text = String::from_utf8(raw).context("not UTF-8")?;
-    }
+    let m = rtt_matrix::RttMatrix::load(std::path::Path::new(path))?;
     let mut names: Vec<String> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut pairs = Vec::new();
     let mut id = |s: &str, names: &mut Vec<String>| -> usize {
         *index.entry(s.to_owned()).or_insert_with(|| {
             names.push(s.to_owned());
             names.len() - 1
         })
     };
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() < 7 {
-            bail!(
-                "{path}:{}: expected cty1,cty2,rtt_cnt,rtt_avg,rtt_std,rtt_min,rtt_max",
-                i + 1
-            );
-        }
-        let num = |k: usize| {
-            f[k].trim()
-                .parse::<f64>()
-                .with_context(|| format!("{path}:{}: '{}'", i + 1, f[k]))
-        };
-        // A pair measured once has no standard deviation.
-        let std = if f[4].trim().is_empty() { 0.0 } else { num(4)? };
-        let (avg, min, max) = (num(3)?, num(5)?, num(6)?);
-        if f[0] == f[1] || avg <= 0.0 {
+    let mut pairs = Vec::new();
+    for r in m.measurements() {
+        if r.a == r.b || r.avg <= 0.0 {
             continue;
         }
-        let (a, b) = (id(f[0], &mut names), id(f[1], &mut names));
+        let (Some(min), Some(max)) = (r.min, r.max) else {
+            bail!(
+                "{path}: the pair {}-{} has no rtt_min/rtt_max (the noise needs them)",
+                r.a,
+                r.b
+            );
+        };
+        let (a, b) = (id(&r.a, &mut names), id(&r.b, &mut names));
         pairs.push(Pair {
             a,
             b,
-            avg,
-            std: std.max(0.0),
+            avg: r.avg,
+            // A pair measured once has no standard deviation.
+            std: r.std.unwrap_or(0.0),
             min: min.max(0.01),
             max: max.max(min),
         });

@@ -1,0 +1,152 @@
+//! The vocabulary every part of the core shares: time, VMs and hosts as a host reports
+//! them. CPU is counted in % of one core (a host of 8 cores has a capacity of 800), memory
+//! in MiB. A *capacity* is what a host has; a *demand* is what a VM uses or asks for.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds on the driver's clock (real or virtual); only differences matter.
+pub type Millis = u64;
+
+/// Most VMs a host state may list when it comes from the network.
+pub const MAX_VMS_PER_HOST: usize = 4096;
+
+/// A VM, as the hypervisor names it (the libvirt UUID in the daemon, an index in the
+/// simulator). Text formats (JSON) carry it as a decimal string: JSON numbers stop at 64
+/// bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId(pub u128);
+
+impl Serialize for VmId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(&self.0)
+        } else {
+            s.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VmId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map(VmId).map_err(serde::de::Error::custom)
+        } else {
+            u128::deserialize(d).map(VmId)
+        }
+    }
+}
+
+/// A VM as its host reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    pub id: VmId,
+    /// CPU it uses now, % of one core.
+    pub cpu_demand: f64,
+    /// Memory it holds, MiB.
+    pub mem_mib: u64,
+    /// Must not move (it migrated recently, or is migrating).
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+/// What a host reports of itself: its capacities and the VMs it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct HostState {
+    /// CPU capacity, % of one core (800 for 8 cores).
+    pub cpu_capacity: f64,
+    /// Memory capacity, MiB.
+    pub mem_capacity_mib: u64,
+    pub vms: Vec<VmState>,
+}
+
+impl HostState {
+    /// CPU its VMs use, % of one core.
+    pub fn cpu_demand(&self) -> f64 {
+        self.vms.iter().map(|v| v.cpu_demand).sum()
+    }
+
+    /// Memory its VMs hold, MiB (saturating: a sum past u64 is no real host).
+    pub fn mem_used_mib(&self) -> u64 {
+        self.vms
+            .iter()
+            .fold(0u64, |sum, v| sum.saturating_add(v.mem_mib))
+    }
+
+    /// CPU demand over CPU capacity (0 for a host without capacity).
+    pub fn load(&self) -> f64 {
+        if self.cpu_capacity > 0.0 {
+            self.cpu_demand() / self.cpu_capacity
+        } else {
+            0.0
+        }
+    }
+
+    /// Capacities and demands finite and non-negative, a bounded VM list.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.cpu_capacity.is_finite() && self.cpu_capacity >= 0.0) {
+            return Err(format!("host CPU capacity {}", self.cpu_capacity));
+        }
+        if self.vms.len() > MAX_VMS_PER_HOST {
+            return Err(format!("{} VMs on one host", self.vms.len()));
+        }
+        if let Some(v) = self
+            .vms
+            .iter()
+            .find(|v| !(v.cpu_demand.is_finite() && v.cpu_demand >= 0.0))
+        {
+            return Err(format!("VM {:?} with CPU demand {}", v.id, v.cpu_demand));
+        }
+        Ok(())
+    }
+
+    /// The same state with non-finite or negative CPU figures read as 0 (what a local
+    /// hypervisor sample may carry after a counter reset).
+    pub fn sanitized(mut self) -> HostState {
+        let clean = |x: f64| if x.is_finite() && x >= 0.0 { x } else { 0.0 };
+        self.cpu_capacity = clean(self.cpu_capacity);
+        for v in &mut self.vms {
+            v.cpu_demand = clean(v.cpu_demand);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_is_demand_over_capacity_and_bad_numbers_are_named() {
+        let vm = |cpu_demand| VmState {
+            id: VmId(1),
+            cpu_demand,
+            mem_mib: 512,
+            pinned: false,
+        };
+        let h = HostState {
+            cpu_capacity: 200.0,
+            mem_capacity_mib: 4096,
+            vms: vec![vm(50.0), vm(100.0)],
+        };
+        assert_eq!(h.cpu_demand(), 150.0);
+        assert_eq!(h.load(), 0.75);
+        assert_eq!(h.mem_used_mib(), 1024);
+        assert!(h.validate().is_ok());
+        let bad = HostState {
+            vms: vec![vm(f64::NAN)],
+            ..h.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("CPU demand"));
+        assert_eq!(bad.sanitized().cpu_demand(), 0.0);
+        assert_eq!(HostState::default().load(), 0.0);
+    }
+
+    #[test]
+    fn vm_ids_are_decimal_strings_in_json_and_integers_on_the_wire() {
+        let id = VmId(u128::MAX - 3);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", u128::MAX - 3));
+        assert_eq!(serde_json::from_str::<VmId>(&json).unwrap(), id);
+    }
+}

@@ -1,0 +1,90 @@
+//! What ISP state machines say to each other, and the checks a message from a peer must
+//! pass before it reaches one.
+
+use serde::{Deserialize, Serialize};
+
+use super::dossier::Dossier;
+use super::partition::{Kind, PartitionId, Phase, MAX_MEMBERS};
+use crate::host::{HostState, VmId};
+
+/// Another partition, as a busy node describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionInfo<Id> {
+    pub id: PartitionId<Id>,
+    pub leader: Id,
+    pub phase: Phase,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message<Id> {
+    /// Leader → candidate: will you join partition `id`?
+    Join { id: PartitionId<Id>, kind: Kind },
+    /// Candidate → leader: reserved for `id`; here is my state.
+    Joined {
+        id: PartitionId<Id>,
+        host: HostState,
+    },
+    /// Candidate → leader: I am in another partition (if known).
+    Busy {
+        id: PartitionId<Id>,
+        other: Option<PartitionInfo<Id>>,
+    },
+    /// Leader → joined candidate: you lead now.
+    Lead { dossier: Dossier<Id> },
+    /// Leader → members: keep-alive and leader changes.
+    Update {
+        id: PartitionId<Id>,
+        epoch: u64,
+        phase: Phase,
+        absorbed: Vec<PartitionId<Id>>,
+    },
+    /// Member → leader: alive, with its current state.
+    Ack {
+        id: PartitionId<Id>,
+        host: HostState,
+    },
+    /// Leader of a blocked partition → leader of the smaller blocked partition `into`:
+    /// take my partition.
+    Merge {
+        into: PartitionId<Id>,
+        dossier: Dossier<Id>,
+    },
+    /// Leader of the smaller blocked partition `into` → a larger one's leader: hand over.
+    MergeAsk { into: PartitionId<Id> },
+    /// Reply to `Merge`: not absorbed; the sender leads on.
+    MergeRefused { id: PartitionId<Id> },
+    /// Leader → source host: live-migrate `vm` to `to`.
+    Migrate {
+        id: PartitionId<Id>,
+        vm: VmId,
+        to: Id,
+    },
+    /// Source host → leader: the migration ended.
+    Migrated {
+        id: PartitionId<Id>,
+        vm: VmId,
+        ok: bool,
+    },
+    /// Leader → members: the partition is over; `moved` VMs are in cooldown.
+    Dissolve {
+        id: PartitionId<Id>,
+        moved: Vec<VmId>,
+    },
+}
+
+impl<Id> Message<Id> {
+    /// Checks what a peer sent before it reaches the state machine.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Message::Joined { host, .. } | Message::Ack { host, .. } => host.validate(),
+            Message::Lead { dossier } | Message::Merge { dossier, .. } => dossier.validate(),
+            Message::Update { absorbed, .. } if absorbed.len() > MAX_MEMBERS => {
+                Err(format!("{} absorbed partitions", absorbed.len()))
+            }
+            Message::Dissolve { moved, .. } if moved.len() > MAX_MEMBERS * 16 => {
+                Err(format!("{} moved VMs", moved.len()))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! One DVMS node: its membership layer (the overlay) and its ISP, wired together once.
+//! The daemon drives it with real time, libp2p and libvirt; the simulator with virtual
+//! time, a modelled network and modelled hypervisors. Neither wires overlay and ISP
+//! itself.
+//!
+//! The driver loop, as in quinn-proto or str0m:
+//!
+//! ```
+//! use dvms_core::node::{Input, Node, NodeConfig, Output};
+//! use rand::SeedableRng;
+//!
+//! /// Carries out what `from` asks: here, hands its messages to `to` at once.
+//! fn pump(from: &mut Node<u32>, to: &mut Node<u32>, now: u64) {
+//!     let me = *from.id();
+//!     while let Some(out) = from.poll_output() {
+//!         if let Output::Send { msg, .. } = out {
+//!             to.handle(now, Input::Message { from: me, msg });
+//!         }
+//!     }
+//! }
+//!
+//! let cfg = NodeConfig::default();
+//! let mut a = Node::new(1u32, 1, &cfg, rand::rngs::StdRng::seed_from_u64(1));
+//! let mut b = Node::new(2u32, 1, &cfg, rand::rngs::StdRng::seed_from_u64(2));
+//! b.handle(0, Input::Seed(1)); // b knows a's address (a bootstrap peer)
+//! let mut now = 0;
+//! while now < 2_000 {
+//!     pump(&mut a, &mut b, now);
+//!     pump(&mut b, &mut a, now);
+//!     // Sleep until the earliest timeout, then let the nodes act.
+//!     now = a.poll_timeout().into_iter().chain(b.poll_timeout()).min().unwrap_or(now + 100);
+//!     a.handle_timeout(now);
+//!     b.handle_timeout(now);
+//! }
+//! assert!(a.membership().is_alive(&2) && b.membership().is_alive(&1));
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+
+use overlay::{Overlay, OverlayId};
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::host::{HostState, Millis, VmId};
+use crate::isp::{self, Isp, Neighbours};
+
+/// What the node needs of its membership layer: the overlay's inputs and outputs, its
+/// timeouts, and the query partitions grow by.
+pub trait Membership<Id>: Neighbours<Id> {
+    fn handle(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+    ) -> Vec<overlay::Output<Id>>;
+
+    /// When [`overlay::Input::Tick`] is next due.
+    fn poll_timeout(&self) -> Option<Millis>;
+}
+
+impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
+    fn handle(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+    ) -> Vec<overlay::Output<Id>> {
+        Overlay::handle(self, now, input, rng)
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
+        Some(Overlay::poll_timeout(self))
+    }
+}
+
+impl<Id: OverlayId> Neighbours<Id> for Overlay<Id> {
+    fn best_outside(&self, from: &Id, exclude: &dyn Fn(&Id) -> bool) -> Option<Id> {
+        let found = Overlay::best_outside(self, from, exclude);
+        // A leader that does not know the initiator's coordinate yet grows around itself.
+        found.or_else(|| {
+            (self.coordinate_of(from).is_none() && from != self.id())
+                .then(|| Overlay::best_outside(self, self.id(), exclude))
+                .flatten()
+        })
+    }
+}
+
+impl<Id, M: Membership<Id> + ?Sized> Neighbours<Id> for Box<M> {
+    fn best_outside(&self, from: &Id, exclude: &dyn Fn(&Id) -> bool) -> Option<Id> {
+        (**self).best_outside(from, exclude)
+    }
+}
+
+impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
+    fn handle(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+    ) -> Vec<overlay::Output<Id>> {
+        (**self).handle(now, input, rng)
+    }
+
+    fn poll_timeout(&self) -> Option<Millis> {
+        (**self).poll_timeout()
+    }
+}
+
+/// A message between two nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message<Id> {
+    Overlay(overlay::Message<Id>),
+    Isp(isp::Message<Id>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input<Id> {
+    Message {
+        from: Id,
+        msg: Message<Id>,
+    },
+    /// A peer that can be contacted (a bootstrap peer, a new connection).
+    Seed(Id),
+    /// A measured round-trip time to `peer`, ms.
+    Rtt {
+        peer: Id,
+        rtt_ms: f64,
+    },
+    /// This host's current state.
+    Monitor(HostState),
+    /// This host's hypervisor could not be sampled.
+    HypervisorDown,
+    /// A migration this node started ended.
+    MigrationDone {
+        vm: VmId,
+        ok: bool,
+    },
+    /// This node stops: it leaves its partition (a leader dissolves it), then the
+    /// overlay.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output<Id> {
+    Send {
+        to: Id,
+        msg: Message<Id>,
+    },
+    /// Start the live migration of local `vm` to host `to`; report
+    /// [`Input::MigrationDone`].
+    Migrate {
+        vm: VmId,
+        to: Id,
+    },
+    /// Membership changes (a failed or departed peer is also handed to the ISP).
+    Overlay(overlay::Event<Id>),
+    /// Scheduling events.
+    Isp(isp::Event<Id>),
+}
+
+/// The settings of a node's two state machines.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub overlay: overlay::Config,
+    pub isp: isp::Config,
+}
+
+/// One node: membership `M` (the overlay by default) and the ISP.
+pub struct Node<Id, M = Overlay<Id>> {
+    membership: M,
+    isp: Isp<Id>,
+    rng: StdRng,
+    out: VecDeque<Output<Id>>,
+}
+
+impl<Id: OverlayId> Node<Id, Overlay<Id>> {
+    /// A node with its own overlay. `incarnation` must grow at every restart (the daemon
+    /// uses its start time); `rng` is its only source of randomness.
+    pub fn new(id: Id, incarnation: u64, cfg: &NodeConfig, rng: StdRng) -> Self {
+        let overlay = Overlay::new(id.clone(), incarnation, cfg.overlay.clone());
+        Node::with_membership(id, incarnation, cfg.isp.clone(), overlay, rng)
+    }
+}
+
+impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
+    pub fn with_membership(
+        id: Id,
+        incarnation: u64,
+        isp: isp::Config,
+        membership: M,
+        rng: StdRng,
+    ) -> Self {
+        Node {
+            membership,
+            isp: Isp::new(id, incarnation, isp),
+            rng,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn id(&self) -> &Id {
+        self.isp.id()
+    }
+
+    pub fn membership(&self) -> &M {
+        &self.membership
+    }
+
+    /// For settings the membership layer takes at run time (e.g. its own addresses).
+    pub fn membership_mut(&mut self) -> &mut M {
+        &mut self.membership
+    }
+
+    pub fn isp(&self) -> &Isp<Id> {
+        &self.isp
+    }
+
+    pub fn handle(&mut self, now: Millis, input: Input<Id>) {
+        match input {
+            Input::Message {
+                from,
+                msg: Message::Overlay(msg),
+            } => self.feed_overlay(now, overlay::Input::Message { from, msg }),
+            Input::Message {
+                from,
+                msg: Message::Isp(msg),
+            } => self.feed_isp(now, isp::Input::Message { from, msg }),
+            Input::Seed(id) => self.feed_overlay(now, overlay::Input::Seed(id)),
+            Input::Rtt { peer, rtt_ms } => {
+                self.feed_overlay(now, overlay::Input::Rtt { peer, rtt_ms })
+            }
+            Input::Monitor(h) => self.feed_isp(now, isp::Input::Monitor(h)),
+            Input::HypervisorDown => self.feed_isp(now, isp::Input::HypervisorDown),
+            Input::MigrationDone { vm, ok } => {
+                self.feed_isp(now, isp::Input::MigrationDone { vm, ok })
+            }
+            Input::Shutdown => {
+                self.feed_isp(now, isp::Input::Shutdown);
+                self.feed_overlay(now, overlay::Input::Leave);
+            }
+        }
+    }
+
+    /// When [`Node::handle_timeout`] next has something to do, if no input comes first.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        match (self.membership.poll_timeout(), self.isp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Does what is due at `now`: the overlay's round and health checks first (a peer it
+    /// declares failed reaches the ISP before the ISP's own timers).
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.membership.poll_timeout().is_some_and(|t| t <= now) {
+            self.feed_overlay(now, overlay::Input::Tick);
+        }
+        if self.isp.poll_timeout().is_some_and(|t| t <= now) {
+            let outs = self.isp.handle_timeout(now, &self.membership);
+            self.route_isp(outs);
+        }
+    }
+
+    /// The next thing the driver must do (send, migrate) or may record (an event).
+    pub fn poll_output(&mut self) -> Option<Output<Id>> {
+        self.out.pop_front()
+    }
+
+    fn feed_overlay(&mut self, now: Millis, input: overlay::Input<Id>) {
+        let outs = self.membership.handle(now, input, &mut self.rng);
+        for o in outs {
+            match o {
+                overlay::Output::Send { to, msg } => self.out.push_back(Output::Send {
+                    to,
+                    msg: Message::Overlay(msg),
+                }),
+                overlay::Output::Event(e) => {
+                    let gone = match &e {
+                        overlay::Event::Failed(p) | overlay::Event::Left(p) => Some(p.clone()),
+                        _ => None,
+                    };
+                    self.out.push_back(Output::Overlay(e));
+                    if let Some(p) = gone {
+                        self.feed_isp(now, isp::Input::PeerFailed(p));
+                    }
+                }
+            }
+        }
+    }
+
+    fn feed_isp(&mut self, now: Millis, input: isp::Input<Id>) {
+        let outs = self.isp.handle(now, input, &self.membership);
+        self.route_isp(outs);
+    }
+
+    fn route_isp(&mut self, outs: Vec<isp::Output<Id>>) {
+        for o in outs {
+            self.out.push_back(match o {
+                isp::Output::Send { to, msg } => Output::Send {
+                    to,
+                    msg: Message::Isp(msg),
+                },
+                isp::Output::Migrate { vm, to } => Output::Migrate { vm, to },
+                isp::Output::Event(e) => Output::Isp(e),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::Harness;
+    use crate::host::VmState;
+
+    fn host(vms: &[(u128, f64)]) -> HostState {
+        HostState {
+            cpu_capacity: 100.0,
+            mem_capacity_mib: 8192,
+            vms: vms
+                .iter()
+                .map(|&(id, cpu_demand)| VmState {
+                    id: VmId(id),
+                    cpu_demand,
+                    mem_mib: 1024,
+                    pinned: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// Three nodes with real overlays: they find each other by gossip, an overload of
+    /// node 1 grows a partition through the overlay's neighbour query, and when a member
+    /// goes silent the overlay's failure detection (4 s) removes it from the partition
+    /// (the leader's own keep-alive timeout is set far longer here, so only the overlay
+    /// can have told it).
+    #[test]
+    fn the_overlay_finds_partners_and_its_failures_reach_the_partition() {
+        let mut h: Harness<Overlay<u32>> = Harness::new();
+        let cfg = overlay::Config::default();
+        let isp = isp::Config {
+            partition_timeout_ms: 60_000,
+            ..isp::Config::default()
+        };
+        let full = |id| host(&[(id, 95.0)]);
+        let vms = [host(&[(1, 60.0), (2, 60.0)]), full(3), full(4)];
+        for (id, state) in (1..=3).zip(vms) {
+            h.add_with(id, isp.clone(), Overlay::new(id, 0, cfg.clone()), state);
+        }
+        h.input(2, Input::Seed(1));
+        h.input(3, Input::Seed(1));
+        h.run_until(1_500);
+        for id in 1..=3 {
+            assert_eq!(
+                h.node(id).membership().len(),
+                2,
+                "node {id} knows the others"
+            );
+        }
+        // Node 1 is overloaded from 2 s on; nobody has room: all three block together.
+        h.run_until(6_000);
+        let leader = (1..=3)
+            .find(|id| h.node(*id).isp().leading().is_some())
+            .expect("a leader");
+        let members = h.node(leader).isp().leading().unwrap().member_ids();
+        assert_eq!(members.len(), 3, "{members:?}");
+        let silent = *members.iter().find(|m| **m != leader && **m != 1).unwrap();
+        h.silence(silent);
+        let t0 = h.now();
+        h.run_until(t0 + 6_000);
+        let failed_at = h
+            .log
+            .iter()
+            .find(|r| {
+                r.node == leader && r.output == Output::Overlay(overlay::Event::Failed(silent))
+            })
+            .map(|r| r.at)
+            .expect("the overlay declared it failed");
+        let lost_at = h
+            .events()
+            .find(|(_, n, e)| {
+                *n == leader
+                    && matches!(e, isp::Event::MemberLost { member, .. } if *member == silent)
+            })
+            .map(|(t, _, _)| t)
+            .expect("removed from the partition");
+        assert_eq!(lost_at, failed_at);
+        assert!(lost_at <= t0 + 4_500, "{lost_at} vs silence at {t0}");
+    }
+}

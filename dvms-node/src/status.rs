@@ -1,0 +1,50 @@
+//! What `GET /status` returns: this node's view of the overlay and, when it schedules,
+//! of its host and partition. The runtime fills it; the HTTP side only serves it.
+
+use dvms_core::host::HostState;
+use dvms_core::isp::RoleView;
+use serde::Serialize;
+
+use crate::NodeId;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub incarnation: u64,
+    pub uptime_ms: u64,
+    pub listen: Vec<String>,
+    pub mode: overlay::Mode,
+    pub coordinate: vivaldi::Coord,
+    pub error: f64,
+    /// Every other member, in ring order after this node.
+    pub members: Vec<MemberStatus>,
+    pub suspected: Vec<NodeId>,
+    /// The node a partition started here would grow by first.
+    pub best_outside_self: Option<NodeId>,
+    pub connected_peers: usize,
+    /// The scheduler's view, when the daemon schedules this host.
+    pub scheduler: Option<SchedulerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SchedulerStatus {
+    pub libvirt_uri: String,
+    pub dry_run: bool,
+    /// The last sample of this host: capacities and VMs with their CPU use.
+    pub host: Option<HostState>,
+    /// CPU demand over CPU capacity.
+    pub load: f64,
+    pub threshold: f64,
+    pub overloaded: bool,
+    /// This node's part in a partition.
+    pub role: RoleView<NodeId>,
+    /// The last plans this node computed as a leader.
+    pub last_plans: Vec<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    #[serde(flatten)]
+    pub view: overlay::MemberView<NodeId>,
+    pub connected: bool,
+}

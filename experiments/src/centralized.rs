@@ -1,0 +1,268 @@
+//! The centralized baseline, Entropy-like: one scheduler that every period collects the
+//! whole datacenter's state, builds the problem with the same builder as DVMS
+//! ([`Instance`]), solves it with the same solver (its work charged as virtual time by
+//! the run's [`SolveCost`]), and applies the plan with the same planner, round by round.
+//! A round that finds a plan still being applied is skipped. Overloads are detected as
+//! the daemons detect them (same [`Detector`], thresholds and hold time), and migrated
+//! VMs get the same cooldown.
+//!
+//! A state machine of its own: the engine feeds it the hosts' monitoring and the ends of
+//! migrations, calls it when [`Central::poll_timeout`] is due, and carries out its
+//! orders on the modelled datacenter.
+
+use std::collections::VecDeque;
+
+use dvms_core::host::{HostState, Millis, VmId};
+use dvms_core::instance::{HostRule, Instance};
+use dvms_core::load::{Change, Cooldowns, Detector, Thresholds};
+use dvms_core::placement::{self, Budget, Outcome, SolverConfig};
+use dvms_core::plan::{self, Limits, Migration};
+use serde::{Deserialize, Serialize};
+
+use crate::cost::SolveCost;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CentralConfig {
+    /// Period of the scheduler's rounds, ms.
+    pub period_ms: Millis,
+    /// Budget of each exact search; by default the run's (the daemons') budget.
+    pub budget: Option<Budget>,
+}
+
+impl Default for CentralConfig {
+    fn default() -> Self {
+        CentralConfig {
+            period_ms: 30_000,
+            budget: None,
+        }
+    }
+}
+
+impl CentralConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.period_ms == 0 {
+            return Err("centralized.period_ms must be positive".into());
+        }
+        if matches!(
+            self.budget,
+            Some(Budget::LpIterations(0) | Budget::TimeMs(_))
+        ) {
+            return Err(
+                "centralized.budget must be a positive number of LP iterations (runs are deterministic)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Round {
+    /// A plan is still being applied: nothing collected.
+    Skipped,
+    /// State collected from `hosts` hosts; none over its threshold.
+    NothingToDo { hosts: usize },
+    /// State collected from `hosts` hosts and solved in `compute_ms` of virtual time;
+    /// `planned`: a plan will be applied (else the overloads are left).
+    Solved {
+        hosts: usize,
+        compute_ms: Millis,
+        planned: bool,
+    },
+}
+
+/// A plan being applied.
+struct Applying {
+    /// The hosts over their threshold when the state was collected.
+    overloaded: Vec<usize>,
+    rounds: VecDeque<Vec<Migration>>,
+    /// Migrations of the current round still running.
+    running: usize,
+    /// A migration failed or was refused: the rest of the plan is dropped.
+    failed: bool,
+}
+
+/// The scheduler's state.
+pub struct Central {
+    cfg: CentralConfig,
+    thresholds: Thresholds,
+    detectors: Vec<Detector>,
+    cooldowns: Cooldowns<usize>,
+    applying: Option<Applying>,
+    /// Collecting the state and sending the orders: the RTT to the farthest host and half
+    /// of it again, ms.
+    delay_ms: Millis,
+    next_round: Millis,
+    /// When the current plan's first round starts.
+    apply_at: Option<Millis>,
+}
+
+impl Central {
+    /// `farthest_rtt_ms`: the RTT from the scheduler to its farthest host.
+    pub fn new(
+        cfg: CentralConfig,
+        hosts: usize,
+        thresholds: Thresholds,
+        farthest_rtt_ms: f64,
+    ) -> Central {
+        Central {
+            next_round: cfg.period_ms,
+            detectors: vec![Detector::new(thresholds.clone()); hosts],
+            cooldowns: Cooldowns::new(thresholds.vm_cooldown_ms),
+            thresholds,
+            applying: None,
+            delay_ms: (farthest_rtt_ms * 1.5).ceil() as Millis,
+            apply_at: None,
+            cfg,
+        }
+    }
+
+    /// When [`Central::round`] or [`Central::next_orders`] is next due.
+    pub fn poll_timeout(&self) -> Millis {
+        self.apply_at
+            .map_or(self.next_round, |a| a.min(self.next_round))
+    }
+
+    pub fn round_due(&self, now: Millis) -> bool {
+        now >= self.next_round
+    }
+
+    pub fn apply_due(&self, now: Millis) -> bool {
+        self.apply_at.is_some_and(|a| now >= a)
+    }
+
+    /// A host's agent reports its load: overload detection as in the daemon.
+    pub fn monitor(&mut self, now: Millis, host: usize, load: f64) -> Option<Change> {
+        self.detectors.get_mut(host)?.update(now, load)
+    }
+
+    /// A fresh detector for a host that came back.
+    pub fn host_restarted(&mut self, host: usize) {
+        if let Some(d) = self.detectors.get_mut(host) {
+            *d = Detector::new(self.thresholds.clone());
+        }
+    }
+
+    /// One round: the live hosts' states (host index, state) collected, solved, and the
+    /// plan's application scheduled.
+    pub fn round(
+        &mut self,
+        now: Millis,
+        states: &[(usize, HostState)],
+        solver: &SolverConfig,
+        limits: Limits,
+        cost: &SolveCost,
+    ) -> Round {
+        self.next_round = now + self.cfg.period_ms;
+        if self.applying.is_some() {
+            return Round::Skipped;
+        }
+        let pinned: Vec<(usize, HostState)> = states
+            .iter()
+            .map(|(h, s)| {
+                let mut s = s.clone();
+                for v in &mut s.vms {
+                    v.pinned = self.cooldowns.pinned(&(v.id.0 as usize), now);
+                }
+                (*h, s)
+            })
+            .collect();
+        let high = self.thresholds.high;
+        let instance = Instance::new(high, pinned.iter().map(|(h, s)| (*h, s, HostRule::Open)));
+        let p = &instance.problem;
+        let overloaded: Vec<usize> = p.overloaded().iter().map(|i| instance.hosts[*i]).collect();
+        let hosts = states.len();
+        if overloaded.is_empty() {
+            return Round::NothingToDo { hosts };
+        }
+        let solver = SolverConfig {
+            budget: self.cfg.budget.or(solver.budget),
+            ..solver.clone()
+        };
+        let answer = placement::solve(p, &solver);
+        let compute_ms = cost.millis(&answer.work);
+        let planned = match answer.outcome {
+            Outcome::Solved(s) => {
+                plan::plan(&instance.planning_problem(), &s.placement, limits).ok()
+            }
+            Outcome::Infeasible(_) | Outcome::Unknown(_) => None,
+        };
+        let Some(planned) = planned else {
+            return Round::Solved {
+                hosts,
+                compute_ms,
+                planned: false,
+            };
+        };
+        let index = |vm: VmId| vm.0 as usize;
+        let rounds = instance
+            .steps(&planned)
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|m| Migration {
+                        vm: index(m.vm),
+                        from: m.from,
+                        to: m.to,
+                    })
+                    .collect()
+            })
+            .collect();
+        self.applying = Some(Applying {
+            overloaded,
+            rounds,
+            running: 0,
+            failed: false,
+        });
+        self.apply_at = Some(now + self.delay_ms + compute_ms);
+        Round::Solved {
+            hosts,
+            compute_ms,
+            planned: true,
+        }
+    }
+
+    /// The orders of the plan's next round (`None`: the plan is over, see
+    /// [`Central::finish_plan`]).
+    pub fn next_orders(&mut self) -> Option<Vec<Migration>> {
+        self.apply_at = None;
+        let a = self.applying.as_mut()?;
+        if a.failed {
+            return None;
+        }
+        a.rounds.pop_front()
+    }
+
+    /// How many of a round's orders started; a refused one (the state changed since it
+    /// was collected) makes the plan stale: the rest is dropped.
+    pub fn round_started(&mut self, started: usize, refused: usize) {
+        if let Some(a) = &mut self.applying {
+            a.running = started;
+            a.failed |= refused > 0;
+        }
+    }
+
+    /// A migration of the plan ended; true when its round is over (the engine then asks
+    /// for the next orders).
+    pub fn migration_done(&mut self, now: Millis, vm: usize, ok: bool) -> bool {
+        if ok {
+            self.cooldowns.migrated(vm, now);
+        }
+        let Some(a) = &mut self.applying else {
+            return false;
+        };
+        a.failed |= !ok;
+        a.running = a.running.saturating_sub(1);
+        a.running == 0
+    }
+
+    /// Ends the plan: the hosts that were over their threshold when it was made, and
+    /// whether it failed.
+    pub fn finish_plan(&mut self, now: Millis) -> Option<(Vec<usize>, bool)> {
+        let a = self.applying.take()?;
+        self.cooldowns.expire(now);
+        Some((a.overloaded, a.failed))
+    }
+}

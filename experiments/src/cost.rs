@@ -1,0 +1,70 @@
+//! The virtual time a solve costs: a linear model over the solver's deterministic work
+//! counters ([`Work`]), so that a run charges compute time without reading a clock and a
+//! seed gives the same run on any machine. The coefficients were fitted on this project's
+//! 2-core machine (release build) with `cargo bench -p experiments --bench solve_cost`,
+//! which prints the measured and the modelled times side by side.
+
+use dvms_core::host::Millis;
+use dvms_core::placement::Work;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SolveCost {
+    /// Fixed cost of a solve (problem built, lower bound), µs.
+    pub base_us: f64,
+    /// Per fit test of the greedy repair, ns.
+    pub greedy_step_ns: f64,
+    /// Per exact search started (the solver's set-up, whatever the model's size), µs.
+    pub exact_search_us: f64,
+    /// Per binary variable of an exact model built (building, presolve), ns.
+    pub exact_variable_ns: f64,
+    /// Per simplex iteration and variable of the model it ran on, ns.
+    pub lp_iteration_variable_ns: f64,
+}
+
+impl Default for SolveCost {
+    fn default() -> Self {
+        // Fitted on 2026-12-04 (test profile: dependencies and the core at opt-level 2).
+        SolveCost {
+            base_us: 3.0,
+            greedy_step_ns: 13.0,
+            exact_search_us: 4_400.0,
+            exact_variable_ns: 14_000.0,
+            lp_iteration_variable_ns: 76.0,
+        }
+    }
+}
+
+impl SolveCost {
+    pub fn validate(&self) -> Result<(), String> {
+        let all = [
+            self.base_us,
+            self.greedy_step_ns,
+            self.exact_search_us,
+            self.exact_variable_ns,
+            self.lp_iteration_variable_ns,
+        ];
+        if all.iter().all(|x| x.is_finite() && *x >= 0.0) {
+            Ok(())
+        } else {
+            Err("solve_cost coefficients must be finite and non-negative".into())
+        }
+    }
+
+    /// Modelled duration of a solve, µs.
+    pub fn micros(&self, w: &Work) -> f64 {
+        self.base_us
+            + self.exact_search_us * w.exact_searches as f64
+            + (self.greedy_step_ns * w.greedy_steps as f64
+                + self.exact_variable_ns * w.exact_variables as f64
+                + self.lp_iteration_variable_ns * w.lp_iteration_variables as f64)
+                / 1e3
+    }
+
+    /// Modelled duration of a solve, whole ms (rounded up: a solve takes at least 1 ms of
+    /// virtual time).
+    pub fn millis(&self, w: &Work) -> Millis {
+        (self.micros(w) / 1e3).ceil().max(1.0) as Millis
+    }
+}
