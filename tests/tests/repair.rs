@@ -269,31 +269,37 @@ fn two_overloads_in_two_sites_are_solved_by_two_partitions_within_their_sites() 
     }
 }
 
-/// 3 hosts, 2 guests each, all busy: h1's overload (60 > 50) has no room anywhere (h2, h3
-/// near 45 of 50), so its partition grows to the three hosts and blocks; h2 or h3 leads
-/// it. Returns the testbed, the leader, the daemons' ids and the guests.
+/// 3 hosts, 2 guests each, all busy: h1's overload (2 × 24 = 48 > 30) has no room
+/// anywhere (h2, h3 at 2 × 12 = 24 of 30), so its partition grows to the three hosts and
+/// blocks; h2 or h3 leads it. Returns the testbed, the leader, the daemons' ids and the
+/// guests.
+///
+/// The margins are wide because measured loads are noisy on a busy 2-core machine (a
+/// guest asked for 30 % has been measured at 26 %): a swap of one of h1's guests with
+/// one of h2's needs 24 + 12 = 36 on each side, well over 30, so no noise makes a plan;
+/// and the total load stays near half the machine, which keeps the noise down.
 fn blocked_partition(id: u8) -> (Testbed, usize, BTreeMap<String, usize>, Vec<String>) {
     let tb = Testbed::up(id, &["--hosts", "3"]);
     tb.ok(&["deploy", "--vms", "6", "--kernel-args", "dvms.tick=250"]);
-    start_daemons(&tb, 3, 2, "50");
+    start_daemons(&tb, 3, 2, "30");
     let (g1, g2, g3) = (
         guests_on(&tb, "h1"),
         guests_on(&tb, "h2"),
         guests_on(&tb, "h3"),
     );
-    load(&tb, &g2, 22);
-    load(&tb, &g3, 22);
+    load(&tb, &g2, 12);
+    load(&tb, &g3, 12);
     // h2 and h3 must be seen busy before h1 overloads: a plan made while their CPU
     // windows still show them idle swaps VMs and the partition never blocks.
     let busy = wait_for(Duration::from_secs(30), || {
         (2..=3).all(|h| {
             status(&tb.daemon_http(h))
                 .and_then(|s| s["scheduler"]["load"].as_f64())
-                .is_some_and(|l| l > 0.7)
+                .is_some_and(|l| l > 0.6)
         })
     });
     assert!(busy.is_some(), "{}", tb.ok(&["daemons", "status"]));
-    load(&tb, &g1, 30);
+    load(&tb, &g1, 24);
     let ids: BTreeMap<String, usize> = (1..=3).map(|h| (id_of(&tb, h), h)).collect();
     let blocked = wait_for(Duration::from_secs(60), || {
         tb.events()
