@@ -301,33 +301,31 @@ fn blocked_partition(id: u8) -> (Testbed, usize, BTreeMap<String, usize>, Vec<St
     assert!(busy.is_some(), "{}", tb.ok(&["daemons", "status"]));
     load(&tb, &g1, 24);
     let ids: BTreeMap<String, usize> = (1..=3).map(|h| (id_of(&tb, h), h)).collect();
-    let blocked = wait_for(Duration::from_secs(60), || {
-        tb.events()
-            .iter()
-            .any(|e| e["event"] == "blocked" && e["size"] == 3)
-    });
-    assert!(
-        blocked.is_some(),
-        "no blocked partition:\n{}\n{}",
-        dump(&tb.events()),
-        tb.ok(&["daemons", "status"])
-    );
-    // The lead may be in flight, or a noisy CPU reading may briefly end the partition
-    // (a new one forms): look for the leader for a while.
+    // The leader is the node that logged `blocked` for a 3-host partition not dissolved
+    // since (read from the event logs: a CPU-starved daemon can be slow to answer
+    // /status, and a noisy reading can end a partition and start another).
     let mut leader = None;
-    wait_for(Duration::from_secs(30), || {
-        leader = (2..=3).find(|h| {
-            status(&tb.daemon_http(*h)).is_some_and(|s| s["scheduler"]["role"]["role"] == "leader")
-        });
+    let blocked = wait_for(Duration::from_secs(90), || {
+        let log = tb.events();
+        let dissolved = |id: &serde_json::Value| {
+            log.iter()
+                .any(|e| e["event"] == "dissolved" && &e["id"] == id)
+        };
+        leader = log
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "blocked" && e["size"] == 3 && !dissolved(&e["id"]))
+            .and_then(|e| ids.get(e["node"].as_str().unwrap_or_default()).copied());
         leader.is_some()
     });
-    let leader = leader.unwrap_or_else(|| {
+    let leader = leader.filter(|_| blocked.is_some()).unwrap_or_else(|| {
         panic!(
-            "neither h2 nor h3 leads the partition:\n{}\n{}",
+            "no blocked partition of the three hosts:\n{}\n{}",
             dump(&tb.events()),
             tb.ok(&["daemons", "status"])
         )
     });
+    assert_ne!(leader, 1, "the partition grew from h1: h2 or h3 leads it");
     let guests = [g1, g2, g3].concat();
     (tb, leader, ids, guests)
 }
