@@ -2,8 +2,9 @@
 //! counters ([`Work`]), so that a run charges compute time without reading a clock and a
 //! seed gives the same run on any machine. The coefficients were fitted on this project's
 //! 2-core machine in the dev/test profile (what the repository's scripts run `dvms-sim`
-//! with: the core, the simulator and all dependencies at opt-level 2) with `cargo bench -p experiments --bench solve_cost`, which prints the
-//! measured and the modelled times side by side and a fit of its own run.
+//! with: the core, the simulator and all dependencies at opt-level 2) with
+//! `cargo bench -p experiments --bench solve_cost`, which prints the measured and the
+//! modelled times side by side and a fit of its own run.
 
 use dvms_core::host::Millis;
 use dvms_core::placement::Work;
