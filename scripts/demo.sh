@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
-cargo build -p launcher --bin dvms-launch -p dvms-node --bin dvms-node
-L=target/debug/dvms-launch
+# Release builds: what users run (a debug build checks every overflow and panics on one;
+# the tests use it, the demo does not). dvms-launch starts the dvms-node built beside it.
+cargo build --release -p launcher --bin dvms-launch -p dvms-node --bin dvms-node
+L=target/release/dvms-launch
 trap 'echo "demo failed: removing the testbed" >&2; $L testbed down >&2 || true' ERR
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -56,7 +58,7 @@ The testbed and its daemons are running. Where to look:
   $L daemons status                   # each daemon: members, VMs, load, role
   curl -s 10.77.1.1:7080/status       # one daemon's view (JSON); /metrics for Prometheus
   http://10.77.1.1:7080/              # the live view in a browser on this machine
-  cargo run -p experiments --bin dvms-replay -- --scenario experiments/scenarios/testbed-3x12.toml
+  cargo run --release -p experiments --bin dvms-replay -- --scenario experiments/scenarios/testbed-3x12.toml
                                       # a scenario's load replayed on these guests
   cat $EVENTS/h1.events.jsonl         # detection, partition, plan, migrations, dissolve
   $L guest vm-4 load 80               # more load: watch it being repaired

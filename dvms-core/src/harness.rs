@@ -49,7 +49,12 @@ impl FixedNeighbours {
 }
 
 impl Neighbours<u32> for FixedNeighbours {
-    fn best_outside(&self, _from: &u32, exclude: &dyn Fn(&u32) -> bool) -> Option<u32> {
+    fn best_outside(
+        &self,
+        _from: &u32,
+        _known: &[isp::Contact<u32>],
+        exclude: &dyn Fn(&u32) -> bool,
+    ) -> Option<u32> {
         self.order.iter().copied().find(|n| !exclude(n))
     }
 }
@@ -109,6 +114,10 @@ enum Pending {
         to: u32,
     },
     Monitor,
+    Solved {
+        node: u32,
+        answer: isp::SolveAnswer<u32>,
+    },
 }
 
 /// A rule that drops matching messages: (time, sender, receiver, message) → drop.
@@ -127,6 +136,9 @@ pub struct Harness<M> {
     pub migration_ms: Millis,
     /// Period of every node's monitoring, ms.
     pub monitor_ms: Millis,
+    /// Time every solve takes, ms (the answer comes back this much later; the node
+    /// goes on meanwhile, as the daemon's does).
+    pub solve_ms: Millis,
     /// Nodes that are down: they neither send nor receive, and their timers stop.
     silenced: BTreeSet<u32>,
     /// Migrations into these hosts fail (their hypervisor is gone).
@@ -154,6 +166,7 @@ impl<M: Membership<u32>> Harness<M> {
             latency_ms: 1,
             migration_ms: 500,
             monitor_ms: 1_000,
+            solve_ms: 0,
             silenced: BTreeSet::new(),
             failing_destinations: BTreeSet::new(),
             drop_rule: None,
@@ -294,8 +307,10 @@ impl<M: Membership<u32>> Harness<M> {
                 }
             }
             Pending::MigrationEnd { node, vm, to } => {
+                // A host the harness does not model (a peer without one) takes nothing.
                 let ok = ![node, to].iter().any(|h| self.silenced.contains(h))
-                    && !self.failing_destinations.contains(&to);
+                    && !self.failing_destinations.contains(&to)
+                    && self.hosts.contains_key(&to);
                 if ok {
                     let from = self.hosts.get_mut(&node).expect("source host");
                     if let Some(k) = from.vms.iter().position(|v| v.id == vm) {
@@ -321,6 +336,11 @@ impl<M: Membership<u32>> Harness<M> {
                 }
                 let next = self.now + self.monitor_ms;
                 self.schedule(next, Pending::Monitor);
+            }
+            Pending::Solved { node, answer } => {
+                if !self.silenced.contains(&node) {
+                    self.input(node, Input::Solved(answer));
+                }
             }
         }
     }
@@ -353,6 +373,11 @@ impl<M: Membership<u32>> Harness<M> {
                         to: *to,
                     };
                     self.schedule(at, end);
+                }
+                Output::Solve(job) => {
+                    let answer = job.clone().run();
+                    let at = self.now + self.solve_ms;
+                    self.schedule(at, Pending::Solved { node: id, answer });
                 }
                 Output::Overlay(_) | Output::Isp(_) => {}
             }

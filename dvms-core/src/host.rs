@@ -9,6 +9,12 @@ pub type Millis = u64;
 
 /// Most VMs a host state may list when it comes from the network.
 pub const MAX_VMS_PER_HOST: usize = 4096;
+/// Largest CPU capacity or demand a peer may report, % of one core (10,000 cores).
+pub const MAX_CPU: f64 = 1.0e6;
+/// Largest memory a peer may report for a host or a VM, MiB (4 PiB). With at most
+/// [`MAX_VMS_PER_HOST`] VMs per host and a few thousand hosts per partition, every memory
+/// sum the core makes stays far below `u64::MAX`.
+pub const MAX_MEM_MIB: u64 = 1 << 32;
 
 /// A VM, as the hypervisor names it (the libvirt UUID in the daemon, an index in the
 /// simulator). Text formats (JSON) carry it as a decimal string: JSON numbers stop at 64
@@ -82,20 +88,30 @@ impl HostState {
         }
     }
 
-    /// Capacities and demands finite and non-negative, a bounded VM list.
+    /// What a peer reports is checked before use: capacities and demands finite, within
+    /// [0, [`MAX_CPU`]] and [0, [`MAX_MEM_MIB`]], at most [`MAX_VMS_PER_HOST`] VMs, no VM
+    /// listed twice.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.cpu_capacity.is_finite() && self.cpu_capacity >= 0.0) {
+        let cpu_ok = |x: f64| x.is_finite() && (0.0..=MAX_CPU).contains(&x);
+        if !cpu_ok(self.cpu_capacity) {
             return Err(format!("host CPU capacity {}", self.cpu_capacity));
+        }
+        if self.mem_capacity_mib > MAX_MEM_MIB {
+            return Err(format!("host memory {} MiB", self.mem_capacity_mib));
         }
         if self.vms.len() > MAX_VMS_PER_HOST {
             return Err(format!("{} VMs on one host", self.vms.len()));
         }
-        if let Some(v) = self
-            .vms
-            .iter()
-            .find(|v| !(v.cpu_demand.is_finite() && v.cpu_demand >= 0.0))
-        {
+        if let Some(v) = self.vms.iter().find(|v| !cpu_ok(v.cpu_demand)) {
             return Err(format!("VM {:?} with CPU demand {}", v.id, v.cpu_demand));
+        }
+        if let Some(v) = self.vms.iter().find(|v| v.mem_mib > MAX_MEM_MIB) {
+            return Err(format!("VM {:?} with memory {} MiB", v.id, v.mem_mib));
+        }
+        let mut ids: Vec<VmId> = self.vms.iter().map(|v| v.id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("VM {:?} listed twice", w[0]));
         }
         Ok(())
     }
@@ -127,7 +143,13 @@ mod tests {
         let h = HostState {
             cpu_capacity: 200.0,
             mem_capacity_mib: 4096,
-            vms: vec![vm(50.0), vm(100.0)],
+            vms: vec![
+                vm(50.0),
+                VmState {
+                    id: VmId(2),
+                    ..vm(100.0)
+                },
+            ],
         };
         assert_eq!(h.cpu_demand(), 150.0);
         assert_eq!(h.load(), 0.75);
@@ -140,6 +162,34 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("CPU demand"));
         assert_eq!(bad.sanitized().cpu_demand(), 0.0);
         assert_eq!(HostState::default().load(), 0.0);
+        let absurd = [
+            HostState {
+                cpu_capacity: 1e300,
+                ..h.clone()
+            },
+            HostState {
+                mem_capacity_mib: u64::MAX,
+                ..h.clone()
+            },
+            HostState {
+                vms: vec![vm(2e6)],
+                ..h.clone()
+            },
+            HostState {
+                vms: vec![VmState {
+                    mem_mib: u64::MAX,
+                    ..vm(1.0)
+                }],
+                ..h.clone()
+            },
+            HostState {
+                vms: vec![vm(1.0), vm(2.0)],
+                ..h.clone()
+            },
+        ];
+        for (i, a) in absurd.iter().enumerate() {
+            assert!(a.validate().is_err(), "absurd state {i} accepted");
+        }
     }
 
     #[test]

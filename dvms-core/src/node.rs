@@ -38,7 +38,7 @@
 use std::collections::VecDeque;
 use std::fmt::Debug;
 
-use overlay::{Overlay, OverlayId};
+use overlay::{Contact, Overlay, OverlayId};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,12 @@ pub trait Membership<Id>: Neighbours<Id> {
 
     /// When [`overlay::Input::Tick`] is next due.
     fn poll_timeout(&self) -> Option<Millis>;
+
+    /// The peers this node lists (the simulator measures how long a crashed host stays
+    /// listed anywhere).
+    fn listed(&self) -> Vec<Id> {
+        Vec::new()
+    }
 }
 
 impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
@@ -72,23 +78,39 @@ impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
     fn poll_timeout(&self) -> Option<Millis> {
         Some(Overlay::poll_timeout(self))
     }
+
+    fn listed(&self) -> Vec<Id> {
+        Overlay::listed(self).cloned().collect()
+    }
 }
 
 impl<Id: OverlayId> Neighbours<Id> for Overlay<Id> {
-    fn best_outside(&self, from: &Id, exclude: &dyn Fn(&Id) -> bool) -> Option<Id> {
-        let found = Overlay::best_outside(self, from, exclude);
-        // A leader that does not know the initiator's coordinate yet grows around itself.
-        found.or_else(|| {
-            (self.coordinate_of(from).is_none() && from != self.id())
-                .then(|| Overlay::best_outside(self, self.id(), exclude))
-                .flatten()
-        })
+    fn best_outside(
+        &self,
+        from: &Id,
+        known: &[Contact<Id>],
+        exclude: &dyn Fn(&Id) -> bool,
+    ) -> Option<Id> {
+        Overlay::best_outside(self, from, known, exclude)
+    }
+
+    fn offer(&self) -> Vec<Contact<Id>> {
+        Overlay::offer(self)
     }
 }
 
 impl<Id, M: Membership<Id> + ?Sized> Neighbours<Id> for Box<M> {
-    fn best_outside(&self, from: &Id, exclude: &dyn Fn(&Id) -> bool) -> Option<Id> {
-        (**self).best_outside(from, exclude)
+    fn best_outside(
+        &self,
+        from: &Id,
+        known: &[Contact<Id>],
+        exclude: &dyn Fn(&Id) -> bool,
+    ) -> Option<Id> {
+        (**self).best_outside(from, known, exclude)
+    }
+
+    fn offer(&self) -> Vec<Contact<Id>> {
+        (**self).offer()
     }
 }
 
@@ -104,6 +126,10 @@ impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
 
     fn poll_timeout(&self) -> Option<Millis> {
         (**self).poll_timeout()
+    }
+
+    fn listed(&self) -> Vec<Id> {
+        (**self).listed()
     }
 }
 
@@ -139,6 +165,8 @@ pub enum Input<Id> {
     /// This node stops: it leaves its partition (a leader dissolves it), then the
     /// overlay.
     Shutdown,
+    /// The answer to an [`Output::Solve`].
+    Solved(isp::SolveAnswer<Id>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +185,9 @@ pub enum Output<Id> {
     Overlay(overlay::Event<Id>),
     /// Scheduling events.
     Isp(isp::Event<Id>),
+    /// Run this solve ([`isp::SolveJob::run`]; the daemon does it on a blocking thread)
+    /// and hand the answer back as [`Input::Solved`].
+    Solve(isp::SolveJob<Id>),
 }
 
 /// The settings of a node's two state machines.
@@ -236,6 +267,7 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
             Input::MigrationDone { vm, ok } => {
                 self.feed_isp(now, isp::Input::MigrationDone { vm, ok })
             }
+            Input::Solved(answer) => self.feed_isp(now, isp::Input::Solved(answer)),
             Input::Shutdown => {
                 self.feed_isp(now, isp::Input::Shutdown);
                 self.feed_overlay(now, overlay::Input::Leave);
@@ -304,6 +336,7 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
                 },
                 isp::Output::Migrate { vm, to } => Output::Migrate { vm, to },
                 isp::Output::Event(e) => Output::Isp(e),
+                isp::Output::Solve(job) => Output::Solve(job),
             });
         }
     }

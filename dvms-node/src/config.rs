@@ -198,7 +198,9 @@ impl FileConfig {
         overlay
             .validate()
             .map_err(|e| anyhow::anyhow!("overlay: {e}"))?;
-        let ping_interval = Duration::from_millis(self.ping_interval_ms.unwrap_or(1_000));
+        // Vivaldi's samples: libp2p ping on the connections the overlay keeps (its views,
+        // about 20 peers), so about two pings a second per daemon.
+        let ping_interval = Duration::from_millis(self.ping_interval_ms.unwrap_or(10_000));
         if ping_interval.is_zero() {
             bail!("ping_interval_ms must be > 0");
         }
@@ -211,7 +213,8 @@ impl FileConfig {
             http,
             log_format: self.log_format.unwrap_or_default(),
             ping_interval,
-            idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(300)),
+            // Connections to one-off partners (a shuffle, a relayed probe) close soon.
+            idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(30)),
             overlay,
             scheduler: self.scheduler.unwrap_or_default().settle()?,
         })
@@ -302,7 +305,7 @@ mod tests {
             ("http = \"localhost\"", "http"),
             ("colour = 3", "colour"),
             ("[overlay]\nmode = \"star\"", "star"),
-            ("[overlay]\nsuspect_after = 100", "suspect_after"),
+            ("[overlay]\nsuspect_timeout_min = 5000", "suspect_timeout_min"),
             (
                 "[scheduler]\nlibvirt_uri = \"qemu:///system\"\nmigration_uri = \"qemu+tcp://x/system\"",
                 "{host}",

@@ -11,17 +11,22 @@
 //!   encoding, bounded and validated decoding.
 //! - [`hypervisor`]: what the scheduler needs from a hypervisor, and libvirt's answer
 //!   (CPU use from domain CPU time, live migration with a timeout and abort).
+//! - [`client`]: a client of the protocol with an identity of its own (tools, and tests
+//!   that play a hostile peer holding the key).
 //! - [`status`] and [`api`]: `GET /status` (JSON), `GET /metrics` (Prometheus,
 //!   [`metrics`]) and `GET /` (the live view); [`events`]: the JSON-lines event log.
 //!
 //! Run `dvms-node --help`.
 
+pub mod addrbook;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod events;
 pub mod hypervisor;
 pub mod metrics;
 pub mod net;
+pub mod peer_cache;
 pub mod protocol;
 pub mod runtime;
 pub mod status;

@@ -67,12 +67,12 @@ struct RunArgs {
     /// Log format on stderr (filter with RUST_LOG, default info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Suspect a member after this many ms without a heartbeat.
+    /// Probe one peer every this many ms (SWIM) [default: 500].
     #[arg(long)]
-    suspect_after_ms: Option<u64>,
-    /// Drop a member after this many ms without a heartbeat.
+    probe_interval_ms: Option<u64>,
+    /// Declare a suspected peer dead after this many ms unless it refutes [default: 2000].
     #[arg(long)]
-    fail_after_ms: Option<u64>,
+    suspect_timeout_ms: Option<u64>,
     /// Schedule this host's VMs through its libvirt (e.g. qemu:///system); without it the
     /// daemon only runs the overlay.
     #[arg(long)]
@@ -108,11 +108,12 @@ fn settle(args: RunArgs) -> anyhow::Result<config::Config> {
     if let Some(m) = args.mode {
         ov.mode = m;
     }
-    if let Some(v) = args.suspect_after_ms {
-        ov.suspect_after = v;
+    if let Some(v) = args.probe_interval_ms {
+        ov.probe_interval = v;
     }
-    if let Some(v) = args.fail_after_ms {
-        ov.fail_after = v;
+    if let Some(v) = args.suspect_timeout_ms {
+        ov.suspect_timeout = v;
+        ov.suspect_timeout_min = ov.suspect_timeout_min.min(v);
     }
     let sched = file.scheduler.get_or_insert_with(Default::default);
     sched.libvirt_uri = args.libvirt_uri.or(sched.libvirt_uri.take());
@@ -158,6 +159,11 @@ fn main() -> ExitCode {
             .map(|(k, _)| println!("{}", k.public().to_peer_id())),
         Command::Run(args) => settle(*args).and_then(|cfg| {
             init_logs(cfg.log_format);
+            if cfg!(debug_assertions) {
+                tracing::warn!(
+                    "debug build (meant for tests): run clusters with the release build, cargo build --release -p dvms-node"
+                );
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

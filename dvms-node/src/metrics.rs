@@ -12,6 +12,8 @@ pub struct Metrics {
     pub members: Gauge,
     pub suspected: Gauge,
     pub sent: Counter,
+    pub overlay_bytes_sent: Family<Labels, Counter>,
+    pub overlay_messages_sent: Family<Labels, Counter>,
     pub received: Counter,
     pub dropped: Family<Labels, Counter>,
     pub refused: Family<Labels, Counter>,
@@ -21,7 +23,7 @@ pub struct Metrics {
     pub migrations: Family<Labels, Counter>,
     pub migration_seconds: Histogram,
     pub partition_size: Histogram,
-    pub plan_compute_seconds: Histogram,
+    pub solve_seconds: Histogram,
     pub host_load: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub monitor_errors: Counter,
 }
@@ -37,6 +39,8 @@ impl Default for Metrics {
             members: Gauge::default(),
             suspected: Gauge::default(),
             sent: Counter::default(),
+            overlay_bytes_sent: Family::default(),
+            overlay_messages_sent: Family::default(),
             received: Counter::default(),
             dropped: Family::default(),
             refused: Family::default(),
@@ -46,7 +50,7 @@ impl Default for Metrics {
             migrations: Family::default(),
             migration_seconds: exp(0.25, 12),
             partition_size: exp(1.0, 12),
-            plan_compute_seconds: exp(0.0005, 14),
+            solve_seconds: exp(0.0005, 14),
             host_load: Gauge::default(),
             monitor_errors: Counter::default(),
         }
@@ -66,7 +70,17 @@ impl Metrics {
             "Members currently suspected",
             m.suspected.clone(),
         );
-        r.register("messages_sent", "Overlay messages sent", m.sent.clone());
+        r.register("messages_sent", "Messages sent", m.sent.clone());
+        r.register(
+            "overlay_bytes_sent",
+            "Bytes of overlay messages sent, by kind (encoded, before libp2p framing and encryption)",
+            m.overlay_bytes_sent.clone(),
+        );
+        r.register(
+            "overlay_messages_sent",
+            "Overlay messages sent, by kind",
+            m.overlay_messages_sent.clone(),
+        );
         r.register(
             "messages_received",
             "Valid overlay messages received",
@@ -113,9 +127,9 @@ impl Metrics {
             m.partition_size.clone(),
         );
         r.register(
-            "plan_compute_seconds",
-            "Time to compute a plan (placement solve and migration ordering)",
-            m.plan_compute_seconds.clone(),
+            "solve_seconds",
+            "Time of each partition solve (placement and migration ordering), run off the event loop",
+            m.solve_seconds.clone(),
         );
         r.register(
             "host_load",

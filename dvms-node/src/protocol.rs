@@ -3,9 +3,7 @@
 //! panic or allocate beyond [`MAX_MESSAGE_BYTES`]; a bad message is an error naming why.
 
 use libp2p::{Multiaddr, PeerId};
-use overlay::MemberInfo;
 use serde::{Deserialize, Serialize};
-use vivaldi::Coord;
 
 use dvms_core::isp;
 use dvms_core::node::Message;
@@ -13,13 +11,11 @@ use dvms_core::node::Message;
 use crate::NodeId;
 
 /// Version of the message format; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest encoded message accepted or sent.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Most addresses one member may advertise.
-pub const MAX_ADDRS: usize = 8;
-/// Longest address, bytes.
-pub const MAX_ADDR_LEN: usize = 256;
+/// Largest coordinate component accepted from a peer, ms (the overlay's default bound).
+const MAX_COORDINATE: f64 = 1e5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -29,30 +25,9 @@ pub struct Envelope {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
-    Overlay(WireOverlay),
+    /// [`overlay::Message`] with peer ids as bytes (checked when decoded).
+    Overlay(Box<overlay::Message<Vec<u8>>>),
     Isp(Box<isp::Message<NodeId>>),
-}
-
-/// [`overlay::Message`] with peer ids as bytes (checked when decoded).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum WireOverlay {
-    Gossip {
-        members: Vec<WireMember>,
-        reply: bool,
-    },
-    Leave {
-        incarnation: u64,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WireMember {
-    pub id: Vec<u8>,
-    pub incarnation: u64,
-    pub heartbeat: u64,
-    pub coordinate: Coord,
-    pub error: f64,
-    pub addrs: Vec<String>,
 }
 
 /// The answer to every request: the message was taken (or why not).
@@ -111,18 +86,28 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message<NodeId>, WireError> {
         return Err(WireError::Version(env.version));
     }
     match env.body {
-        Body::Overlay(WireOverlay::Leave { incarnation }) => {
-            Ok(Message::Overlay(overlay::Message::Leave { incarnation }))
-        }
-        Body::Overlay(WireOverlay::Gossip { members, reply }) => {
-            let members = members
-                .into_iter()
-                .map(member_from_wire)
-                .collect::<Result<_, _>>()?;
-            Ok(Message::Overlay(overlay::Message::Gossip {
-                members,
-                reply,
-            }))
+        Body::Overlay(m) => {
+            let m = *m;
+            m.validate(MAX_COORDINATE).map_err(WireError::Member)?;
+            if let overlay::Message::Exchange {
+                me, sample, near, ..
+            } = &m
+            {
+                let bad = std::iter::once(me)
+                    .chain(sample)
+                    .chain(near)
+                    .flat_map(|r| &r.addrs)
+                    .find(|a| a.parse::<Multiaddr>().is_err());
+                if let Some(a) = bad {
+                    return Err(WireError::Member(format!("bad address {a:.64?}")));
+                }
+            }
+            let m = m.try_map_ids(|id| {
+                PeerId::from_bytes(&id)
+                    .map(NodeId)
+                    .map_err(|e| WireError::Member(format!("peer id: {e}")))
+            })?;
+            Ok(Message::Overlay(m))
         }
         Body::Isp(m) => {
             m.validate().map_err(WireError::Isp)?;
@@ -134,17 +119,11 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message<NodeId>, WireError> {
 /// Encodes a message for the wire (in an envelope with the protocol version).
 pub fn encode_message(msg: &Message<NodeId>) -> Result<Vec<u8>, WireError> {
     let body = match msg {
-        Message::Overlay(overlay::Message::Leave { incarnation }) => {
-            Body::Overlay(WireOverlay::Leave {
-                incarnation: *incarnation,
-            })
-        }
-        Message::Overlay(overlay::Message::Gossip { members, reply }) => {
-            Body::Overlay(WireOverlay::Gossip {
-                members: members.iter().map(member_to_wire).collect(),
-                reply: *reply,
-            })
-        }
+        Message::Overlay(m) => Body::Overlay(Box::new(
+            m.clone()
+                .try_map_ids(|id| Ok::<_, std::convert::Infallible>(id.0.to_bytes()))
+                .unwrap_or_else(|e| match e {}),
+        )),
         Message::Isp(m) => Body::Isp(Box::new(m.clone())),
     };
     encode(&Envelope {
@@ -153,68 +132,44 @@ pub fn encode_message(msg: &Message<NodeId>) -> Result<Vec<u8>, WireError> {
     })
 }
 
-fn member_to_wire(m: &MemberInfo<NodeId>) -> WireMember {
-    WireMember {
-        id: m.id.0.to_bytes(),
-        incarnation: m.incarnation,
-        heartbeat: m.heartbeat,
-        coordinate: m.coordinate,
-        error: m.error,
-        addrs: m.addrs.clone(),
-    }
-}
-
-fn member_from_wire(w: WireMember) -> Result<MemberInfo<NodeId>, WireError> {
-    let id = PeerId::from_bytes(&w.id).map_err(|e| WireError::Member(format!("peer id: {e}")))?;
-    if !w.coordinate.is_sane(1e5) || !w.error.is_finite() || w.error < 0.0 {
-        return Err(WireError::Member(format!(
-            "{id}: coordinate or error out of range"
-        )));
-    }
-    if w.addrs.len() > MAX_ADDRS {
-        return Err(WireError::Member(format!(
-            "{id}: {} addresses",
-            w.addrs.len()
-        )));
-    }
-    for a in &w.addrs {
-        if a.len() > MAX_ADDR_LEN || a.parse::<Multiaddr>().is_err() {
-            return Err(WireError::Member(format!("{id}: bad address {a:.64?}")));
-        }
-    }
-    Ok(MemberInfo {
-        id: NodeId(id),
-        incarnation: w.incarnation,
-        heartbeat: w.heartbeat,
-        coordinate: w.coordinate,
-        error: w.error,
-        addrs: w.addrs,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use dvms_core::host::{HostState, VmId, VmState};
+    use overlay::MemberInfo;
     use proptest::prelude::*;
+    use vivaldi::Coord;
 
+    fn record(i: usize) -> MemberInfo<NodeId> {
+        MemberInfo {
+            id: NodeId(PeerId::random()),
+            // Start times in ms, as the daemons use.
+            incarnation: 1_764_000_000_000 + i as u64,
+            coordinate: Coord {
+                position: [1.0, -2.0, 3.5, 0.0],
+                height: 0.5,
+            },
+            error: 0.3,
+            addrs: vec!["/ip4/127.0.0.1/tcp/7070".into()],
+            age_ms: 1_500,
+        }
+    }
+
+    /// An exchange with `n` records in each list.
     fn sample(n: usize) -> Message<NodeId> {
-        let members = (0..n)
-            .map(|i| MemberInfo {
-                id: NodeId(PeerId::random()),
-                incarnation: 3,
-                heartbeat: i as u64,
-                coordinate: Coord {
-                    position: [1.0, -2.0, 3.5, 0.0],
-                    height: 0.5,
-                },
-                error: 0.3,
-                addrs: vec!["/ip4/127.0.0.1/tcp/7070".into()],
-            })
-            .collect();
-        Message::Overlay(overlay::Message::Gossip {
-            members,
+        Message::Overlay(overlay::Message::Exchange {
+            me: record(0),
+            sample: (0..n).map(record).collect(),
+            near: (0..n).map(record).collect(),
             reply: true,
+            listers: (0..n).map(|_| NodeId(PeerId::random())).collect(),
+            updates: (0..n.min(overlay::message::MAX_UPDATES))
+                .map(|i| overlay::Update {
+                    id: NodeId(PeerId::random()),
+                    incarnation: 1_764_000_000_000 + i as u64,
+                    status: overlay::Status::Suspect,
+                })
+                .collect(),
         })
     }
 
@@ -260,10 +215,30 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_gossip_the_overlay_sends_fits_the_limit() {
-        let cfg = overlay::Config::default();
-        let bytes = encode_message(&sample(cfg.max_records)).unwrap();
-        assert!(bytes.len() < MAX_MESSAGE_BYTES / 2, "{}", bytes.len());
+    fn the_largest_overlay_message_is_small_and_the_simulators_size_model_matches() {
+        let bytes = encode_message(&sample(overlay::message::MAX_RECORDS)).unwrap();
+        assert!(bytes.len() < 16 * 1024, "{}", bytes.len());
+        // The simulator counts bytes with `wire_bytes`: within 10 % of the real encoding.
+        let ping = Message::Overlay(overlay::Message::Ping {
+            seq: 70_000,
+            from: overlay::Beacon {
+                incarnation: 1_764_000_000_000,
+                coordinate: record(0).coordinate,
+                error: 0.2,
+            },
+            updates: vec![],
+        });
+        for (n, msg) in [(0, ping), (0, sample(0)), (3, sample(3)), (12, sample(12))] {
+            let real = encode_message(&msg).unwrap().len() as f64;
+            let Message::Overlay(m) = &msg else {
+                unreachable!()
+            };
+            let model = m.wire_bytes(38) as f64;
+            assert!(
+                (model / real - 1.0).abs() < 0.10,
+                "{n}: model {model} real {real}"
+            );
+        }
     }
 
     #[test]
@@ -282,41 +257,42 @@ mod tests {
             decode_message(&trailing),
             Err(WireError::Trailing(1))
         ));
-        let v2 = encode(&Envelope {
-            version: 2,
-            body: Body::Overlay(WireOverlay::Leave { incarnation: 1 }),
+        let v1 = encode(&Envelope {
+            version: 1,
+            body: Body::Overlay(Box::new(overlay::Message::Notice { updates: vec![] })),
         })
         .unwrap();
-        assert!(matches!(decode_message(&v2), Err(WireError::Version(2))));
-        let mut bad = member_to_wire(&match sample(1) {
-            Message::Overlay(overlay::Message::Gossip { members, .. }) => members[0].clone(),
+        assert!(matches!(decode_message(&v1), Err(WireError::Version(1))));
+        let to_wire = |m: &Message<NodeId>| match m {
+            Message::Overlay(m) => m
+                .clone()
+                .try_map_ids(|id| Ok::<_, ()>(id.0.to_bytes()))
+                .unwrap(),
             _ => unreachable!(),
-        });
-        let gossip = |m: WireMember| {
+        };
+        let send = |m: overlay::Message<Vec<u8>>| {
             encode(&Envelope {
                 version: PROTOCOL_VERSION,
-                body: Body::Overlay(WireOverlay::Gossip {
-                    members: vec![m],
-                    reply: false,
-                }),
+                body: Body::Overlay(Box::new(m)),
             })
             .unwrap()
         };
-        let mut nan = bad.clone();
-        nan.coordinate.position[1] = f64::NAN;
+        let with_me = |f: &dyn Fn(&mut overlay::MemberInfo<Vec<u8>>)| {
+            let mut m = to_wire(&sample(1));
+            if let overlay::Message::Exchange { me, .. } = &mut m {
+                f(me);
+            }
+            send(m)
+        };
+        let nan = with_me(&|r| r.coordinate.position[1] = f64::NAN);
+        assert!(matches!(decode_message(&nan), Err(WireError::Member(_))));
+        let addr = with_me(&|r| r.addrs = vec!["not an address".into()]);
+        assert!(matches!(decode_message(&addr), Err(WireError::Member(_))));
+        let id = with_me(&|r| r.id = vec![1, 2, 3]);
+        assert!(matches!(decode_message(&id), Err(WireError::Member(_))));
+        let many = to_wire(&sample(overlay::message::MAX_RECORDS + 1));
         assert!(matches!(
-            decode_message(&gossip(nan)),
-            Err(WireError::Member(_))
-        ));
-        let mut addr = bad.clone();
-        addr.addrs = vec!["not an address".into()];
-        assert!(matches!(
-            decode_message(&gossip(addr)),
-            Err(WireError::Member(_))
-        ));
-        bad.id = vec![1, 2, 3];
-        assert!(matches!(
-            decode_message(&gossip(bad)),
+            decode_message(&send(many)),
             Err(WireError::Member(_))
         ));
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,14 +26,16 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::addrbook::AddressBook;
 use crate::api::{self, Api};
 use crate::config::{self, Config};
 use crate::events::EventLog;
 use crate::hypervisor::{Hypervisor, Libvirt};
 use crate::metrics::{count, Metrics};
 use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
+use crate::peer_cache;
 use crate::protocol::{self, Ack};
-use crate::status::{MemberStatus, SchedulerStatus, Status};
+use crate::status::{MemberStatus, NeighbourStatus, SchedulerStatus, Status};
 use crate::NodeId;
 
 pub struct Daemon {
@@ -43,14 +46,29 @@ pub struct Daemon {
     bootstrap: Vec<Multiaddr>,
     /// Which peer answered at each bootstrap address.
     bootstrap_peers: HashMap<Multiaddr, PeerId>,
+    /// Where the peers last known are kept ([`peer_cache`]), and what it held at start.
+    peer_cache: PathBuf,
+    remembered: Vec<Multiaddr>,
+    peers_saved_at: Instant,
+    /// Addresses of peers outside the overlay's views (see [`AddressBook`]).
+    addresses: AddressBook,
+    /// What each peer said of its own addresses (identify): the only ones VMs go to.
+    own_addresses: AddressBook,
+    /// Migrations waiting for their destination to identify itself.
+    awaiting_address: HashMap<VmId, NodeId>,
     listen_addrs: Vec<Multiaddr>,
+    /// Requests awaiting their acknowledgement.
     pending: HashSet<OutboundRequestId>,
+    /// The last ping RTT of each connected peer, so that a peer whose first ping lands
+    /// before it enters the views (libp2p pings a new connection at once, the next ping
+    /// comes 10 s later) still gets its sample when it joins. At most one per connection.
+    last_rtt: HashMap<PeerId, f64>,
     metrics: Metrics,
     p2p_metrics: libp2p::metrics::Metrics,
     status_rx: mpsc::Receiver<oneshot::Sender<Status>>,
     sched: Option<Sched>,
-    hv_tx: mpsc::UnboundedSender<HvDone>,
-    hv_rx: mpsc::UnboundedReceiver<HvDone>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
 }
 
 /// The scheduling side of the daemon.
@@ -66,8 +84,13 @@ struct Sched {
     migrating: HashMap<VmId, (Instant, NodeId)>,
 }
 
-/// Results of blocking hypervisor calls, back on the event loop.
-enum HvDone {
+/// Results of blocking work (hypervisor calls, solves), back on the event loop.
+enum Done {
+    /// A solve ran for `secs` of wall-clock time.
+    Solved {
+        answer: isp::SolveAnswer<NodeId>,
+        secs: f64,
+    },
     Sample(Result<HostState, crate::hypervisor::HvError>),
     Migrated {
         vm: VmId,
@@ -75,9 +98,18 @@ enum HvDone {
         /// Dry run: reported done, nothing moved.
         dry_run: bool,
     },
+    /// The wait for a destination's own address is over.
+    AddressWaitOver {
+        vm: VmId,
+    },
 }
 
+/// How long a migration waits for its destination to identify itself.
+const ADDRESS_WAIT: Duration = Duration::from_secs(10);
+
 const REDIAL: Duration = Duration::from_secs(2);
+/// How often a node that knows peers saves them ([`peer_cache`]).
+const PEER_CACHE_EVERY: Duration = Duration::from_secs(60);
 const LEAVE_GRACE: Duration = Duration::from_secs(1);
 /// With nothing due, the loop still wakes this often (and does nothing).
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
@@ -159,7 +191,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             .map(|s| s.isp.clone())
             .unwrap_or_default(),
     };
-    let (hv_tx, hv_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let peer_cache_file = peer_cache::path(&cfg.identity_file);
     let mut daemon = Daemon {
         swarm,
         node: Node::new(NodeId(me), incarnation, &node_cfg, StdRng::from_os_rng()),
@@ -167,14 +200,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         me,
         bootstrap: cfg.bootstrap.clone(),
         bootstrap_peers: HashMap::new(),
+        remembered: peer_cache::load(&peer_cache_file),
+        peer_cache: peer_cache_file,
+        peers_saved_at: Instant::now(),
+        addresses: AddressBook::default(),
+        own_addresses: AddressBook::default(),
+        awaiting_address: HashMap::new(),
         listen_addrs: Vec::new(),
         pending: HashSet::new(),
+        last_rtt: HashMap::new(),
         metrics,
         p2p_metrics,
         status_rx,
         sched,
-        hv_tx,
-        hv_rx,
+        done_tx,
+        done_rx,
     };
     daemon.event_loop(shutdown).await
 }
@@ -209,13 +249,14 @@ impl Daemon {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 _ = wake => self.feed(|node, now| node.handle_timeout(now)),
                 _ = monitor.tick() => self.start_sample(),
-                Some(done) = self.hv_rx.recv() => self.on_hypervisor(done),
+                Some(done) = self.done_rx.recv() => self.on_done(done),
                 _ = redial.tick() => self.dial_bootstrap(),
                 Some(reply) = self.status_rx.recv() => { let _ = reply.send(self.status()); }
                 _ = &mut shutdown => break,
             }
         }
         info!("leaving the overlay");
+        self.save_peers();
         self.pending.clear();
         // Leaves any partition first (a leader frees its members), then the overlay.
         self.input(Input::Shutdown);
@@ -234,33 +275,70 @@ impl Daemon {
         self.feed(|node, now| node.handle(now, input));
     }
 
-    /// Runs one step of the node at the current time, then carries out its outputs. The
-    /// step's duration is the compute time of a plan it produced.
+    /// Runs one step of the node at the current time, then carries out its outputs.
     fn feed(&mut self, step: impl FnOnce(&mut Node<NodeId>, Millis)) {
         let now = self.now();
-        let started = Instant::now();
         step(&mut self.node, now);
-        let compute = started.elapsed().as_secs_f64();
         while let Some(out) = self.node.poll_output() {
             match out {
                 Output::Send { to, msg } => self.send(to.0, &msg),
                 Output::Migrate { vm, to } => self.start_migration(vm, to),
                 Output::Overlay(e) => self.on_overlay_event(e),
-                Output::Isp(e) => {
-                    if matches!(e, isp::Event::Planned { .. }) {
-                        self.metrics.plan_compute_seconds.observe(compute);
-                    }
-                    self.on_isp_event(e);
-                }
+                Output::Isp(e) => self.on_isp_event(e),
+                Output::Solve(job) => self.start_solve(job),
             }
         }
     }
 
+    /// Runs a partition's solve on a blocking thread: an exact search may take its whole
+    /// budget (seconds), and meanwhile this loop answers probes and sends keep-alives.
+    fn start_solve(&mut self, job: isp::SolveJob<NodeId>) {
+        let (hosts, vms) = job.size();
+        debug!(
+            hosts,
+            vms,
+            ticket = job.ticket,
+            "solving off the event loop"
+        );
+        let tx = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let answer = job.run();
+            let secs = started.elapsed().as_secs_f64();
+            let _ = tx.send(Done::Solved { answer, secs });
+        });
+    }
+
     fn send(&mut self, to: PeerId, msg: &Message<NodeId>) {
         match protocol::encode_message(msg) {
-            Ok(bytes) => self.send_bytes(to, bytes),
+            Ok(bytes) => {
+                if let Message::Overlay(m) = msg {
+                    let kind = vec![("kind", m.kind())];
+                    let n = bytes.len() as u64;
+                    self.metrics
+                        .overlay_bytes_sent
+                        .get_or_create(&kind)
+                        .inc_by(n);
+                    self.metrics
+                        .overlay_messages_sent
+                        .get_or_create(&kind)
+                        .inc();
+                }
+                self.send_bytes(to, bytes)
+            }
             Err(e) => warn!(%to, "message not sent: {e}"),
         }
+    }
+
+    /// Where to dial `peer`: the addresses its overlay record or the address book has.
+    fn dial_addresses(&self, peer: &NodeId) -> Vec<Multiaddr> {
+        self.node
+            .membership()
+            .member(peer, 0)
+            .map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()).collect())
+            .filter(|a: &Vec<Multiaddr>| !a.is_empty())
+            .or_else(|| self.addresses.get(&peer.0).map(<[Multiaddr]>::to_vec))
+            .unwrap_or_default()
     }
 
     fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) {
@@ -268,11 +346,7 @@ impl Daemon {
         let addrs = if self.swarm.is_connected(&to) {
             Vec::new()
         } else {
-            self.node
-                .membership()
-                .member(&NodeId(to), 0)
-                .map(|m| m.addrs.iter().filter_map(|a| a.parse().ok()).collect())
-                .unwrap_or_default()
+            self.dial_addresses(&NodeId(to))
         };
         let id = self
             .swarm
@@ -286,11 +360,18 @@ impl Daemon {
     fn on_overlay_event(&mut self, e: Event<NodeId>) {
         let kind = match &e {
             Event::Joined(id) => {
-                info!(peer = %id, "member joined");
+                debug!(peer = %id, "peer entered the views");
+                if let Some(&rtt_ms) = self.last_rtt.get(&id.0) {
+                    self.input(Input::Rtt { peer: *id, rtt_ms });
+                }
                 "joined"
             }
+            Event::Forgotten(id) => {
+                debug!(peer = %id, "peer left the views");
+                "forgotten"
+            }
             Event::Suspected(id) => {
-                info!(peer = %id, "member suspected (no heartbeat)");
+                info!(peer = %id, "peer suspected (no answer to probes)");
                 "suspected"
             }
             Event::Recovered(id) => {
@@ -306,7 +387,7 @@ impl Daemon {
                 "left"
             }
             Event::Rejected { from, reason } => {
-                warn!(peer = %from, "dropped a gossiped record: {reason}");
+                warn!(peer = %from, "dropped an overlay message: {reason}");
                 count(&self.metrics.dropped, "reason", "invalid_record");
                 "rejected"
             }
@@ -317,23 +398,54 @@ impl Daemon {
         self.metrics.suspected.set(overlay.suspected_count() as i64);
     }
 
-    /// Dials every bootstrap address whose peer is not a live, connected member, so that
-    /// a node that started first, or restarted, finds the others again.
+    /// While this node knows no peer: dials the bootstrap addresses and the peers it
+    /// knew before a restart, so that a node that started first, or restarted, finds
+    /// the others. A node that knows peers dials nobody here (each would otherwise
+    /// cost the bootstrap host a handshake every round), and saves its peers about
+    /// once a minute.
     fn dial_bootstrap(&mut self) {
-        for addr in self.bootstrap.clone() {
-            if self.listen_addrs.contains(&addr) {
+        if !self.node.membership().is_empty() {
+            if self.peers_saved_at.elapsed() >= PEER_CACHE_EVERY {
+                self.save_peers();
+            }
+            return;
+        }
+        let remembered = self.remembered.iter().cloned();
+        for addr in self.bootstrap.clone().into_iter().chain(remembered) {
+            if self.listen_addrs.contains(&addr)
+                || self.bootstrap_peers.get(&addr) == Some(&self.me)
+            {
                 continue;
             }
-            if let Some(peer) = self.bootstrap_peers.get(&addr) {
-                let alive = self.node.membership().is_alive(&NodeId(*peer));
-                if *peer == self.me || (alive && self.swarm.is_connected(peer)) {
-                    continue;
-                }
-            }
-            debug!(%addr, "dialing bootstrap peer");
+            debug!(%addr, "dialing a bootstrap or remembered peer");
             if let Err(e) = self.swarm.dial(addr.clone()) {
-                debug!(%addr, "cannot dial bootstrap peer: {e}");
+                debug!(%addr, "cannot dial: {e}");
             }
+        }
+    }
+
+    /// Keeps the addresses of the peers in this node's views ([`peer_cache`]).
+    fn save_peers(&mut self) {
+        self.peers_saved_at = Instant::now();
+        let now = self.now();
+        let addrs: Vec<Multiaddr> = self
+            .node
+            .membership()
+            .members(now)
+            .iter()
+            .flat_map(|m| {
+                let id = m.id.0;
+                m.addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .map(move |a| without_p2p(&a).with(Protocol::P2p(id)))
+                    .take(2)
+            })
+            .take(peer_cache::MAX_ADDRS)
+            .collect();
+        if !addrs.is_empty() {
+            self.remembered = addrs.clone();
+            peer_cache::save(&self.peer_cache, &addrs);
         }
     }
 
@@ -353,16 +465,30 @@ impl Daemon {
                 peer_id, endpoint, ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let mut bootstrap = false;
                 if endpoint.is_dialer() {
                     let addr = without_p2p(endpoint.get_remote_address());
                     if self.bootstrap.contains(&addr) {
                         self.bootstrap_peers.insert(addr, peer_id);
+                        bootstrap = true;
                     }
                 }
-                self.input(Input::Seed(NodeId(peer_id)));
+                // Greet bootstrap peers, or anyone while alone; other connections carry
+                // the overlay's own exchanges and probes already.
+                if bootstrap || self.node.membership().is_empty() {
+                    self.input(Input::Seed(NodeId(peer_id)));
+                }
             }
-            SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                cause,
+                num_established,
+                ..
+            } => {
                 debug!(peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    self.last_rtt.remove(&peer_id);
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -397,6 +523,7 @@ impl Daemon {
                 self.p2p_metrics.record(&ev);
                 if let Ok(rtt) = ev.result {
                     let rtt_ms = rtt.as_secs_f64() * 1e3;
+                    self.last_rtt.insert(ev.peer, rtt_ms);
                     self.input(Input::Rtt {
                         peer: NodeId(ev.peer),
                         rtt_ms,
@@ -409,7 +536,25 @@ impl Daemon {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => {
                 self.p2p_metrics.record(&ev);
                 if let libp2p::identify::Event::Received { peer_id, info, .. } = ev {
-                    for addr in info.listen_addrs.into_iter().take(protocol::MAX_ADDRS) {
+                    let addrs: Vec<String> =
+                        info.listen_addrs.iter().map(|a| a.to_string()).collect();
+                    self.addresses.learn(peer_id, &addrs);
+                    self.own_addresses.learn(peer_id, &addrs);
+                    let waiting: Vec<VmId> = self
+                        .awaiting_address
+                        .iter()
+                        .filter(|(_, to)| to.0 == peer_id)
+                        .map(|(vm, _)| *vm)
+                        .collect();
+                    for vm in waiting {
+                        self.awaiting_address.remove(&vm);
+                        self.start_migration(vm, NodeId(peer_id));
+                    }
+                    for addr in info
+                        .listen_addrs
+                        .into_iter()
+                        .take(overlay::message::MAX_ADDRS)
+                    {
                         self.swarm.add_peer_address(peer_id, addr);
                     }
                 }
@@ -445,6 +590,7 @@ impl Daemon {
             }
             Ok(msg) => {
                 self.metrics.received.inc();
+                self.learn_addresses(&msg);
                 self.input(Input::Message {
                     from: NodeId(peer),
                     msg,
@@ -456,6 +602,25 @@ impl Daemon {
                 self.dropped("malformed");
                 Ack::Rejected(e.to_string())
             }
+        }
+    }
+
+    /// Remembers where the nodes named in a message can be reached.
+    fn learn_addresses(&mut self, msg: &Message<NodeId>) {
+        match msg {
+            Message::Overlay(overlay::Message::Exchange {
+                me, sample, near, ..
+            }) => {
+                for r in std::iter::once(me).chain(sample).chain(near) {
+                    self.addresses.learn(r.id.0, &r.addrs);
+                }
+            }
+            Message::Isp(isp::Message::Lead { dossier } | isp::Message::Merge { dossier, .. }) => {
+                for c in &dossier.known {
+                    self.addresses.learn(c.id.0, &c.addrs);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -487,6 +652,9 @@ impl Daemon {
                     },
                 ..
             } => {
+                // Not an RTT sample for Vivaldi: each request opens a stream and negotiates
+                // its protocol, about half a round trip more than the network's (measured
+                // 44 ms for 30 ms on the testbed); libp2p ping on the same connections is.
                 self.pending.remove(&request_id);
                 let ack = match response {
                     Frame::Bytes(b) => protocol::decode::<Ack>(&b).map_err(|e| e.to_string()),
@@ -531,7 +699,7 @@ impl Daemon {
         };
         let addrs = chosen
             .into_iter()
-            .take(protocol::MAX_ADDRS)
+            .take(overlay::message::MAX_ADDRS)
             .map(|a| a.to_string())
             .collect();
         self.node.membership_mut().set_addrs(addrs);
@@ -565,7 +733,13 @@ impl Daemon {
             error: overlay.error(),
             members,
             suspected,
-            best_outside_self: overlay.best_outside(&me, |id| *id == me),
+            neighbours: NeighbourStatus {
+                full: overlay.neighbours_full(),
+                successor: overlay.ring_neighbours().0.copied(),
+                predecessor: overlay.ring_neighbours().1.copied(),
+                near: overlay.near().to_vec(),
+            },
+            best_outside_self: overlay.best_outside(&me, &[], |id: &NodeId| *id == me),
             connected_peers: self.swarm.connected_peers().count(),
             scheduler: self.sched.as_ref().map(|s| SchedulerStatus {
                 libvirt_uri: s.cfg.libvirt_uri.clone(),
@@ -588,15 +762,19 @@ impl Daemon {
         }
         s.sampling = true;
         let hv = s.hv.clone();
-        let tx = self.hv_tx.clone();
+        let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(HvDone::Sample(hv.sample()));
+            let _ = tx.send(Done::Sample(hv.sample()));
         });
     }
 
-    fn on_hypervisor(&mut self, done: HvDone) {
+    fn on_done(&mut self, done: Done) {
         match done {
-            HvDone::Sample(result) => {
+            Done::Solved { answer, secs } => {
+                self.metrics.solve_seconds.observe(secs);
+                self.input(Input::Solved(answer));
+            }
+            Done::Sample(result) => {
                 let Some(s) = &mut self.sched else { return };
                 s.sampling = false;
                 match result {
@@ -612,7 +790,7 @@ impl Daemon {
                     }
                 }
             }
-            HvDone::Migrated {
+            Done::Migrated {
                 vm,
                 result,
                 dry_run,
@@ -645,6 +823,17 @@ impl Daemon {
                     log.write(line);
                 }
                 self.input(Input::MigrationDone { vm, ok });
+            }
+            Done::AddressWaitOver { vm } => {
+                if let Some(to) = self.awaiting_address.remove(&vm) {
+                    self.on_done(Done::Migrated {
+                        vm,
+                        result: Err(format!(
+                            "{to} did not identify itself within {ADDRESS_WAIT:?}"
+                        )),
+                        dry_run: false,
+                    });
+                }
             }
         }
     }
@@ -689,6 +878,14 @@ impl Daemon {
                 info!(partition = ?id, ?reason, size = members.len(), "dissolved the partition");
                 self.metrics.partition_size.observe(members.len() as f64);
             }
+            isp::Event::Refused {
+                from,
+                message,
+                reason,
+            } => {
+                warn!(peer = %from, message, "refused a scheduling message: {reason:.200}");
+                count(&self.metrics.dropped, "reason", "refused");
+            }
             other => debug!(event = ?other, "scheduling event"),
         }
         count(&self.metrics.isp_events, "kind", e.kind());
@@ -702,34 +899,40 @@ impl Daemon {
 
     /// Starts a live migration ordered by this node's partition leader.
     fn start_migration(&mut self, vm: VmId, to: NodeId) {
+        // The destination's own word on where it is, never a third party's gossip: if it
+        // has not identified itself yet, connect (gossiped addresses are fine to dial:
+        // whoever answers must hold its key) and wait for its identify.
+        let ip = self
+            .own_addresses
+            .get(&to.0)
+            .and_then(crate::addrbook::migration_host);
         let Some(s) = &mut self.sched else { return };
-        let ip = self.node.membership().member(&to, 0).and_then(|m| {
-            m.addrs
-                .iter()
-                .filter_map(|a| a.parse::<Multiaddr>().ok())
-                .find_map(|a| {
-                    a.iter().find_map(|p| match p {
-                        Protocol::Ip4(ip) => Some(ip.to_string()),
-                        Protocol::Ip6(ip) => Some(format!("[{ip}]")),
-                        _ => None,
-                    })
-                })
-        });
         s.migrating.insert(vm, (Instant::now(), to));
-        let tx = self.hv_tx.clone();
+        let tx = self.done_tx.clone();
         let Some(ip) = ip else {
-            let _ = tx.send(HvDone::Migrated {
-                vm,
-                result: Err(format!("no known address for {to}")),
-                dry_run: false,
-            });
+            if self.awaiting_address.insert(vm, to).is_none() {
+                if !self.swarm.is_connected(&to.0) {
+                    let addrs = self.dial_addresses(&to);
+                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(to.0)
+                        .addresses(addrs)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(peer = %to, "cannot dial a migration's destination: {e}");
+                    }
+                }
+                tokio::spawn(async move {
+                    tokio::time::sleep(ADDRESS_WAIT).await;
+                    let _ = tx.send(Done::AddressWaitOver { vm });
+                });
+            }
             return;
         };
+        let Some(s) = &mut self.sched else { return };
         let dest = s.cfg.migration_uri.replace("{host}", &ip);
         info!(vm = %s.hv.name_of(vm), %dest, dry_run = s.cfg.dry_run, "live-migrating");
         if s.cfg.dry_run {
             // Reported as done so that the plan goes on; nothing moved.
-            let _ = tx.send(HvDone::Migrated {
+            let _ = tx.send(Done::Migrated {
                 vm,
                 result: Ok(()),
                 dry_run: true,
@@ -740,7 +943,7 @@ impl Daemon {
         let timeout = s.cfg.migration_timeout;
         tokio::task::spawn_blocking(move || {
             let result = hv.migrate(vm, &dest, timeout).map_err(|e| e.to_string());
-            let _ = tx.send(HvDone::Migrated {
+            let _ = tx.send(Done::Migrated {
                 vm,
                 result,
                 dry_run: false,

@@ -16,14 +16,27 @@ pub struct Status {
     pub mode: overlay::Mode,
     pub coordinate: vivaldi::Coord,
     pub error: f64,
-    /// Every other member, in ring order after this node.
+    /// The peers of this node's views (random sample and neighbour set), in ring order
+    /// after this node.
     pub members: Vec<MemberStatus>,
     pub suspected: Vec<NodeId>,
+    pub neighbours: NeighbourStatus,
     /// The node a partition started here would grow by first.
     pub best_outside_self: Option<NodeId>,
     pub connected_peers: usize,
     /// The scheduler's view, when the daemon schedules this host.
     pub scheduler: Option<SchedulerStatus>,
+}
+
+/// The neighbour set built by gossip.
+#[derive(Clone, Debug, Serialize)]
+pub struct NeighbourStatus {
+    /// As many closest peers and ring neighbours as configured (or as the cluster has).
+    pub full: bool,
+    pub successor: Option<NodeId>,
+    pub predecessor: Option<NodeId>,
+    /// The closest peers by coordinates, closest first.
+    pub near: Vec<NodeId>,
 }
 
 #[derive(Clone, Debug, Serialize)]

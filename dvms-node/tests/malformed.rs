@@ -7,60 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{wait_for, Dir, Node};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, Multiaddr, StreamProtocol};
-
-/// Writes the request bytes as they are (no framing); reads whatever comes back.
-#[derive(Clone, Default)]
-struct RawCodec;
-
-impl request_response::Codec for RawCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        io.take(1 << 20).read_to_end(&mut v).await?;
-        Ok(v)
-    }
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
-        &mut self,
-        p: &StreamProtocol,
-        io: &mut T,
-    ) -> std::io::Result<Vec<u8>> {
-        self.read_request(p, io).await
-    }
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> std::io::Result<()> {
-        io.write_all(&req).await?;
-        io.close().await
-    }
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> std::io::Result<()> {
-        self.write_request(&StreamProtocol::new("/x"), io, res)
-            .await
-    }
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
-    v.extend_from_slice(payload);
-    v
-}
+use dvms_node::client::{frame, Answer, Client};
+use dvms_node::protocol::Ack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_messages_are_dropped_and_logged_and_the_daemon_keeps_running() {
@@ -68,29 +16,12 @@ async fn malformed_and_oversized_messages_are_dropped_and_logged_and_the_daemon_
     let psk_path = dir.psk("swarm.key");
     let daemon = Node::start(&dir, "target", &psk_path, &[], &[]);
     let psk = dvms_node::config::read_psk(&psk_path).unwrap();
-
-    let mut client =
-        libp2p::SwarmBuilder::with_existing_identity(identity::Keypair::generate_ed25519())
-            .with_tokio()
-            .with_other_transport(|k| dvms_node::net::transport(k, psk))
-            .unwrap()
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(dvms_node::net::MESSAGE_PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                )
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-            .build();
-    let addr: Multiaddr = daemon.multiaddr().parse().unwrap();
-    client.dial(addr).unwrap();
-    let peer = loop {
-        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = client.select_next_some().await {
-            break peer_id;
-        }
-    };
+    let mut client = Client::new(psk).unwrap();
+    let peer = client
+        .connect(daemon.multiaddr().parse().unwrap(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let me = client.peer_id();
 
     let nan_member = {
         use dvms_node::protocol::*;
@@ -98,25 +29,29 @@ async fn malformed_and_oversized_messages_are_dropped_and_logged_and_the_daemon_
         coordinate.position[0] = f64::NAN;
         encode(&Envelope {
             version: PROTOCOL_VERSION,
-            body: Body::Overlay(WireOverlay::Gossip {
-                members: vec![WireMember {
-                    id: client.local_peer_id().to_bytes(),
+            body: Body::Overlay(Box::new(overlay::Message::Exchange {
+                me: overlay::MemberInfo {
+                    id: me.to_bytes(),
                     incarnation: 1,
-                    heartbeat: 1,
                     coordinate,
                     error: 0.1,
                     addrs: vec![],
-                }],
+                    age_ms: 0,
+                },
+                sample: vec![],
+                near: vec![],
                 reply: true,
-            }),
+                listers: vec![],
+                updates: vec![],
+            })),
         })
         .unwrap()
     };
     let wrong_version = dvms_node::protocol::encode(&dvms_node::protocol::Envelope {
         version: 99,
-        body: dvms_node::protocol::Body::Overlay(dvms_node::protocol::WireOverlay::Leave {
-            incarnation: 1,
-        }),
+        body: dvms_node::protocol::Body::Overlay(Box::new(overlay::Message::Notice {
+            updates: vec![],
+        })),
     })
     .unwrap();
     let mut oversized = (64u32 << 20).to_be_bytes().to_vec(); // claims 64 MiB
@@ -128,32 +63,20 @@ async fn malformed_and_oversized_messages_are_dropped_and_logged_and_the_daemon_
         oversized,             // over the size limit
         vec![0, 0],            // truncated length prefix
     ];
-    let n = requests.len();
-    for r in requests {
-        client.behaviour_mut().send_request(&peer, r);
-    }
-    let mut answered = 0;
-    let deadline = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(deadline);
-    let mut rejections = Vec::new();
-    while answered < n {
-        tokio::select! {
-            ev = client.select_next_some() => match ev {
-                SwarmEvent::Behaviour(request_response::Event::Message { message: request_response::Message::Response { response, .. }, .. }) => {
-                    answered += 1;
-                    // The daemon answers with a frame: length prefix, then the acknowledgement.
-                    // Unreadable requests get no answer: the stream is just closed.
-                    if let Some(ack) = response.get(4..).filter(|a| !a.is_empty()) {
-                        rejections.push(dvms_node::protocol::decode::<dvms_node::protocol::Ack>(ack).unwrap());
-                    }
-                }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => answered += 1,
-                _ => {}
-            },
-            _ = &mut deadline => break,
-        }
-    }
-    assert_eq!(answered, n, "not every request was answered or failed");
+    let answers = client
+        .send_raw(peer, requests, Duration::from_secs(10))
+        .await;
+    assert!(
+        answers.iter().all(|a| !matches!(a, Answer::Failed(_))),
+        "not every request was answered: {answers:?}"
+    );
+    let rejections: Vec<Ack> = answers
+        .into_iter()
+        .filter_map(|a| match a {
+            Answer::Ack(ack) => Some(ack),
+            _ => None,
+        })
+        .collect();
     // Each gets a reasoned rejection.
     let reasons: Vec<String> = rejections
         .iter()

@@ -138,19 +138,19 @@ fn a_killed_daemon_is_dropped_within_the_timeout_and_is_a_member_again_after_res
             .iter()
             .all(|i| !nodes[*i].member_ids().contains(&victim))
     });
-    // Default fail_after is 4 s: dropped within 5 s everywhere, suspected first.
+    // SWIM: a probe, indirect probes, then 2 s of suspicion (less when several suspect):
+    // dropped everywhere within 6 s, suspected first by whoever declared it.
     let dropped = dropped.expect("never dropped");
     assert!(
-        dropped <= Duration::from_secs(5),
+        dropped <= Duration::from_secs(6),
         "dropped after {dropped:?}"
     );
-    for i in others {
-        let log = nodes[i].logs();
-        assert!(
-            log.contains("member suspected") && log.contains("member failed"),
-            "{log}"
-        );
-    }
+    let logs: Vec<String> = others.iter().map(|i| nodes[*i].logs()).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("peer suspected")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().all(|l| l.contains("member failed")), "{logs:?}");
     nodes[2].restart();
     assert!(
         wait_for(Duration::from_secs(10), || all_see_all(&nodes)).is_some(),
@@ -221,7 +221,7 @@ fn json_logs_are_one_json_object_per_line() {
     assert!(wait_for(Duration::from_secs(10), || a.member_ids().len() == 1).is_some());
     drop(b);
     let logs = a.logs();
-    let mut joined = false;
+    let mut started = false;
     for line in logs.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -229,7 +229,7 @@ fn json_logs_are_one_json_object_per_line() {
             v["timestamp"].is_string() && v["level"].is_string(),
             "{line}"
         );
-        joined |= v["fields"]["message"] == "member joined";
+        started |= v["fields"]["message"] == "starting" && v["fields"]["peer_id"].is_string();
     }
-    assert!(joined, "{logs}");
+    assert!(started, "{logs}");
 }

@@ -22,11 +22,12 @@ pub const DEFAULT_SOLVER_BUDGET: Budget = Budget::LpIterations(6_000);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OverlayModel {
-    /// Every host runs its own `overlay::Overlay` and gossips, as the daemon does:
-    /// faithful, but work and memory grow with the square of the hosts.
+    /// Every host runs its own `overlay::Overlay`, as the daemon does: bounded views,
+    /// probes and exchanges, with latency and loss (the default).
     #[default]
     PerHost,
-    /// One converged view shared by all hosts (see [`crate::view`]): for large runs.
+    /// An all-knowing comparison: one converged view shared by all hosts, no gossip
+    /// (see [`crate::view`]).
     Shared,
 }
 
@@ -88,6 +89,9 @@ pub struct SimConfig {
     pub crashes: Option<CrashModel>,
     /// Probability that any message is lost.
     pub loss: f64,
+    /// No host is monitored before this (ms): the overlays form and the coordinates
+    /// settle first, as in a cluster whose daemons have run for a while.
+    pub warmup_ms: Millis,
     pub migration: MigrationModel,
     pub isp: isp::Config,
     pub overlay: overlay::Config,
@@ -120,6 +124,7 @@ impl Default for SimConfig {
             load: LoadModel::default(),
             crashes: None,
             loss: 0.0,
+            warmup_ms: 0,
             migration: MigrationModel::default(),
             isp: isp::Config::default(),
             overlay: overlay::Config::default(),

@@ -9,8 +9,7 @@
 //! nothing between their monitoring samples.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use dvms_core::host::{Millis, VmId};
@@ -28,6 +27,8 @@ use crate::centralized::{Central, Round};
 use crate::config::{OverlayModel, Scheduler, SimConfig, DEFAULT_SOLVER_BUDGET};
 use crate::model::{Datacenter, Refusal};
 use crate::network::{Network, NodeIx};
+use crate::overlay_stats::{OverlayStats, PEER_ID_BYTES};
+use crate::queue::EventQueue;
 use crate::report::{MessageKind, Metrics};
 use crate::view::{Nobody, Shared, SharedMember, SharedView};
 use crate::workload::CrashModel;
@@ -41,6 +42,8 @@ pub struct Daemon {
     pub node: SimNode,
     pub alive: bool,
     gen: u64,
+    /// When this daemon started.
+    up_since: Millis,
     /// When this daemon's pending timer event fires, if one is queued.
     timer_at: Option<Millis>,
 }
@@ -107,30 +110,6 @@ enum Ev {
     },
 }
 
-struct Scheduled {
-    at: Millis,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    // Reversed: the heap pops the earliest.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 /// A rule that drops matching messages (for failure scenarios): called with the time,
 /// sender, receiver and message; returns true to drop.
 pub type DropRule = Box<dyn FnMut(Millis, NodeIx, NodeIx, &Message<NodeIx>) -> bool>;
@@ -138,8 +117,7 @@ pub type DropRule = Box<dyn FnMut(Millis, NodeIx, NodeIx, &Message<NodeIx>) -> b
 pub struct Sim {
     pub cfg: SimConfig,
     now: Millis,
-    seq: u64,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue<Ev>,
     pub nodes: Vec<Daemon>,
     pub dc: Datacenter,
     network: Network,
@@ -235,8 +213,7 @@ impl Sim {
         });
         let mut sim = Sim {
             now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::default(),
             nodes: Vec::new(),
             metrics: Metrics::new(
                 hosts.len(),
@@ -254,6 +231,7 @@ impl Sim {
             isp_changed: true,
             cfg,
         };
+        sim.metrics.overlay = OverlayStats::new(&sim.network);
         for h in 0..hosts.len() {
             let node = sim.fresh_daemon(h, 0);
             sim.nodes.push(node);
@@ -302,6 +280,7 @@ impl Sim {
             node: Node::with_membership(id, gen, self.cfg.isp.clone(), membership, rng),
             alive: true,
             gen,
+            up_since: self.now,
             timer_at: None,
         }
     }
@@ -311,7 +290,7 @@ impl Sim {
     /// random phase of its gossip period, through a live host.
     fn boot(&mut self, h: usize) {
         let gen = self.nodes[h].gen;
-        let m0 = self.now + self.rng.random_range(0..self.cfg.monitor_ms);
+        let m0 = self.now.max(self.cfg.warmup_ms) + self.rng.random_range(0..self.cfg.monitor_ms);
         self.schedule(m0, Ev::Monitor { host: h, gen });
         if let Some(c) = &mut self.central {
             c.host_restarted(h);
@@ -319,7 +298,7 @@ impl Sim {
         }
         if self.view.is_some() {
             if self.now > 0 {
-                let at = self.now + self.cfg.overlay.gossip_interval;
+                let at = self.now + self.cfg.overlay.exchange_interval;
                 self.schedule(at, Ev::ViewJoin { host: h, gen });
             }
             self.arm(h as NodeIx, false);
@@ -337,7 +316,7 @@ impl Sim {
             .map(|i| (start + i) % n)
             .find(|&i| i != h && self.nodes[i].alive)
             .map(|i| i as NodeIx);
-        let t0 = self.now + self.rng.random_range(0..self.cfg.overlay.gossip_interval);
+        let t0 = self.now + self.rng.random_range(0..self.cfg.overlay.exchange_interval);
         self.schedule(t0, Ev::Boot { host: h, gen, seed });
     }
 
@@ -355,12 +334,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, at: Millis, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(at, ev);
     }
 
     /// Sets a VM's CPU demand at time `at` (scenarios).
@@ -388,7 +362,7 @@ impl Sim {
 
     /// Runs every event up to `t` (inclusive) and sets the clock to `t`.
     pub fn run_until(&mut self, t: Millis) {
-        while self.queue.peek().is_some_and(|s| s.at <= t) {
+        while self.queue.next_at().is_some_and(|at| at <= t) {
             self.step();
         }
         self.now = self.now.max(t);
@@ -396,11 +370,11 @@ impl Sim {
 
     /// Processes the next event; false when there is none.
     pub fn step(&mut self) -> bool {
-        let Some(s) = self.queue.pop() else {
+        let Some((at, ev)) = self.queue.pop() else {
             return false;
         };
-        self.now = s.at;
-        match s.ev {
+        self.now = at;
+        match ev {
             Ev::Timer { node, gen } => self.timer(node, gen),
             Ev::Monitor { host, gen } => {
                 if self.live(host as NodeIx, gen) {
@@ -532,6 +506,9 @@ impl Sim {
             match out {
                 Output::Send { to, msg } => {
                     self.isp_changed |= matches!(msg, Message::Isp(_));
+                    if let Message::Isp(isp::Message::Join { .. }) = &msg {
+                        self.growth_step(node, to);
+                    }
                     self.send(node, to, msg);
                 }
                 Output::Migrate { vm, to } => {
@@ -546,9 +523,46 @@ impl Sim {
                         self.log.push((now, node, e));
                     }
                 }
-                Output::Overlay(_) => {}
+                Output::Solve(job) => {
+                    // Answered at once: solver time is not charged in virtual time (yet).
+                    let answer = job.run();
+                    self.nodes[node as usize]
+                        .node
+                        .handle(now, Input::Solved(answer));
+                }
+                Output::Overlay(e) => {
+                    let bound = self.cfg.overlay.detection_bound();
+                    let nodes = &self.nodes;
+                    // Up, and for longer than a failure of a previous life takes to settle.
+                    let up = |p: NodeIx| {
+                        nodes
+                            .get(p as usize)
+                            .is_some_and(|d| d.alive && d.up_since + bound <= now)
+                    };
+                    self.metrics.overlay.event(now, &e, up);
+                }
             }
         }
+    }
+
+    /// A leader asks `candidate` to join its partition: compared with what an
+    /// all-knowing oracle would ask (the closest live host outside, by true RTT).
+    fn growth_step(&mut self, leader: NodeIx, candidate: NodeIx) {
+        let Some(d) = self.nodes[leader as usize].isp().leading() else {
+            return;
+        };
+        let inside: Vec<NodeIx> = d
+            .members
+            .iter()
+            .map(|(m, _)| *m)
+            .chain(d.excluded.iter().copied())
+            .collect();
+        let initiator = d.id.initiator;
+        let nodes = &self.nodes;
+        let up = |h: NodeIx| nodes.get(h as usize).is_some_and(|d| d.alive);
+        self.metrics
+            .overlay
+            .growth_step(&self.network, initiator, candidate, &inside, up);
     }
 
     fn set_load(&mut self, vm: usize, cpu: f64) {
@@ -565,10 +579,14 @@ impl Sim {
         }
         self.nodes[host].alive = false;
         self.dc.hosts[host].alive = false;
+        let listed = self.nodes[host].node.membership().listed();
+        let site = self.network.site_of[host];
+        self.metrics.overlay.crashed(self.now, host, site, listed);
         if let Some(v) = &self.view {
             let gen = self.nodes[host].gen;
             v.borrow_mut().host_down(host as NodeIx, gen, self.now);
-            let suspect = self.cfg.overlay.suspect_after;
+            let ov = &self.cfg.overlay;
+            let suspect = ov.detection_bound() - ov.suspect_timeout;
             self.schedule(self.now + suspect, Ev::ViewSuspect { host, gen });
             // Every daemon hears of it in time: their next timeouts may now be sooner.
             for n in 0..self.nodes.len() {
@@ -605,14 +623,19 @@ impl Sim {
         }
         self.nodes[host] = self.fresh_daemon(host, gen);
         self.dc.hosts[host].alive = true;
+        let site = self.network.site_of[host];
+        self.metrics.overlay.recovered(host, site);
         self.metrics.update_host(self.now, host, &self.dc);
         self.boot(host);
     }
 
     fn send(&mut self, from: NodeIx, to: NodeIx, msg: Message<NodeIx>) {
         let cross = self.network.site_of[from as usize] != self.network.site_of[to as usize];
-        let kind = match msg {
-            Message::Overlay(_) => MessageKind::Overlay,
+        let kind = match &msg {
+            Message::Overlay(m) => {
+                self.metrics.overlay.sent(from, m.wire_bytes(PEER_ID_BYTES));
+                MessageKind::Overlay
+            }
             Message::Isp(_) => MessageKind::Scheduling,
         };
         self.metrics.message(kind, cross);
@@ -640,8 +663,9 @@ impl Sim {
         if !self.nodes[to as usize].alive {
             return;
         }
-        if matches!(msg, Message::Overlay(overlay::Message::Gossip { .. })) {
-            // The daemon pings its peers; here each gossip carries a sample.
+        if matches!(msg, Message::Overlay(_)) {
+            // The daemon pings the peers it is connected to (libp2p ping on every
+            // connection); here every overlay message carries one sample.
             let rtt_ms = self
                 .network
                 .sample_rtt(from as usize, to as usize, &mut self.rng);
@@ -888,6 +912,13 @@ impl Sim {
     /// Ends the run: closes open violations at the current time.
     pub fn finish(&mut self) {
         let now = self.now;
+        self.metrics.overlay.max_listed = self
+            .nodes
+            .iter()
+            .filter(|d| d.alive)
+            .map(|d| d.node.membership().listed().len())
+            .max()
+            .unwrap_or(0);
         self.metrics.finish(now);
     }
 }

@@ -12,6 +12,8 @@ use serde::Serialize;
 
 use crate::model::Datacenter;
 use crate::network::NodeIx;
+use crate::overlay_stats::{OverlayStats, OverlaySummary};
+use crate::stats::percentile;
 
 /// What a message between daemons is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct Metrics {
     pub invariant_count: u64,
     /// The first invariant violations, described.
     pub invariant_violations: Vec<String>,
+    /// The overlay's cost and quality (see [`OverlayStats`]).
+    pub overlay: OverlayStats,
 }
 
 impl Metrics {
@@ -189,6 +193,7 @@ impl Metrics {
 
     /// Closes the violations still open at the end of the run.
     pub fn finish(&mut self, now: Millis) {
+        self.overlay.end_ms = now;
         for (h, s) in self.over_since.iter_mut().enumerate() {
             if let Some(t) = s.take() {
                 self.violation_spans.push((h, t, now));
@@ -255,6 +260,9 @@ impl Metrics {
             compute_mean_s: mean(&secs(&self.compute_ms)),
             compute_max_s: secs(&self.compute_ms).into_iter().fold(f64::NAN, f64::max),
             invariant_violations: self.invariant_count,
+            overlay: self
+                .overlay
+                .summary(self.over_since.len(), self.overlay_messages_counted),
         }
     }
 }
@@ -265,17 +273,6 @@ fn mean(x: &[f64]) -> f64 {
     } else {
         x.iter().sum::<f64>() / x.len() as f64
     }
-}
-
-/// Nearest-rank percentile.
-pub fn percentile(x: &[f64], q: f64) -> f64 {
-    if x.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = x.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 /// One run's results.
@@ -310,6 +307,8 @@ pub struct Summary {
     pub compute_mean_s: f64,
     pub compute_max_s: f64,
     pub invariant_violations: u64,
+    #[serde(flatten)]
+    pub overlay: OverlaySummary,
 }
 
 /// Runs side by side: one row per measure, one column per run.
@@ -345,6 +344,41 @@ pub fn table(runs: &[Summary]) -> String {
             share(s.cross_site_isp_messages, s.messages_isp)
         }),
         ("overlay messages", |s| count(s.messages_overlay)),
+        ("  bytes per node per s", |s| {
+            opt(s.overlay.overlay_bytes_per_node_s)
+        }),
+        ("  bytes, busiest node per s", |s| {
+            opt(s.overlay.overlay_bytes_busiest_node_s)
+        }),
+        ("  messages per node per s", |s| {
+            opt(s.overlay.overlay_messages_per_node_s)
+        }),
+        ("  peers per node, max", |s| {
+            count(s.overlay.peers_per_node_max.map(|x| x as u64))
+        }),
+        ("  false suspicions", |s| count(s.overlay.false_suspicions)),
+        ("  live hosts declared failed", |s| {
+            count(s.overlay.false_failures)
+        }),
+        ("  crash unlisted, p50 (s)", |s| {
+            opt(s.overlay.crash_detection_p50_s)
+        }),
+        ("  crash unlisted, p99 (s)", |s| {
+            opt(s.overlay.crash_detection_p99_s)
+        }),
+        ("  crash unlisted, max (s)", |s| {
+            opt(s.overlay.crash_detection_max_s)
+        }),
+        ("  crashed hosts listed anew", |s| {
+            count(s.overlay.crashed_hosts_relisted)
+        }),
+        ("growth steps", |s| s.overlay.growth_steps.to_string()),
+        ("  as close as the oracle's", |s| {
+            share_f(s.overlay.growth_oracle_best_share)
+        }),
+        ("  RTT / oracle's, p95", |s| {
+            fmt(s.overlay.growth_rtt_ratio_p95)
+        }),
         ("host crashes", |s| s.crashes.to_string()),
         ("invariant violations", |s| {
             s.invariant_violations.to_string()
@@ -532,23 +566,23 @@ fn count(x: Option<u64>) -> String {
     x.map_or("-".into(), |m| m.to_string())
 }
 
-fn fmt(x: f64) -> String {
+fn opt(x: Option<f64>) -> String {
+    x.map_or("-".into(), fmt)
+}
+
+/// A fraction as a percentage.
+fn share_f(x: f64) -> String {
     if x.is_finite() {
-        format!("{x:.2}")
+        format!("{:.1} %", 100.0 * x)
     } else {
         "-".into()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank() {
-        let x: Vec<f64> = (1..=20).map(f64::from).collect();
-        assert_eq!(percentile(&x, 0.95), 19.0);
-        assert_eq!(percentile(&x, 0.5), 10.0);
-        assert!(percentile(&[], 0.5).is_nan());
+fn fmt(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
     }
 }

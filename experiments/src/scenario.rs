@@ -9,6 +9,8 @@
 //! seed = 1
 //! duration = "1h"
 //! schedulers = ["dvms", "centralized"]
+//! # warmup = "120s"        # simulation: no host monitored before (overlays settle first)
+//! # loss = 0.01            # simulation: share of messages lost
 //!
 //! [hosts]
 //! count = 64
@@ -38,7 +40,7 @@
 //!
 //! [dvms]
 //! modes = ["locality"]      # and/or "ring"
-//! overlay = "shared"        # or "per-host"
+//! overlay = "per-host"      # every host's own overlay (default), or "shared"
 //! # budget_lp_iterations = 6000  # per exact search (deterministic); this default
 //!
 //! [centralized]
@@ -86,6 +88,10 @@ pub struct Scenario {
     /// Probability that a message is lost (simulation only).
     #[serde(default)]
     pub loss: f64,
+    /// No host is monitored before this (simulation): the overlays form and Vivaldi
+    /// settles first. Default 0.
+    #[serde(default, deserialize_with = "duration")]
+    pub warmup: Millis,
     #[serde(default)]
     pub dvms: Dvms,
     #[serde(default)]
@@ -209,7 +215,7 @@ impl Default for Dvms {
     fn default() -> Self {
         Dvms {
             modes: vec![Mode::Locality],
-            overlay: OverlayModel::Shared,
+            overlay: OverlayModel::PerHost,
             budget_lp_iterations: None,
         }
     }
@@ -356,6 +362,7 @@ impl Scenario {
                 ..CrashModel::default()
             }),
             loss: self.loss,
+            warmup_ms: self.warmup,
             migration: self.migration.clone(),
             overlay_model: self.dvms.overlay,
             centralized: CentralConfig {

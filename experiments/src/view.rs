@@ -1,16 +1,16 @@
-//! The shared overlay view: one membership view for all simulated daemons, as if gossip
-//! had converged, so that runs of thousands of hosts stay affordable (with one
-//! `overlay::Overlay` per host, every host gossips with every other: quadratic work and
-//! memory).
+//! The shared overlay view, kept as a named comparison (`overlay = "shared"`): one
+//! membership view for all simulated daemons, as if gossip had converged and everyone
+//! knew everyone. The default runs every host's own `overlay::Overlay`.
 //!
 //! What it keeps from the per-host overlay: the ring order (the same ring keys), the
 //! Vivaldi coordinates (each host runs the `vivaldi` crate on noisy RTT samples of the
 //! simulated network, before the run, against its ring neighbours and random members, as
 //! the daemon's pings do), the neighbour query (`overlay::closest_to` and
 //! `overlay::first_on_ring_after`, the very rules of `Overlay::best_outside`), and
-//! failure detection: a crashed host stops being a candidate after the overlay's
-//! suspicion delay and every daemon is told it failed after its failure delay; a host
-//! that comes back is a candidate again after one gossip interval. What it leaves out:
+//! failure detection: a crashed host stops being a candidate when the overlay would
+//! suspect it and every daemon is told it failed after the overlay's detection bound
+//! (`overlay::Config::detection_bound`); a host that comes back is a candidate again
+//! after one exchange interval. What it leaves out:
 //! the gossip messages themselves (not counted) and coordinates moving during the run
 //! (the simulated network does not change).
 //!
@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use dvms_core::host::Millis;
-use dvms_core::isp::Neighbours;
+use dvms_core::isp::{Contact, Neighbours};
 use dvms_core::node::Membership;
 use overlay::{Mode, OverlayId};
 use rand::rngs::StdRng;
@@ -74,7 +74,7 @@ impl SharedView {
             usable: vec![true; n],
             down: vec![None; n],
             failures: Vec::new(),
-            fail_after: cfg.fail_after,
+            fail_after: cfg.detection_bound(),
         }
     }
 
@@ -107,7 +107,12 @@ impl SharedView {
 }
 
 impl Neighbours<NodeIx> for SharedView {
-    fn best_outside(&self, from: &NodeIx, exclude: &dyn Fn(&NodeIx) -> bool) -> Option<NodeIx> {
+    fn best_outside(
+        &self,
+        from: &NodeIx,
+        _known: &[Contact<NodeIx>],
+        exclude: &dyn Fn(&NodeIx) -> bool,
+    ) -> Option<NodeIx> {
         let usable = |h: &NodeIx| self.usable[*h as usize];
         match self.mode {
             Mode::Ring => overlay::first_on_ring_after(&self.ring, from, |h| {
@@ -148,8 +153,13 @@ impl SharedMember {
 }
 
 impl Neighbours<NodeIx> for SharedMember {
-    fn best_outside(&self, from: &NodeIx, exclude: &dyn Fn(&NodeIx) -> bool) -> Option<NodeIx> {
-        self.view.borrow().best_outside(from, exclude)
+    fn best_outside(
+        &self,
+        from: &NodeIx,
+        known: &[Contact<NodeIx>],
+        exclude: &dyn Fn(&NodeIx) -> bool,
+    ) -> Option<NodeIx> {
+        self.view.borrow().best_outside(from, known, exclude)
     }
 }
 
@@ -192,7 +202,12 @@ impl Membership<NodeIx> for SharedMember {
 pub struct Nobody;
 
 impl Neighbours<NodeIx> for Nobody {
-    fn best_outside(&self, _: &NodeIx, _: &dyn Fn(&NodeIx) -> bool) -> Option<NodeIx> {
+    fn best_outside(
+        &self,
+        _: &NodeIx,
+        _: &[Contact<NodeIx>],
+        _: &dyn Fn(&NodeIx) -> bool,
+    ) -> Option<NodeIx> {
         None
     }
 }
@@ -273,12 +288,12 @@ mod tests {
         let mut inside = vec![3];
         for _ in 0..7 {
             let next = v
-                .best_outside(&3, &|h| inside.contains(h))
+                .best_outside(&3, &[], &|h| inside.contains(h))
                 .expect("a candidate");
             assert!(next < 8, "host {next} is in the other site: {inside:?}");
             inside.push(next);
         }
-        let next = v.best_outside(&3, &|h| inside.contains(h)).unwrap();
+        let next = v.best_outside(&3, &[], &|h| inside.contains(h)).unwrap();
         assert!(next >= 8, "site 0 is full, the other site comes next");
         // The learnt coordinates order hosts by distance: every host of the own site is
         // estimated closer than every host of the other site.
@@ -301,14 +316,21 @@ mod tests {
         let order: Vec<NodeIx> = v.ring.iter().map(|k| k.1).collect();
         let i = order.iter().position(|h| *h == 5).unwrap();
         let succ = order[(i + 1) % 16];
-        assert_eq!(v.best_outside(&5, &|_| false), Some(succ));
+        assert_eq!(v.best_outside(&5, &[], &|_| false), Some(succ));
         v.set_usable(succ, false);
-        assert_eq!(v.best_outside(&5, &|_| false), Some(order[(i + 2) % 16]));
-        v.set_usable(succ, true);
         assert_eq!(
-            v.best_outside(&5, &|h| *h == succ),
+            v.best_outside(&5, &[], &|_| false),
             Some(order[(i + 2) % 16])
         );
-        assert_eq!(v.best_outside(&5, &|h| *h != 5), None, "everyone excluded");
+        v.set_usable(succ, true);
+        assert_eq!(
+            v.best_outside(&5, &[], &|h| *h == succ),
+            Some(order[(i + 2) % 16])
+        );
+        assert_eq!(
+            v.best_outside(&5, &[], &|h| *h != 5),
+            None,
+            "everyone excluded"
+        );
     }
 }

@@ -34,6 +34,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Abort a live migration still running after this many seconds (daemon default 120).
     pub migration_timeout_s: Option<u64>,
+    /// Peer ids admitted besides the cluster's daemons.
+    pub allow: Vec<String>,
 }
 
 pub fn dir(cluster: &Cluster) -> PathBuf {
@@ -69,12 +71,7 @@ fn start_over_ssh(cluster: &Cluster, h: &Host, bin: &Path, config: &Path) -> Res
     let local = dir(cluster);
     let remote = host_dir(cluster, h);
     let id = local.join(format!("{}.id", h.name));
-    // The identity is created here once and copied: the daemon keeps its peer id.
-    let o = Command::new(bin)
-        .args(["peer-id", "--identity-file"])
-        .arg(&id)
-        .output()?;
-    anyhow::ensure!(o.status.success(), "dvms-node peer-id failed");
+    // The identity was created here (`peer_id`) and is copied: the daemon keeps its id.
     let r = |name: &str| remote.join(name).to_string_lossy().into_owned();
     crate::hosts::copy_to(h, bin, &r("dvms-node"))?;
     crate::hosts::copy_to(h, &local.join("swarm.key"), &r("swarm.key"))?;
@@ -95,6 +92,21 @@ fn start_over_ssh(cluster: &Cluster, h: &Host, bin: &Path, config: &Path) -> Res
     Ok(())
 }
 
+/// The peer id of the identity in `file` (created if there is none).
+fn peer_id(bin: &Path, file: &Path) -> Result<String> {
+    let o = Command::new(bin)
+        .args(["peer-id", "--identity-file"])
+        .arg(file)
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    anyhow::ensure!(
+        o.status.success(),
+        "dvms-node peer-id failed: {}",
+        String::from_utf8_lossy(&o.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
 fn find_binary(opt: &Options) -> Result<PathBuf> {
     if let Some(b) = &opt.binary {
         anyhow::ensure!(b.is_file(), "--binary {}: no such file", b.display());
@@ -109,7 +121,7 @@ fn find_binary(opt: &Options) -> Result<PathBuf> {
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("dvms-node"))
         .find(|p| p.is_file())
-        .context("no dvms-node binary next to dvms-launch nor on PATH (build it: cargo build -p dvms-node, or pass --binary)")
+        .context("no dvms-node binary next to dvms-launch nor on PATH (build it: cargo build --release -p dvms-node, or pass --binary)")
 }
 
 /// Where a host's daemon files live, as the host sees them.
@@ -161,7 +173,7 @@ fn host_dir(cluster: &Cluster, h: &Host) -> PathBuf {
 }
 
 /// The TOML configuration of one host's daemon.
-pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
+fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> String {
     let d = host_dir(cluster, h);
     let first = &cluster.hosts[0];
     // On the host itself, over SSH, libvirt is local; peers reach it as the cluster does.
@@ -181,6 +193,9 @@ pub fn config_toml(cluster: &Cluster, h: &Host, opt: &Options) -> String {
         psk = d.join("swarm.key").display(),
         id = d.join(format!("{}.id", h.name)).display(),
     );
+    // The cluster's own daemons and whom the operator named: the key alone admits nobody.
+    let quoted: Vec<String> = allow.iter().map(|p| format!("\"{p}\"")).collect();
+    s += &format!("allow = [{}]\n", quoted.join(", "));
     if let Some(m) = &opt.mode {
         s += &format!("\n[overlay]\nmode = \"{m}\"\n");
     }
@@ -229,13 +244,24 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
             );
         }
     }
+    let mut allow = Vec::new();
+    for h in &cluster.hosts {
+        allow.push(peer_id(&bin, &d.join(format!("{}.id", h.name)))?);
+    }
+    for p in &opt.allow {
+        anyhow::ensure!(
+            !p.is_empty() && p.len() <= 128 && p.chars().all(|c| c.is_ascii_alphanumeric()),
+            "--allow {p:?}: not a peer id (dvms-node peer-id prints one)"
+        );
+        allow.push(p.clone());
+    }
     let mut started = Vec::new();
     for h in &cluster.hosts {
         if running_pid(cluster, h).is_some() {
             continue;
         }
         let config = d.join(format!("{}.toml", h.name));
-        crate::util::write_atomic(&config, config_toml(cluster, h, opt).as_bytes())?;
+        crate::util::write_atomic(&config, config_toml(cluster, h, opt, &allow).as_bytes())?;
         let Access::Local { netns: ns, .. } = &h.access else {
             start_over_ssh(cluster, h, &bin, &config)?;
             started.push(h.name.clone());

@@ -141,7 +141,7 @@ enum DaemonsCmd {
     /// configurations, logs, event logs (JSON lines); over SSH, copied to and run from
     /// <remote dir>/dvms/<host>/.
     #[command(
-        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run"
+        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run\n  dvms-launch daemons start --allow 12D3KooW... (a tool's peer id)"
     )]
     Start {
         /// The dvms-node binary [default: next to dvms-launch, else on PATH].
@@ -160,6 +160,10 @@ enum DaemonsCmd {
         /// Abort a live migration still running after this many seconds [default: 120].
         #[arg(long, value_name = "SECONDS")]
         migration_timeout: Option<u64>,
+        /// Also admit this peer id (a tool or a monitor holding the key); repeatable.
+        /// The daemons always admit each other and, past that, nobody.
+        #[arg(long = "allow", value_name = "PEER_ID")]
+        allow: Vec<String>,
     },
     /// Stop every daemon (they leave the overlay first).
     Stop,
@@ -477,6 +481,7 @@ fn run(cli: Cli) -> Result<i32> {
             capacity_cpu,
             dry_run,
             migration_timeout,
+            allow,
         }) => {
             let c = cli.load_cluster()?;
             let opt = launcher::daemons::Options {
@@ -485,6 +490,7 @@ fn run(cli: Cli) -> Result<i32> {
                 capacity_cpu: *capacity_cpu,
                 dry_run: *dry_run,
                 migration_timeout_s: *migration_timeout,
+                allow: allow.clone(),
             };
             let started = launcher::daemons::start(&c, &opt)?;
             println!(

@@ -1,86 +1,109 @@
-//! Neighbour queries on an overlay of 10,000 members (the simulator asks one per ISP
-//! step): `cargo bench -p overlay --bench neighbours`.
+//! What one node pays per overlay step, on full views: the partition's growth query over
+//! a dossier that knows 512 nodes (the most it may), and handling a full-size exchange
+//! (peer sampling and neighbour refinement): `cargo bench -p overlay --bench neighbours`.
+//! Neither depends on the size of the cluster: a node only ever holds its bounded views.
 
 use std::collections::HashSet;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use overlay::{Config, Input, MemberInfo, Message, Mode, Overlay};
+use overlay::message::MAX_RECORDS;
+use overlay::{Config, Contact, Input, MemberInfo, Message, Mode, Overlay};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vivaldi::Coord;
 
-const MEMBERS: u32 = 10_000;
+fn coord(rng: &mut StdRng) -> Coord {
+    Coord {
+        position: std::array::from_fn(|_| rng.random_range(-150.0..150.0)),
+        height: rng.random_range(0.1..10.0),
+    }
+}
 
-fn overlay(mode: Mode) -> Overlay<u32> {
-    let mut rng = StdRng::seed_from_u64(5);
-    let cfg = Config {
-        mode,
-        max_records: MEMBERS as usize,
-        ..Config::default()
-    };
-    let mut o = Overlay::new(0u32, 1, cfg);
-    let members = (1..MEMBERS)
-        .map(|id| MemberInfo {
-            id,
-            incarnation: 1,
-            heartbeat: 1,
-            coordinate: Coord {
-                position: std::array::from_fn(|_| rng.random_range(-150.0..150.0)),
-                height: rng.random_range(0.1..10.0),
-            },
-            error: 0.2,
-            addrs: vec![],
-        })
-        .collect();
-    let msg = Message::Gossip {
-        members,
-        reply: false,
-    };
-    o.handle(0, Input::Message { from: 1, msg }, &mut rng);
-    assert_eq!(o.len(), MEMBERS as usize - 1);
+fn record(id: u32, rng: &mut StdRng) -> MemberInfo<u32> {
+    MemberInfo {
+        id,
+        incarnation: 1,
+        coordinate: coord(rng),
+        error: 0.3,
+        addrs: vec![],
+        age_ms: 100,
+    }
+}
+
+/// A node whose views were filled by exchanges with random records.
+fn node(mode: Mode, rng: &mut StdRng) -> Overlay<u32> {
+    let mut o = Overlay::new(
+        0u32,
+        1,
+        Config {
+            mode,
+            ..Config::default()
+        },
+    );
+    for round in 0..50u32 {
+        let base = 1 + round * 100;
+        let msg = exchange(base, rng);
+        o.handle(u64::from(round), Input::Message { from: base, msg }, rng);
+    }
     o
 }
 
+fn exchange(base: u32, rng: &mut StdRng) -> Message<u32> {
+    Message::Exchange {
+        me: record(base, rng),
+        sample: (1..4).map(|i| record(base + i, rng)).collect(),
+        near: (4..4 + MAX_RECORDS as u32 - 4)
+            .map(|i| record(base + i, rng))
+            .collect(),
+        reply: true,
+        listers: vec![],
+        updates: vec![],
+    }
+}
+
 fn neighbours(c: &mut Criterion) {
-    let mut g = c.benchmark_group("best_outside_10k_members");
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut g = c.benchmark_group("growth_query_known_512");
     for mode in [Mode::Locality, Mode::Ring] {
-        let o = overlay(mode);
+        let o = node(mode, &mut rng);
+        let known: Vec<Contact<u32>> = (10_000..10_512)
+            .map(|id| Contact {
+                id,
+                coordinate: coord(&mut rng),
+                addrs: vec![],
+            })
+            .collect();
         for partition in [1usize, 16, 256] {
-            // A partition grown from node 0 by the same query, as the ISP does.
-            let mut set: HashSet<u32> = HashSet::from([0]);
+            // A partition grown from node 10,000 by the same query, as the ISP does.
+            let mut set: HashSet<u32> = HashSet::from([10_000]);
             while set.len() < partition {
-                let next = o.best_outside(&0, |id| set.contains(id)).unwrap();
+                let next = o
+                    .best_outside(&10_000, &known, |id| set.contains(id))
+                    .unwrap();
                 set.insert(next);
             }
             g.bench_with_input(
                 BenchmarkId::new(format!("{mode:?}"), format!("partition_{partition}")),
                 &set,
-                |b, set| b.iter(|| o.best_outside(&0, |id| set.contains(id))),
+                |b, set| b.iter(|| o.best_outside(&10_000, &known, |id| set.contains(id))),
             );
         }
     }
     g.finish();
-    c.bench_function("gossip_merge_256_records_into_10k", |b| {
-        let mut o = overlay(Mode::Locality);
-        let mut rng = StdRng::seed_from_u64(9);
-        let mut hb = 1;
+    c.bench_function("full_exchange_on_full_views", |b| {
+        let mut o = node(Mode::Locality, &mut rng);
+        let mut round = 1_000u32;
         b.iter(|| {
-            hb += 1;
-            let members = (1..=256)
-                .map(|id| MemberInfo {
-                    id: id * 37,
-                    incarnation: 1,
-                    heartbeat: hb,
-                    coordinate: Coord::default(),
-                    error: 0.3,
-                    addrs: vec![],
-                })
-                .collect();
-            let msg = Message::Gossip {
-                members,
-                reply: true,
-            };
-            o.handle(hb, Input::Message { from: 37, msg }, &mut rng)
+            round += 1;
+            let msg = exchange(round * 100, &mut rng);
+            o.handle(
+                u64::from(round),
+                Input::Message {
+                    from: round * 100,
+                    msg,
+                },
+                &mut rng,
+            )
         })
     });
 }

@@ -1,25 +1,32 @@
-//! The DVMS overlay: who is a member, who is alive, where they are (Vivaldi coordinates),
-//! and, for the scheduler, *the best node outside a given set* (the node a partition grows
-//! by). A pure state machine: the caller feeds [`Input`]s with the current time and an RNG
-//! and carries out the returned [`Output`]s (send a message, log an event). The daemon
-//! drives it with real time and libp2p; the simulator with virtual time; same code.
+//! The DVMS overlay: who a node knows, who of them is alive, where they are (Vivaldi
+//! coordinates), and, for the scheduler, *the best node outside a given set* (the node a
+//! partition grows by). A pure state machine: the caller feeds [`Input`]s with the
+//! current time and an RNG and carries out the returned [`Output`]s (send a message, log
+//! an event). The daemon drives it with real time and libp2p; the simulator with virtual
+//! time; same code.
 //!
-//! Membership is push-pull heartbeat gossip: every `gossip_interval` a node bumps its own
-//! heartbeat and exchanges member records with its two ring neighbours and `gossip_fanout`
-//! random members. A member whose record has not advanced for `suspect_after` is suspected
-//! (no longer chosen for partitions), and after `fail_after` dropped, with a tombstone so
-//! that stale gossip does not bring it back; a restarted node comes back at once because it
-//! starts with a larger incarnation. A graceful leave is announced.
+//! What a node keeps is bounded, whatever the size of the cluster:
+//! - a **random view** of `random_view` peers, kept a uniform sample of the cluster by
+//!   Cyclon shuffles (peer sampling);
+//! - a **neighbour set**: its `near` closest peers by Vivaldi coordinates and its `ring`
+//!   successors and predecessors, refined every exchange from what its partners know
+//!   (T-Man / Vicinity);
+//! - **failure detection** by SWIM over those peers: one probe per `probe_interval`
+//!   (direct ping, then `indirect_probes` pings through others), suspicion refuted by the
+//!   suspect's incarnation, death after `suspect_timeout` (shorter when others suspect
+//!   too, as in Lifeguard), news piggybacked on every message a bounded number of times,
+//!   and a failure sent on purpose to the peers of whoever declares it.
+//!
+//! [`message`] bounds every message; [`select`] holds the selection rules.
 //!
 //! ```
-//! use overlay::{Config, Input, Overlay, Output, Message};
+//! use overlay::{Config, Input, Overlay, Output};
 //! use rand::SeedableRng;
 //! let mut rng = rand::rngs::StdRng::seed_from_u64(7);
 //! let mut a = Overlay::new(1u32, 1, Config::default());
 //! let mut b = Overlay::new(2u32, 1, Config::default());
-//! // b knows a's address (bootstrap); a gossip round makes both members of each other.
-//! b.handle(0, Input::Seed(1), &mut rng);
-//! let out = b.handle(0, Input::Tick, &mut rng);
+//! // b knows a's address (bootstrap): it introduces itself, a answers, both know both.
+//! let out = b.handle(0, Input::Seed(1), &mut rng);
 //! let Some(Output::Send { msg, .. }) = out.into_iter().find(|o| matches!(o, Output::Send { to: 1, .. })) else { panic!() };
 //! let reply = a.handle(1, Input::Message { from: 2, msg }, &mut rng);
 //! assert!(a.is_alive(&2));
@@ -27,14 +34,21 @@
 //! assert!(b.is_alive(&1));
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 
-use rand::seq::IteratorRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vivaldi::Coord;
+
+mod gossip;
+pub mod message;
+pub mod select;
+mod swim;
+
+pub use message::{Beacon, MemberInfo, Message, Status, Update};
+pub use select::{closest_to, first_on_ring_after, next_after};
 
 /// Milliseconds on the driver's clock (real or virtual); only differences matter.
 pub type Millis = u64;
@@ -89,17 +103,32 @@ impl std::str::FromStr for Mode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Period of gossip rounds (and of the local heartbeat), ms.
-    pub gossip_interval: Millis,
-    /// Random members gossiped with per round, besides the two ring neighbours.
-    pub gossip_fanout: usize,
-    /// Most member records in one gossip message (the rest travel in later rounds).
-    pub max_records: usize,
-    /// No fresh heartbeat for this long: suspected, ms.
-    pub suspect_after: Millis,
-    /// No fresh heartbeat for this long: dropped, ms.
-    pub fail_after: Millis,
-    /// How long a dropped or departed member is remembered, so stale gossip cannot revive it.
+    /// One SWIM probe per period, ms.
+    pub probe_interval: Millis,
+    /// Time an ack may take beyond twice the peer's RTT, ms.
+    pub ack_timeout: Millis,
+    /// Peers asked to probe a silent peer for us.
+    pub indirect_probes: usize,
+    /// From suspicion to death when nobody else suspects, ms.
+    pub suspect_timeout: Millis,
+    /// From suspicion to death when several nodes suspect independently, ms (Lifeguard).
+    pub suspect_timeout_min: Millis,
+    /// One exchange (peer sampling or neighbour refinement, alternately) per period, ms.
+    pub exchange_interval: Millis,
+    /// Size of the random view (Cyclon).
+    pub random_view: usize,
+    /// Records sent per shuffle, this node's own included.
+    pub shuffle_len: usize,
+    /// Closest peers kept by coordinates.
+    pub near: usize,
+    /// Successors and predecessors kept on the ring, each side.
+    pub ring: usize,
+    /// Times each membership update is piggybacked.
+    pub retransmits: u32,
+    /// Records of members nobody has heard from for this long are not taken, ms.
+    pub max_record_age: Millis,
+    /// How long a dead or departed member is remembered, so stale records cannot revive
+    /// it, ms.
     pub tombstone_for: Millis,
     pub mode: Mode,
     pub vivaldi: vivaldi::Config,
@@ -108,11 +137,18 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            gossip_interval: 500,
-            gossip_fanout: 2,
-            max_records: 256,
-            suspect_after: 2_000,
-            fail_after: 4_000,
+            probe_interval: 500,
+            ack_timeout: 300,
+            indirect_probes: 3,
+            suspect_timeout: 2_000,
+            suspect_timeout_min: 750,
+            exchange_interval: 2_000,
+            random_view: 8,
+            shuffle_len: 4,
+            near: 8,
+            ring: 2,
+            retransmits: 6,
+            max_record_age: 5_000,
             tombstone_for: 60_000,
             mode: Mode::Locality,
             vivaldi: vivaldi::Config::default(),
@@ -120,71 +156,65 @@ impl Default for Config {
     }
 }
 
+/// Most tombstones, seeds, pending probes and relays kept (state stays bounded under
+/// any churn or flood).
+pub const MAX_TOMBSTONES: usize = 1024;
+pub const MAX_SEEDS: usize = 16;
+pub const MAX_PENDING: usize = 64;
+/// Most updates waiting to be piggybacked.
+pub const MAX_QUEUED_UPDATES: usize = 64;
+/// A node that probed this one within this long still lists it, ms.
+pub const LISTER_MEMORY: Millis = 30_000;
+
 impl Config {
     /// Names the first inconsistent setting.
     pub fn validate(&self) -> Result<(), String> {
-        if self.gossip_interval == 0 {
-            return Err("gossip_interval must be > 0".into());
+        if self.probe_interval == 0 || self.exchange_interval == 0 {
+            return Err("probe_interval and exchange_interval must be > 0".into());
         }
-        if self.max_records < 1 {
-            return Err("max_records must be >= 1".into());
-        }
-        if self.suspect_after <= self.gossip_interval {
+        if self.ack_timeout == 0 || self.ack_timeout > self.probe_interval * 4 {
             return Err(format!(
-                "suspect_after ({} ms) must exceed gossip_interval ({} ms)",
-                self.suspect_after, self.gossip_interval
+                "ack_timeout ({} ms) must be > 0 and at most 4 probe intervals",
+                self.ack_timeout
             ));
         }
-        if self.fail_after < self.suspect_after {
+        if self.suspect_timeout_min > self.suspect_timeout {
+            return Err("suspect_timeout_min must not exceed suspect_timeout".into());
+        }
+        let lists = self.random_view + self.near + 2 * self.ring;
+        if self.random_view == 0 || lists > 64 {
             return Err(format!(
-                "fail_after ({} ms) must be >= suspect_after ({} ms)",
-                self.fail_after, self.suspect_after
+                "random_view must be >= 1 and random_view + near + 2 ring ({lists}) <= 64"
+            ));
+        }
+        if self.shuffle_len < 1 || self.shuffle_len > message::MAX_RECORDS {
+            return Err(format!(
+                "shuffle_len must be in 1..={}",
+                message::MAX_RECORDS
+            ));
+        }
+        if self.near + 2 * self.ring + 1 > message::MAX_RECORDS {
+            return Err(format!(
+                "near + 2 ring + 1 must be <= {}",
+                message::MAX_RECORDS
             ));
         }
         Ok(())
     }
-}
 
-/// A member as gossiped.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MemberInfo<Id> {
-    pub id: Id,
-    /// Grows with every restart (the daemon uses its start time), so a restarted node is
-    /// newer than anything remembered about its previous life.
-    pub incarnation: u64,
-    /// Grows every gossip round while the node lives.
-    pub heartbeat: u64,
-    pub coordinate: Coord,
-    pub error: f64,
-    /// How to reach it (opaque to the overlay: multiaddrs for the daemon, empty in the
-    /// simulator).
-    pub addrs: Vec<String>,
-}
-
-impl<Id> MemberInfo<Id> {
-    fn version(&self) -> (u64, u64) {
-        (self.incarnation, self.heartbeat)
+    /// The longest a crash may take to be declared by a node probing it: a probe period,
+    /// the direct and indirect probes, and the suspicion.
+    pub fn detection_bound(&self) -> Millis {
+        self.probe_interval + 3 * self.ack_timeout * 4 + self.suspect_timeout
     }
-}
-
-/// Messages between overlays.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Message<Id> {
-    /// Member records; `reply` asks the receiver to answer with its own.
-    Gossip {
-        members: Vec<MemberInfo<Id>>,
-        reply: bool,
-    },
-    /// The sender leaves the overlay for good (this incarnation).
-    Leave { incarnation: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input<Id> {
     /// Time passes: give it at [`Overlay::poll_timeout`] (earlier is harmless).
     Tick,
-    /// A peer that can be contacted (bootstrap peer, or a new connection): gossip with it
-    /// until it is a member.
+    /// A peer that can be contacted (bootstrap peer): introduce ourselves until it
+    /// answers.
     Seed(Id),
     Message {
         from: Id,
@@ -207,12 +237,15 @@ pub enum Output<Id> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<Id> {
+    /// A peer entered this node's views.
     Joined(Id),
+    /// A peer left this node's views by churn (not a failure).
+    Forgotten(Id),
     Suspected(Id),
     Recovered(Id),
     Failed(Id),
     Left(Id),
-    /// A gossiped record was dropped (e.g. a non-finite coordinate).
+    /// A message or record was dropped.
     Rejected {
         from: Id,
         reason: String,
@@ -226,18 +259,34 @@ pub enum Health {
     Suspected,
 }
 
+/// What a node knows of a peer in its views.
 #[derive(Clone, Debug)]
-struct Entry<Id> {
+struct Peer<Id> {
     info: MemberInfo<Id>,
     ring: u64,
-    /// When the record last advanced.
-    fresh_at: Millis,
+    /// The latest sign of life known: this node's own contact or a peer's record.
+    heard_at: Millis,
+    /// When this node last heard from it itself (a message, or an ack through a helper),
+    /// or when it entered the views: the order of probes.
+    contacted_at: Millis,
+    /// Whether this node has heard from it itself (else it is known from records only).
+    verified: bool,
     health: Health,
     /// Last filtered RTT measured to it, ms.
     measured_rtt: Option<f64>,
 }
 
-/// A member as the local node sees it (for status pages and the scheduler).
+/// A node as the partition knows it: offered by its members, carried in the dossier.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contact<Id> {
+    pub id: Id,
+    pub coordinate: Coord,
+    /// Where to reach it (the daemon's multiaddrs; empty in the simulator).
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// A peer as the local node sees it (for status pages).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemberView<Id> {
     pub id: Id,
@@ -245,11 +294,13 @@ pub struct MemberView<Id> {
     pub coordinate: Coord,
     pub error: f64,
     pub addrs: Vec<String>,
+    /// Which of this node's views hold it: "random", "near", "succ", "pred".
+    pub roles: Vec<&'static str>,
     /// RTT predicted by the coordinates, ms.
     pub estimated_rtt_ms: f64,
     /// RTT measured (after the latency filter), ms, if any.
     pub measured_rtt_ms: Option<f64>,
-    /// Time since its record last advanced, ms.
+    /// Time since this node last heard from it, ms.
     pub silent_for_ms: Millis,
 }
 
@@ -258,15 +309,35 @@ pub struct Overlay<Id: OverlayId> {
     me: MemberInfo<Id>,
     my_ring: u64,
     vivaldi: vivaldi::Node<{ vivaldi::DIMS }>,
-    members: Members<Id>,
-    /// Ring order of the members (not including this node).
-    ring: BTreeSet<(u64, Id)>,
-    /// Dropped or departed members: last version known, and until when it is kept.
-    tombstones: HashMap<Id, ((u64, u64), Millis)>,
+    /// Exactly the peers of the views below.
+    peers: BTreeMap<Id, Peer<Id>>,
+    /// Cyclon view: peers and their age in shuffle rounds.
+    random: Vec<(Id, u32)>,
+    near: Vec<Id>,
+    succ: Vec<Id>,
+    pred: Vec<Id>,
+    /// Dead or departed members: incarnation and until when it is kept.
+    tombstones: BTreeMap<Id, (u64, Millis)>,
+    /// Peers known from records only that did not answer this node's probe, until when
+    /// their records are refused (not an accusation: nothing is announced).
+    unreachable: BTreeMap<Id, Millis>,
     seeds: BTreeSet<Id>,
-    next_round: Millis,
-    /// No member can be due for suspicion or failure before this.
-    next_check: Millis,
+    swim: swim::State<Id>,
+    next_probe: Millis,
+    next_exchange: Millis,
+    exchanges: u64,
+    /// What this node sent in the shuffle it started, to be replaced by the answer.
+    shuffle_sent: Option<(Id, Vec<Id>)>,
+    /// An entry of the random view was replaced since the views were last tidied.
+    random_replaced: bool,
+    /// The ring links changed since the last exchange: the neighbour set is still
+    /// converging, so the next exchange comes sooner.
+    neighbours_changed: bool,
+    /// Who probed this node lately, and when last: the nodes that list it.
+    pingers: BTreeMap<Id, Millis>,
+    /// For each peer of the neighbour set, who lists it (as it last said): told at once
+    /// when it is declared dead.
+    guarded: BTreeMap<Id, Vec<Id>>,
 }
 
 impl<Id: OverlayId> Overlay<Id> {
@@ -277,32 +348,44 @@ impl<Id: OverlayId> Overlay<Id> {
         let me = MemberInfo {
             id,
             incarnation,
-            heartbeat: 0,
             coordinate: vivaldi.coordinate(),
             error: vivaldi.error(),
             addrs: Vec::new(),
+            age_ms: 0,
         };
         Overlay {
             cfg,
             me,
             my_ring,
             vivaldi,
-            members: Members::default(),
-            ring: BTreeSet::new(),
-            tombstones: HashMap::new(),
+            peers: BTreeMap::new(),
+            random: Vec::new(),
+            near: Vec::new(),
+            succ: Vec::new(),
+            pred: Vec::new(),
+            tombstones: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
             seeds: BTreeSet::new(),
-            next_round: 0,
-            next_check: Millis::MAX,
+            swim: swim::State::default(),
+            next_probe: 0,
+            next_exchange: 0,
+            exchanges: 0,
+            shuffle_sent: None,
+            random_replaced: false,
+            neighbours_changed: true,
+            pingers: BTreeMap::new(),
+            guarded: BTreeMap::new(),
         }
     }
 
-    /// When [`Input::Tick`] is next due: the next gossip round, or the next member that
-    /// may have to be suspected or dropped.
+    /// When [`Input::Tick`] is next due.
     pub fn poll_timeout(&self) -> Millis {
-        self.next_round.min(self.next_check)
+        self.next_probe
+            .min(self.next_exchange)
+            .min(self.swim.next_deadline())
     }
 
-    /// The addresses gossiped for this node.
+    /// The addresses passed on for this node.
     pub fn set_addrs(&mut self, addrs: Vec<String>) {
         self.me.addrs = addrs;
     }
@@ -327,136 +410,164 @@ impl<Id: OverlayId> Overlay<Id> {
         self.vivaldi.error()
     }
 
-    /// Number of members besides this node (alive or suspected).
+    /// Number of peers this node knows (the union of its views; bounded by the
+    /// configuration, not by the cluster).
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.peers.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.peers.is_empty()
     }
 
-    /// Number of members currently suspected.
+    /// Number of peers currently suspected.
     pub fn suspected_count(&self) -> usize {
-        self.members
+        self.peers
             .values()
-            .filter(|e| e.health == Health::Suspected)
+            .filter(|p| p.health == Health::Suspected)
             .count()
     }
 
     pub fn is_alive(&self, id: &Id) -> bool {
-        self.members
+        self.peers
             .get(id)
-            .is_some_and(|e| e.health == Health::Alive)
+            .is_some_and(|p| p.health == Health::Alive)
     }
 
-    pub fn is_member(&self, id: &Id) -> bool {
-        self.members.contains_key(id)
+    /// Whether `id` is in one of this node's views (alive or suspected).
+    pub fn lists(&self, id: &Id) -> bool {
+        self.peers.contains_key(id)
     }
 
-    /// The coordinate gossiped by a member.
+    /// The peers of this node's views.
+    pub fn listed(&self) -> impl Iterator<Item = &Id> {
+        self.peers.keys()
+    }
+
+    /// Whether the neighbour set is full: `near` peers and `ring` on each side, when
+    /// the cluster is that large.
+    pub fn neighbours_full(&self) -> bool {
+        self.near.len() >= self.cfg.near
+            && self.succ.len() >= self.cfg.ring
+            && self.pred.len() >= self.cfg.ring
+    }
+
+    /// First successor and predecessor on the ring, as this node knows them.
+    pub fn ring_neighbours(&self) -> (Option<&Id>, Option<&Id>) {
+        (self.succ.first(), self.pred.first())
+    }
+
+    /// The peers closest by coordinates, closest first.
+    pub fn near(&self) -> &[Id] {
+        &self.near
+    }
+
+    /// The coordinate of this node or of a peer.
     pub fn coordinate_of(&self, id: &Id) -> Option<Coord> {
         if *id == self.me.id {
             return Some(self.coordinate());
         }
-        self.members.get(id).map(|e| e.info.coordinate)
+        self.peers.get(id).map(|p| p.info.coordinate)
     }
 
     pub fn member(&self, id: &Id, now: Millis) -> Option<MemberView<Id>> {
-        let e = self.members.get(id)?;
-        Some(self.view(e, now))
+        self.peers.get(id).map(|p| self.view(p, now))
     }
 
-    /// All members, in ring order starting after this node.
+    /// The peers of all views, in ring order starting after this node.
     pub fn members(&self, now: Millis) -> Vec<MemberView<Id>> {
-        let after = self
-            .ring
-            .range((self.my_ring, self.me.id.clone())..)
-            .chain(self.ring.range(..(self.my_ring, self.me.id.clone())));
-        after
-            .filter_map(|(_, id)| self.members.get(id))
-            .map(|e| self.view(e, now))
-            .collect()
+        let me = (self.my_ring, self.me.id.clone());
+        let mut v: Vec<&Peer<Id>> = self.peers.values().collect();
+        v.sort_by_key(|p| select::ring_distance(&me, &(p.ring, p.info.id.clone())));
+        v.into_iter().map(|p| self.view(p, now)).collect()
     }
 
-    fn view(&self, e: &Entry<Id>, now: Millis) -> MemberView<Id> {
+    fn view(&self, p: &Peer<Id>, now: Millis) -> MemberView<Id> {
+        let id = &p.info.id;
+        let roles = [
+            ("random", self.random.iter().any(|(r, _)| r == id)),
+            ("near", self.near.contains(id)),
+            ("succ", self.succ.contains(id)),
+            ("pred", self.pred.contains(id)),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(r, _)| r)
+        .collect();
         MemberView {
-            id: e.info.id.clone(),
-            health: e.health,
-            coordinate: e.info.coordinate,
-            error: e.info.error,
-            addrs: e.info.addrs.clone(),
-            estimated_rtt_ms: self.coordinate().estimate_rtt(&e.info.coordinate),
-            measured_rtt_ms: e.measured_rtt,
-            silent_for_ms: now.saturating_sub(e.fresh_at),
+            id: id.clone(),
+            health: p.health,
+            coordinate: p.info.coordinate,
+            error: p.info.error,
+            addrs: p.info.addrs.clone(),
+            roles,
+            estimated_rtt_ms: self.coordinate().estimate_rtt(&p.info.coordinate),
+            measured_rtt_ms: p.measured_rtt,
+            silent_for_ms: now.saturating_sub(p.heard_at),
         }
     }
 
-    /// The best node outside `exclude` to grow a partition by, seen from `from` (normally
-    /// the partition's current leader): in `Locality` mode the alive member closest to
-    /// `from` by coordinates (ties: the first on the ring after `from`); in `Ring` mode
-    /// the first alive member on the ring after `from`. This node is a candidate too.
-    pub fn best_outside(&self, from: &Id, exclude: impl Fn(&Id) -> bool) -> Option<Id> {
+    /// This node and its neighbour set (alive), as offered to a partition it joins:
+    /// what the partition grows from.
+    pub fn offer(&self) -> Vec<Contact<Id>> {
+        let me = Contact {
+            id: self.me.id.clone(),
+            coordinate: self.coordinate(),
+            addrs: self.me.addrs.clone(),
+        };
+        let mut seen = BTreeSet::new();
+        let ids = self.near.iter().chain(&self.succ).chain(&self.pred);
+        let peers = ids
+            .filter(|id| seen.insert((*id).clone()))
+            .filter_map(|id| self.peers.get(id))
+            .filter(|p| p.health == Health::Alive)
+            .map(|p| Contact {
+                id: p.info.id.clone(),
+                coordinate: p.info.coordinate,
+                addrs: p.info.addrs.clone(),
+            });
+        std::iter::once(me).chain(peers).collect()
+    }
+
+    /// The best node outside `exclude` to grow a partition by, seen from `from` (the
+    /// partition's initiator), among what the partition knows (`known`: its members'
+    /// offers) and this node's own views: in `Locality` mode the closest to `from` by
+    /// coordinates (ties: the first on the ring after `from`); in `Ring` mode the first
+    /// on the ring after `from`. Peers this node suspects or knows dead are skipped.
+    pub fn best_outside(
+        &self,
+        from: &Id,
+        known: &[Contact<Id>],
+        exclude: impl Fn(&Id) -> bool,
+    ) -> Option<Id> {
+        let unusable = |id: &Id| {
+            self.tombstones.contains_key(id)
+                || self
+                    .peers
+                    .get(id)
+                    .is_some_and(|p| p.health == Health::Suspected)
+        };
+        let skip = |id: &Id| exclude(id) || unusable(id);
+        let mine = std::iter::once((self.my_ring, &self.me.id, self.coordinate()));
+        let peers = self
+            .peers
+            .values()
+            .filter(|p| p.health == Health::Alive)
+            .map(|p| (p.ring, &p.info.id, p.info.coordinate));
+        let offered = known.iter().map(|c| (c.id.ring_key(), &c.id, c.coordinate));
+        let candidates = mine.chain(peers).chain(offered);
         match self.cfg.mode {
-            Mode::Ring => self.next_on_ring(from, exclude),
-            Mode::Locality => self.closest(from, exclude),
-        }
-    }
-
-    /// The first alive member (or this node) on the ring after `from`, not excluded.
-    pub fn next_on_ring(&self, from: &Id, exclude: impl Fn(&Id) -> bool) -> Option<Id> {
-        let start = (from.ring_key(), from.clone());
-        let candidate = |id: &Id| *id != *from && !exclude(id) && self.usable(id);
-        let mine = (self.my_ring, self.me.id.clone());
-        let best = first_on_ring_after(&self.ring, from, candidate);
-        // This node is not in `ring`; it wins if it comes first after `from`.
-        if candidate(&self.me.id) {
-            let dist = |k: &(u64, Id)| ring_distance(&start, k);
-            if best.is_none_or(|b| dist(&mine) < dist(b)) {
-                return Some(self.me.id.clone());
+            Mode::Ring => next_after(from, candidates.map(|(r, id, _)| (r, id)), skip),
+            Mode::Locality => {
+                let origin = known
+                    .iter()
+                    .find(|c| c.id == *from)
+                    .map(|c| c.coordinate)
+                    .or_else(|| self.coordinate_of(from))
+                    .unwrap_or_else(|| self.coordinate());
+                closest_to(from, &origin, candidates, skip)
             }
         }
-        best.map(|k| k.1.clone())
-    }
-
-    fn usable(&self, id: &Id) -> bool {
-        *id == self.me.id || self.is_alive(id)
-    }
-
-    fn closest(&self, from: &Id, exclude: impl Fn(&Id) -> bool) -> Option<Id> {
-        let origin = self.coordinate_of(from)?;
-        let mine = std::iter::once((self.my_ring, &self.me.id, self.coordinate()));
-        let others = self
-            .members
-            .values()
-            .filter(|e| e.health == Health::Alive)
-            .map(|e| (e.ring, &e.info.id, e.info.coordinate));
-        closest_to(from, &origin, mine.chain(others), exclude)
-    }
-
-    /// The members this node gossips with every round besides random ones: its ring
-    /// successor and predecessor (alive).
-    pub fn ring_neighbours(&self) -> Vec<Id> {
-        let me = (self.my_ring, self.me.id.clone());
-        let alive = |k: &&(u64, Id)| self.is_alive(&k.1);
-        let succ = self
-            .ring
-            .range((std::ops::Bound::Excluded(&me), std::ops::Bound::Unbounded))
-            .chain(self.ring.range(..&me))
-            .find(alive);
-        let pred = self
-            .ring
-            .range(..&me)
-            .rev()
-            .chain(
-                self.ring
-                    .range((std::ops::Bound::Excluded(&me), std::ops::Bound::Unbounded))
-                    .rev(),
-            )
-            .find(alive);
-        let mut out: Vec<Id> = succ.into_iter().chain(pred).map(|k| k.1.clone()).collect();
-        out.dedup();
-        out
     }
 
     pub fn handle(&mut self, now: Millis, input: Input<Id>, rng: &mut impl Rng) -> Vec<Output<Id>> {
@@ -464,146 +575,62 @@ impl<Id: OverlayId> Overlay<Id> {
         match input {
             Input::Tick => self.tick(now, rng, &mut out),
             Input::Seed(id) => {
-                if id != self.me.id && !self.members.contains_key(&id) {
-                    self.seeds.insert(id.clone());
+                if id != self.me.id && !self.peers.contains_key(&id) {
+                    if self.seeds.len() < MAX_SEEDS {
+                        self.seeds.insert(id.clone());
+                    }
                     // Do not wait for the next round to introduce ourselves.
-                    out.push(Output::Send {
-                        to: id,
-                        msg: self.gossip(true, rng),
-                    });
+                    let (msg, _) = self.exchange_to(now, &id, true, rng);
+                    out.push(Output::Send { to: id, msg });
                 }
             }
-            Input::Message { from, msg } => self.receive(now, from, msg, rng, &mut out),
+            Input::Message { from, msg } => {
+                if from == self.me.id {
+                    return out;
+                }
+                if let Err(reason) = msg.validate(self.cfg.vivaldi.max_coordinate) {
+                    out.push(Output::Event(Event::Rejected { from, reason }));
+                    return out;
+                }
+                self.receive(now, from, msg, rng, &mut out);
+            }
             Input::Rtt { peer, rtt_ms } => self.observe_rtt(&peer, rtt_ms, rng),
-            Input::Leave => {
-                let msg = Message::Leave {
-                    incarnation: self.me.incarnation,
-                };
-                for e in self.members.values() {
-                    out.push(Output::Send {
-                        to: e.info.id.clone(),
-                        msg: msg.clone(),
-                    });
-                }
-            }
+            Input::Leave => self.leave(&mut out),
         }
         out
     }
 
     fn observe_rtt(&mut self, peer: &Id, rtt_ms: f64, rng: &mut impl Rng) {
-        let Some(e) = self.members.get_mut(peer) else {
+        let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
         if let Ok(filtered) =
             self.vivaldi
-                .observe(e.ring, &e.info.coordinate, e.info.error, rtt_ms, rng)
+                .observe(p.ring, &p.info.coordinate, p.info.error, rtt_ms, rng)
         {
-            e.measured_rtt = Some(filtered);
+            p.measured_rtt = Some(filtered);
             self.me.coordinate = self.vivaldi.coordinate();
             self.me.error = self.vivaldi.error();
         }
     }
 
     fn tick(&mut self, now: Millis, rng: &mut impl Rng, out: &mut Vec<Output<Id>>) {
-        self.check_health(now, out);
         self.tombstones.retain(|_, (_, until)| *until > now);
-        if now < self.next_round {
-            return;
+        self.unreachable.retain(|_, until| *until > now);
+        let memory = LISTER_MEMORY;
+        self.pingers.retain(|_, at| *at + memory > now);
+        self.swim_deadlines(now, rng, out);
+        if now >= self.next_probe {
+            self.next_probe = now + self.cfg.probe_interval;
+            self.probe(now, rng, out);
         }
-        self.next_round = now + self.cfg.gossip_interval;
-        self.me.heartbeat += 1;
-        let mut targets: BTreeSet<Id> = self.ring_neighbours().into_iter().collect();
-        let alive = self
-            .members
-            .values()
-            .filter(|e| e.health == Health::Alive && !targets.contains(&e.info.id))
-            .map(|e| e.info.id.clone())
-            .choose_multiple(rng, self.cfg.gossip_fanout);
-        targets.extend(alive);
-        // Suspected members are still asked now and then, so a recovered one is seen.
-        if let Some(s) = self
-            .members
-            .values()
-            .filter(|e| e.health == Health::Suspected)
-            .map(|e| e.info.id.clone())
-            .choose(rng)
-        {
-            targets.insert(s);
+        if now >= self.next_exchange {
+            let converging =
+                std::mem::take(&mut self.neighbours_changed) || !self.neighbours_full();
+            let every = self.cfg.exchange_interval;
+            self.next_exchange = now + if converging { every.div_ceil(2) } else { every };
+            self.start_exchange(now, rng, out);
         }
-        self.seeds.retain(|s| !self.members.contains_key(s));
-        targets.extend(self.seeds.iter().cloned());
-        for to in targets {
-            out.push(Output::Send {
-                to,
-                msg: self.gossip(true, rng),
-            });
-        }
-    }
-
-    fn check_health(&mut self, now: Millis, out: &mut Vec<Output<Id>>) {
-        if now < self.next_check {
-            return;
-        }
-        let mut failed = Vec::new();
-        let mut next = Millis::MAX;
-        for e in self.members.values_mut() {
-            let silent = now.saturating_sub(e.fresh_at);
-            if silent >= self.cfg.fail_after {
-                failed.push(e.info.id.clone());
-                continue;
-            }
-            if silent >= self.cfg.suspect_after && e.health == Health::Alive {
-                e.health = Health::Suspected;
-                out.push(Output::Event(Event::Suspected(e.info.id.clone())));
-            }
-            let due = match e.health {
-                Health::Alive => e.fresh_at + self.cfg.suspect_after,
-                Health::Suspected => e.fresh_at + self.cfg.fail_after,
-            };
-            next = next.min(due);
-        }
-        self.next_check = next;
-        for id in failed {
-            self.remove(&id, now);
-            out.push(Output::Event(Event::Failed(id)));
-        }
-    }
-
-    fn remove(&mut self, id: &Id, now: Millis) {
-        if let Some(e) = self.members.remove(id) {
-            self.ring.remove(&(e.ring, id.clone()));
-            self.vivaldi.forget(e.ring);
-            self.tombstones
-                .insert(id.clone(), (e.info.version(), now + self.cfg.tombstone_for));
-        }
-    }
-
-    /// This node's record plus up to `max_records - 1` others: ring neighbours first, then
-    /// a random sample of alive members.
-    fn gossip(&self, reply: bool, rng: &mut impl Rng) -> Message<Id> {
-        let room = self.cfg.max_records.saturating_sub(1);
-        let mut members = vec![self.me.clone()];
-        if self.members.len() <= room {
-            members.extend(self.members.values().map(|e| e.info.clone()));
-        } else {
-            let neighbours = self.ring_neighbours();
-            members.extend(
-                neighbours
-                    .iter()
-                    .filter_map(|id| self.members.get(id))
-                    .map(|e| e.info.clone()),
-            );
-            let rest = room.saturating_sub(neighbours.len());
-            members.extend(
-                self.members
-                    .values()
-                    .filter(|e| e.health == Health::Alive && !neighbours.contains(&e.info.id))
-                    .choose_multiple(rng, rest)
-                    .into_iter()
-                    .map(|e| e.info.clone()),
-            );
-        }
-        Message::Gossip { members, reply }
     }
 
     fn receive(
@@ -614,192 +641,147 @@ impl<Id: OverlayId> Overlay<Id> {
         rng: &mut impl Rng,
         out: &mut Vec<Output<Id>>,
     ) {
+        self.apply_updates(now, &from, msg.updates(), out);
         match msg {
-            Message::Gossip { members, reply } => {
-                for m in members.into_iter().take(self.cfg.max_records) {
-                    self.merge(now, &from, m, out);
-                }
-                if reply {
-                    out.push(Output::Send {
-                        to: from,
-                        msg: self.gossip(false, rng),
-                    });
-                }
+            Message::Ping { seq, from: b, .. } => {
+                self.heard(now, &from, &b, out);
+                self.pinged_by(now, from.clone());
+                let msg = Message::Ack {
+                    seq,
+                    from: self.beacon(),
+                    updates: self.take_updates(Some(&from)),
+                };
+                out.push(Output::Send { to: from, msg });
             }
-            Message::Leave { incarnation } => {
-                let current = self
-                    .members
-                    .get(&from)
-                    .is_some_and(|e| e.info.incarnation == incarnation);
-                if current {
-                    if let Some(e) = self.members.get_mut(&from) {
-                        // Nothing newer than this life of the node may revive it.
-                        e.info.heartbeat = u64::MAX;
-                    }
-                    self.remove(&from, now);
-                    self.seeds.remove(&from);
-                    out.push(Output::Event(Event::Left(from)));
-                }
+            Message::Ack { seq, from: b, .. } => {
+                self.heard(now, &from, &b, out);
+                self.acked(now, &from, seq, out);
             }
+            Message::PingReq { seq, target, .. } => self.relay(now, from, seq, target, out),
+            Message::IndirectAck { seq, target, .. } => self.acked(now, &target, seq, out),
+            Message::Exchange {
+                me,
+                sample,
+                near,
+                reply,
+                listers,
+                ..
+            } => {
+                if self.near.contains(&from)
+                    || self.succ.contains(&from)
+                    || self.pred.contains(&from)
+                {
+                    self.guarded.insert(from.clone(), listers);
+                }
+                self.exchanged(now, from, me, sample, near, reply, rng, out)
+            }
+            Message::Notice { .. } => {}
         }
     }
 
-    fn merge(&mut self, now: Millis, from: &Id, m: MemberInfo<Id>, out: &mut Vec<Output<Id>>) {
-        if m.id == self.me.id {
+    fn beacon(&self) -> Beacon {
+        Beacon {
+            incarnation: self.me.incarnation,
+            coordinate: self.coordinate(),
+            error: self.error(),
+        }
+    }
+
+    /// A message from `id` itself: it is alive, at this incarnation and place.
+    fn heard(&mut self, now: Millis, id: &Id, b: &Beacon, out: &mut Vec<Output<Id>>) {
+        self.swim.heard_from(id);
+        let Some(p) = self.peers.get_mut(id) else {
             return;
+        };
+        p.heard_at = now;
+        p.contacted_at = now;
+        p.verified = true;
+        if b.incarnation >= p.info.incarnation {
+            p.info.incarnation = b.incarnation;
+            p.info.coordinate = b.coordinate;
+            p.info.error = b.error;
         }
-        if !m.coordinate.is_sane(self.cfg.vivaldi.max_coordinate) || !m.error.is_finite() {
-            out.push(Output::Event(Event::Rejected {
-                from: from.clone(),
-                reason: format!("record of {:?} has an invalid coordinate or error", m.id),
-            }));
-            return;
+        self.cleared(id, out);
+    }
+
+    /// Removes `id` from every view (failure, departure or churn).
+    fn drop_peer(&mut self, id: &Id) -> bool {
+        self.random.retain(|(r, _)| r != id);
+        self.near.retain(|r| r != id);
+        self.succ.retain(|r| r != id);
+        self.pred.retain(|r| r != id);
+        self.swim.forget(id);
+        self.guarded.remove(id);
+        if let Some(p) = self.peers.remove(id) {
+            self.vivaldi.forget(p.ring);
+            return true;
         }
-        if let Some((version, until)) = self.tombstones.get(&m.id) {
-            if m.version() <= *version && *until > now {
-                return;
-            }
-            self.tombstones.remove(&m.id);
+        false
+    }
+
+    fn tombstone(&mut self, id: &Id, incarnation: u64, now: Millis) {
+        let until = now + self.cfg.tombstone_for;
+        insert_bounded(
+            &mut self.tombstones,
+            MAX_TOMBSTONES,
+            id.clone(),
+            (incarnation, until),
+            |v| v.1,
+        );
+    }
+
+    fn leave(&mut self, out: &mut Vec<Output<Id>>) {
+        let notice = Message::Notice {
+            updates: vec![Update {
+                id: self.me.id.clone(),
+                incarnation: self.me.incarnation,
+                status: Status::Left,
+            }],
+        };
+        let mut to: Vec<Id> = self.peers.keys().cloned().collect();
+        to.sort();
+        for id in to {
+            out.push(Output::Send {
+                to: id,
+                msg: notice.clone(),
+            });
         }
-        match self.members.get_mut(&m.id) {
-            Some(e) => {
-                if m.version() > e.info.version() {
-                    e.info = m;
-                    e.fresh_at = now;
-                    if e.health == Health::Suspected {
-                        // Its next deadline is now suspicion again, sooner than failure.
-                        self.next_check = self.next_check.min(now + self.cfg.suspect_after);
-                        e.health = Health::Alive;
-                        out.push(Output::Event(Event::Recovered(e.info.id.clone())));
-                    }
-                }
-            }
-            None => {
-                let id = m.id.clone();
-                let ring = id.ring_key();
-                self.ring.insert((ring, id.clone()));
-                self.members.insert(
-                    id.clone(),
-                    Entry {
-                        info: m,
-                        ring,
-                        fresh_at: now,
-                        health: Health::Alive,
-                        measured_rtt: None,
-                    },
-                );
-                self.seeds.remove(&id);
-                self.next_check = self.next_check.min(now + self.cfg.suspect_after);
-                out.push(Output::Event(Event::Joined(id)));
-            }
-        }
+    }
+
+    fn pinged_by(&mut self, now: Millis, id: Id) {
+        insert_bounded(&mut self.pingers, message::MAX_LISTERS, id, now, |t| *t);
+    }
+
+    /// The peers of all views, sorted (a deterministic order for random choices).
+    fn peer_ids(&self, alive_only: bool) -> Vec<Id> {
+        let mut ids: Vec<Id> = self
+            .peers
+            .values()
+            .filter(|p| !alive_only || p.health == Health::Alive)
+            .map(|p| p.info.id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 }
 
-/// The members, stored contiguously (the locality query scans them all) with an index.
-struct Members<Id> {
-    slots: Vec<Entry<Id>>,
-    index: HashMap<Id, usize>,
-}
-
-impl<Id> Default for Members<Id> {
-    fn default() -> Self {
-        Members {
-            slots: Vec::new(),
-            index: HashMap::new(),
+/// Inserts into a map kept at most `max` long: a new key beyond it evicts the entry whose
+/// `time` is earliest (the one that expires first, or was heard from longest ago).
+pub(crate) fn insert_bounded<K: Ord + Clone, V>(
+    map: &mut BTreeMap<K, V>,
+    max: usize,
+    key: K,
+    value: V,
+    time: impl Fn(&V) -> Millis,
+) {
+    if map.len() >= max && !map.contains_key(&key) {
+        if let Some(first) = map
+            .iter()
+            .min_by_key(|(_, v)| time(v))
+            .map(|(k, _)| k.clone())
+        {
+            map.remove(&first);
         }
     }
-}
-
-impl<Id: OverlayId> Members<Id> {
-    fn len(&self) -> usize {
-        self.slots.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-    fn contains_key(&self, id: &Id) -> bool {
-        self.index.contains_key(id)
-    }
-    fn get(&self, id: &Id) -> Option<&Entry<Id>> {
-        self.index.get(id).map(|i| &self.slots[*i])
-    }
-    fn get_mut(&mut self, id: &Id) -> Option<&mut Entry<Id>> {
-        self.index.get(id).map(|i| &mut self.slots[*i])
-    }
-    fn insert(&mut self, id: Id, e: Entry<Id>) {
-        match self.index.get(&id) {
-            Some(i) => self.slots[*i] = e,
-            None => {
-                self.index.insert(id, self.slots.len());
-                self.slots.push(e);
-            }
-        }
-    }
-    fn remove(&mut self, id: &Id) -> Option<Entry<Id>> {
-        let i = self.index.remove(id)?;
-        let e = self.slots.swap_remove(i);
-        if let Some(moved) = self.slots.get(i) {
-            self.index.insert(moved.info.id.clone(), i);
-        }
-        Some(e)
-    }
-    fn values(&self) -> std::slice::Iter<'_, Entry<Id>> {
-        self.slots.iter()
-    }
-    fn values_mut(&mut self) -> std::slice::IterMut<'_, Entry<Id>> {
-        self.slots.iter_mut()
-    }
-}
-
-/// The locality rule of [`Overlay::best_outside`] over any candidates (ring key, id,
-/// coordinate): the one closest to `origin` (the coordinate of `from`), ties broken by the
-/// first on the ring after `from`; never `from` nor an excluded node. The simulator's
-/// shared overlay view applies the same rule.
-pub fn closest_to<'a, Id: OverlayId + 'a>(
-    from: &Id,
-    origin: &Coord,
-    candidates: impl Iterator<Item = (u64, &'a Id, Coord)>,
-    exclude: impl Fn(&Id) -> bool,
-) -> Option<Id> {
-    let start = (from.ring_key(), from.clone());
-    let mut best: Option<(f64, u64, &Id)> = None;
-    for (ring, id, coord) in candidates {
-        let d = origin.estimate_rtt(&coord);
-        if best.is_some_and(|(bd, _, _)| d > bd) {
-            continue; // cheaper than the exclusion test, which most nodes never reach
-        }
-        let rd = ring_distance(&start, &(ring, id.clone()));
-        let better = best.is_none_or(|(bd, brd, _)| d < bd || rd < brd);
-        if better && id != from && !exclude(id) {
-            best = Some((d, rd, id));
-        }
-    }
-    best.map(|(_, _, id)| id.clone())
-}
-
-/// The ring rule of [`Overlay::best_outside`]: the first entry of `ring` (ordered by
-/// ring key, then id) after `from` for which `candidate` holds, wrapping around.
-pub fn first_on_ring_after<'a, Id: OverlayId>(
-    ring: &'a BTreeSet<(u64, Id)>,
-    from: &Id,
-    candidate: impl Fn(&Id) -> bool,
-) -> Option<&'a (u64, Id)> {
-    let start = (from.ring_key(), from.clone());
-    ring.range((
-        std::ops::Bound::Excluded(&start),
-        std::ops::Bound::Unbounded,
-    ))
-    .chain(ring.range(..&start))
-    .find(|k| candidate(&k.1))
-}
-
-/// Clockwise distance on the ring from `a` to `b` (ties between equal keys by id).
-fn ring_distance<Id: Ord>(a: &(u64, Id), b: &(u64, Id)) -> u64 {
-    let d = b.0.wrapping_sub(a.0);
-    if d == 0 && b.1 < a.1 {
-        u64::MAX
-    } else {
-        d
-    }
+    map.insert(key, value);
 }

@@ -1,35 +1,64 @@
-//! Membership, failure suspicion, leave and the neighbour queries, driven by a small
-//! in-memory router with a fixed one-way delay (the daemon tests run the same code over
-//! libp2p between real processes).
+//! The overlay between many nodes, driven by a small discrete-event router: messages take
+//! half the RTT of a synthetic map (four clusters on a plane), may be lost, and every ack
+//! feeds the receiver's Vivaldi with the pair's RTT, as the simulator does. The daemon
+//! tests run the same code over libp2p between real processes.
 
-use std::collections::{HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use overlay::{Config, Event, Input, MemberInfo, Message, Millis, Mode, Output, Overlay};
+use overlay::{Config, Contact, Event, Input, Message, Millis, Mode, Output, Overlay, OverlayId};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
-use vivaldi::Coord;
-
-const DELAY: Millis = 5;
+use rand::{Rng, SeedableRng};
 
 struct Net {
     nodes: Vec<Option<Overlay<u32>>>,
-    queue: VecDeque<(Millis, u32, u32, Message<u32>)>,
+    pos: Vec<(f64, f64)>,
+    queue: BinaryHeap<Reverse<(Millis, u64, u32)>>,
+    /// Messages in flight, by their sequence number in `queue`.
+    in_flight: HashMap<u64, (u32, Message<u32>)>,
     events: Vec<(Millis, u32, Event<u32>)>,
     rng: StdRng,
     now: Millis,
+    seq: u64,
+    loss: f64,
+    /// Nodes whose messages (both ways) are dropped.
+    cut: BTreeSet<u32>,
+    sent: u64,
+    bytes: u64,
 }
 
 impl Net {
-    fn new(n: u32, cfg: &Config) -> Net {
+    fn new(n: u32, cfg: &Config, seed: u64) -> Net {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let centres = [(0.0, 0.0), (80.0, 0.0), (0.0, 60.0), (90.0, 70.0)];
+        let pos = (0..n)
+            .map(|i| {
+                let c = centres[i as usize % 4];
+                (
+                    c.0 + rng.random_range(-5.0..5.0),
+                    c.1 + rng.random_range(-5.0..5.0),
+                )
+            })
+            .collect();
         let mut net = Net {
             nodes: (0..n)
                 .map(|i| Some(Overlay::new(i, 1, cfg.clone())))
                 .collect(),
-            queue: VecDeque::new(),
+            pos,
+            queue: BinaryHeap::new(),
+            in_flight: HashMap::new(),
             events: Vec::new(),
-            rng: StdRng::seed_from_u64(11),
+            rng,
             now: 0,
+            seq: 0,
+            loss: 0.0,
+            cut: BTreeSet::new(),
+            sent: 0,
+            bytes: 0,
         };
+        for i in 0..n {
+            net.wake(i, 0);
+        }
         // Every node knows node 0 only, as with one bootstrap address.
         for i in 1..n {
             net.input(i, Input::Seed(0));
@@ -37,339 +66,427 @@ impl Net {
         net
     }
 
+    fn rtt(&self, a: u32, b: u32) -> f64 {
+        let (p, q) = (self.pos[a as usize], self.pos[b as usize]);
+        ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2)).sqrt() + 1.0
+    }
+
+    fn wake(&mut self, node: u32, at: Millis) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, node)));
+    }
+
     fn input(&mut self, at: u32, input: Input<u32>) {
         let Some(node) = self.nodes[at as usize].as_mut() else {
             return;
         };
-        for o in node.handle(self.now, input, &mut self.rng) {
+        let outs = node.handle(self.now, input, &mut self.rng);
+        for o in outs {
             match o {
-                Output::Send { to, msg } => self.queue.push_back((self.now + DELAY, at, to, msg)),
+                Output::Send { to, msg } => {
+                    self.sent += 1;
+                    self.bytes += msg.wire_bytes(38) as u64;
+                    if self.cut.contains(&at) || self.cut.contains(&to) {
+                        continue;
+                    }
+                    if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+                        continue;
+                    }
+                    let delay = (self.rtt(at, to) / 2.0).ceil() as Millis;
+                    self.seq += 1;
+                    self.in_flight.insert(self.seq, (at, msg));
+                    self.queue
+                        .push(Reverse((self.now + delay.max(1), self.seq, to)));
+                }
                 Output::Event(e) => self.events.push((self.now, at, e)),
             }
         }
     }
 
-    /// Runs until `until`, ticking every node every 100 ms.
     fn run_until(&mut self, until: Millis) {
-        while self.now < until {
-            self.now += DELAY;
-            let due: Vec<_> = std::iter::from_fn(|| {
-                if self.queue.front().is_some_and(|m| m.0 <= self.now) {
-                    self.queue.pop_front()
-                } else {
-                    None
-                }
-            })
-            .collect();
-            for (_, from, to, msg) in due {
-                self.input(to, Input::Message { from, msg });
+        while let Some(Reverse((at, seq, node))) = self.queue.peek().copied() {
+            if at > until {
+                break;
             }
-            if self.now.is_multiple_of(100) {
-                for i in 0..self.nodes.len() as u32 {
-                    self.input(i, Input::Tick);
+            self.queue.pop();
+            let msg = self.in_flight.remove(&seq);
+            self.now = at;
+            if self.nodes[node as usize].is_none() {
+                continue;
+            }
+            match msg {
+                Some((from, msg)) => {
+                    {
+                        // As the daemon's pings on each connection (and the simulator).
+                        let rtt_ms = self.rtt(from, node) * self.rng.random_range(0.95..1.05);
+                        self.input(node, Input::Rtt { peer: from, rtt_ms });
+                    }
+                    self.input(node, Input::Message { from, msg });
+                }
+                None => {
+                    let o = self.nodes[node as usize].as_ref().unwrap();
+                    if o.poll_timeout() <= self.now {
+                        self.input(node, Input::Tick);
+                    }
+                }
+            }
+            if let Some(o) = self.nodes[node as usize].as_ref() {
+                // One pending wake per node at its next timeout (earlier ones are harmless).
+                let next = o.poll_timeout().max(self.now + 1);
+                if next < Millis::MAX {
+                    self.wake(node, next);
                 }
             }
         }
+        self.now = until;
     }
 
-    fn node(&self, i: u32) -> &Overlay<u32> {
-        self.nodes[i as usize].as_ref().unwrap()
+    fn live(&self) -> impl Iterator<Item = (u32, &Overlay<u32>)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().map(|o| (i as u32, o)))
     }
 
-    fn first_event(&self, at: u32, want: &Event<u32>) -> Option<Millis> {
+    fn failed_live(&self) -> Vec<(Millis, u32, u32)> {
         self.events
             .iter()
-            .find(|(_, n, e)| *n == at && e == want)
-            .map(|(t, _, _)| *t)
+            .filter_map(|(t, at, e)| match e {
+                Event::Failed(x) if self.nodes[*x as usize].is_some() => Some((*t, *at, *x)),
+                _ => None,
+            })
+            .collect()
     }
 }
 
-#[test]
-fn nodes_that_know_one_bootstrap_peer_all_become_members_of_each_other() {
-    let mut net = Net::new(20, &Config::default());
-    net.run_until(5_000);
-    for i in 0..20 {
-        let n = net.node(i);
-        assert_eq!(n.len(), 19, "node {i} sees {} members", n.len());
-        assert!((0..20).filter(|j| *j != i).all(|j| n.is_alive(&j)));
-    }
+/// The true ring successor of each live node.
+fn true_successors(net: &Net) -> Vec<(u32, u32)> {
+    let mut ring: Vec<(u64, u32)> = net.live().map(|(i, _)| (i.ring_key(), i)).collect();
+    ring.sort();
+    (0..ring.len())
+        .map(|k| (ring[k].1, ring[(k + 1) % ring.len()].1))
+        .collect()
 }
 
 #[test]
-fn a_silent_node_is_suspected_then_dropped_within_the_timeouts_and_rejoins_after_restart() {
+fn two_hundred_nodes_build_bounded_views_and_the_true_ring() {
     let cfg = Config::default();
-    let mut net = Net::new(6, &cfg);
-    net.run_until(3_000);
-    assert!((0..6).all(|i| net.node(i).len() == 5));
-    let killed_at = net.now;
-    net.nodes[3] = None; // SIGKILL: no goodbye, no more messages
-    net.run_until(killed_at + cfg.fail_after + 1_000);
-    for i in [0, 1, 2, 4, 5] {
-        let suspected = net.first_event(i, &Event::Suspected(3)).expect("suspected");
-        let failed = net.first_event(i, &Event::Failed(3)).expect("failed");
-        // Its last heartbeat is at most one gossip round (plus a relay) older than the kill.
-        assert!(
-            suspected - killed_at <= cfg.suspect_after,
-            "node {i}: {suspected}"
-        );
-        assert!(
-            failed - killed_at <= cfg.fail_after,
-            "node {i}: failed at +{}",
-            failed - killed_at
-        );
-        assert!(!net.node(i).is_member(&3));
-        assert_eq!(net.node(i).len(), 4);
+    let mut net = Net::new(200, &cfg, 1);
+    // Vivaldi, fed by the probes' and exchanges' RTTs (about 3 samples a second), needs
+    // a few minutes before the clusters separate well.
+    net.run_until(300_000);
+    let bound = cfg.random_view + cfg.near + 2 * cfg.ring;
+    for (i, o) in net.live() {
+        assert!(o.len() <= bound, "node {i} keeps {} peers", o.len());
+        assert!(o.neighbours_full(), "node {i}: neighbour set not full");
     }
-    // Restart: same id, larger incarnation, one bootstrap peer.
-    net.nodes[3] = Some(Overlay::new(3, 2, cfg.clone()));
-    net.input(3, Input::Seed(0));
-    let restarted = net.now;
-    net.run_until(restarted + 3_000);
-    for i in [0, 1, 2, 4, 5] {
-        assert!(net.node(i).is_alive(&3), "node {i} does not see 3 again");
-        assert_eq!(net.node(i).me().incarnation, 1);
+    for (i, succ) in true_successors(&net) {
+        let (s, _) = net.nodes[i as usize].as_ref().unwrap().ring_neighbours();
+        assert_eq!(s, Some(&succ), "node {i}'s successor");
     }
-    assert_eq!(net.node(3).len(), 5);
-}
-
-#[test]
-fn a_node_that_leaves_is_removed_at_once_and_stale_gossip_does_not_revive_it() {
-    let mut net = Net::new(5, &Config::default());
-    net.run_until(3_000);
-    net.input(2, Input::Leave);
-    net.nodes[2] = None;
-    let left_at = net.now;
-    net.run_until(left_at + 50);
-    for i in [0, 1, 3, 4] {
-        assert!(net.first_event(i, &Event::Left(2)).is_some(), "node {i}");
-        assert!(!net.node(i).is_member(&2));
-    }
-    net.run_until(left_at + 10_000);
-    for i in [0, 1, 3, 4] {
-        assert!(!net.node(i).is_member(&2));
-        assert!(net.first_event(i, &Event::Joined(2)).unwrap() < left_at);
-        assert!(net.first_event(i, &Event::Failed(2)).is_none());
-    }
-}
-
-fn record(id: u32, pos: [f64; vivaldi::DIMS]) -> MemberInfo<u32> {
-    MemberInfo {
-        id,
-        incarnation: 1,
-        heartbeat: 1,
-        coordinate: Coord {
-            position: pos,
-            height: 1.0,
-        },
-        error: 0.2,
-        addrs: vec![],
-    }
-}
-
-/// Node 0 learning 1..=n at the given positions in one gossip message from node 1.
-fn overlay_with(mode: Mode, positions: &[[f64; vivaldi::DIMS]]) -> Overlay<u32> {
-    let cfg = Config {
-        mode,
-        max_records: 10_000,
-        ..Config::default()
-    };
-    let mut o = Overlay::new(0, 1, cfg);
-    let members = positions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| record(i as u32 + 1, *p))
-        .collect();
-    let mut rng = StdRng::seed_from_u64(1);
-    o.handle(
-        0,
-        Input::Message {
-            from: 1,
-            msg: Message::Gossip {
-                members,
-                reply: false,
-            },
-        },
-        &mut rng,
+    // Near sets: most of each node's near set is in its own cluster (4 clusters of 50;
+    // a quarter by chance). Measured: 90 % after 300 s, 95 % with probes every 500 ms.
+    let same: usize = net
+        .live()
+        .map(|(i, o)| o.near().iter().filter(|p| *p % 4 == i % 4).count())
+        .sum();
+    let total: usize = net.live().map(|(_, o)| o.near().len()).sum();
+    assert!(
+        same * 100 >= total * 85,
+        "{same} of {total} near peers in the same cluster"
     );
-    o
+    assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());
 }
 
 #[test]
-fn locality_mode_grows_toward_the_closest_node_outside_the_set() {
-    // Two clusters: {1,2,3} near the origin side, {4,5} 100 ms away.
-    let o = overlay_with(
-        Mode::Locality,
-        &[
-            [0.0, 0.0, 0.0, 0.0],
-            [3.0, 0.0, 0.0, 0.0],
-            [6.0, 0.0, 0.0, 0.0],
-            [100.0, 0.0, 0.0, 0.0],
-            [104.0, 0.0, 0.0, 0.0],
-        ],
-    );
-    let set = |v: &[u32]| v.iter().copied().collect::<HashSet<u32>>();
-    let excl = set(&[0, 1]);
-    assert_eq!(o.best_outside(&1, |id| excl.contains(id)), Some(2));
-    let excl = set(&[0, 1, 2]);
-    assert_eq!(o.best_outside(&1, |id| excl.contains(id)), Some(3));
-    let excl = set(&[0, 1, 2, 3]);
-    assert_eq!(o.best_outside(&1, |id| excl.contains(id)), Some(4));
-    let excl = set(&[0, 4]);
-    assert_eq!(o.best_outside(&4, |id| excl.contains(id)), Some(5));
-    let all = set(&[0, 1, 2, 3, 4, 5]);
-    assert_eq!(o.best_outside(&1, |id| all.contains(id)), None);
-}
-
-#[test]
-fn ring_mode_grows_along_the_ring_and_wraps_around() {
-    let o = overlay_with(Mode::Ring, &[[0.0; vivaldi::DIMS]; 9]);
-    let mut ring: Vec<u32> = (0..10).collect();
-    ring.sort_by_key(overlay::OverlayId::ring_key);
-    // From each node, the next one on the ring, and the one after if it is excluded.
-    for (k, from) in ring.iter().enumerate() {
-        let next = ring[(k + 1) % 10];
-        let after = ring[(k + 2) % 10];
-        assert_eq!(o.best_outside(from, |_| false), Some(next));
-        assert_eq!(o.best_outside(from, |id| *id == next), Some(after));
-    }
-    // The status view lists members in ring order after this node.
-    let listed: Vec<u32> = o.members(0).into_iter().map(|m| m.id).collect();
-    let at = ring.iter().position(|id| *id == 0).unwrap();
-    let expected: Vec<u32> = (1..10).map(|k| ring[(at + k) % 10]).collect();
-    assert_eq!(listed, expected);
-}
-
-#[test]
-fn suspected_members_are_not_chosen_for_partitions() {
+fn crashes_are_forgotten_everywhere_and_no_live_node_is_declared_failed_under_loss() {
     let cfg = Config::default();
-    let mut net = Net::new(4, &cfg);
-    net.run_until(2_000);
-    net.nodes[2] = None;
-    let t = net.now;
-    net.run_until(t + cfg.suspect_after + 300);
-    let o = net.node(0);
-    assert!(o.is_member(&2) && !o.is_alive(&2));
-    for from in [0, 1, 3] {
-        assert_ne!(o.best_outside(&from, |_| false), Some(2));
-        assert_ne!(o.next_on_ring(&from, |_| false), Some(2));
+    let mut net = Net::new(300, &cfg, 2);
+    net.loss = 0.01;
+    net.run_until(20_000);
+    let killed: Vec<u32> = (0..10).map(|k| 7 + 29 * k).collect();
+    for k in &killed {
+        net.nodes[*k as usize] = None;
     }
-}
-
-#[test]
-fn records_with_invalid_coordinates_are_rejected_and_reported() {
-    let mut o = Overlay::new(0u32, 1, Config::default());
-    let mut bad = record(7, [f64::NAN, 0.0, 0.0, 0.0]);
-    let mut rng = StdRng::seed_from_u64(1);
-    let out = o.handle(
-        0,
-        Input::Message {
-            from: 7,
-            msg: Message::Gossip {
-                members: vec![bad.clone()],
-                reply: false,
-            },
-        },
-        &mut rng,
-    );
-    assert!(!o.is_member(&7));
-    assert!(matches!(
-        &out[..],
-        [Output::Event(Event::Rejected { from: 7, .. })]
-    ));
-    bad.coordinate.position[0] = 1e12;
-    o.handle(
-        0,
-        Input::Message {
-            from: 7,
-            msg: Message::Gossip {
-                members: vec![bad],
-                reply: false,
-            },
-        },
-        &mut rng,
-    );
-    assert!(!o.is_member(&7));
-}
-
-#[test]
-fn measured_rtts_move_the_coordinates_so_that_estimates_match() {
-    // Three nodes at pairwise RTTs 10, 20, 25 ms.
-    let rtt = |a: u32, b: u32| match (a.min(b), a.max(b)) {
-        (0, 1) => 10.0,
-        (0, 2) => 20.0,
-        _ => 25.0,
-    };
-    let mut net = Net::new(3, &Config::default());
-    net.run_until(1_000);
-    for round in 0..400 {
-        for a in 0..3u32 {
-            let b = (a + 1 + round % 2) % 3;
-            net.input(
-                a,
-                Input::Rtt {
-                    peer: b,
-                    rtt_ms: rtt(a, b),
-                },
-            );
+    let t0 = net.now;
+    let mut gone_at = None;
+    while net.now < t0 + 30_000 {
+        net.run_until(net.now + 250);
+        let still = net
+            .live()
+            .filter(|(_, o)| killed.iter().any(|k| o.lists(k)))
+            .count();
+        if still == 0 {
+            gone_at = Some(net.now - t0);
+            break;
         }
-        net.run_until(net.now + 100);
     }
-    for a in 0..3u32 {
-        for b in 0..3u32 {
-            if a != b {
-                let v = net.node(a).member(&b, net.now).unwrap();
-                let want = rtt(a, b);
-                assert!(
-                    (v.estimated_rtt_ms - want).abs() / want < 0.15,
-                    "{a}->{b}: estimated {} measured {want}",
-                    v.estimated_rtt_ms
-                );
-                assert_eq!(v.measured_rtt_ms, Some(want));
+    let gone = gone_at.expect("crashed nodes still listed 30 s later");
+    assert!(gone <= 10_000, "crashed nodes listed for {gone} ms");
+    net.run_until(net.now + 60_000);
+    assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());
+    for (i, succ) in true_successors(&net) {
+        let (s, _) = net.nodes[i as usize].as_ref().unwrap().ring_neighbours();
+        assert_eq!(s, Some(&succ), "node {i}'s successor after the crashes");
+    }
+}
+
+#[test]
+fn a_node_cut_off_briefly_refutes_its_suspicion() {
+    let cfg = Config::default();
+    let mut net = Net::new(40, &cfg, 3);
+    net.run_until(10_000);
+    net.cut.insert(5);
+    net.run_until(net.now + 1_500);
+    net.cut.clear();
+    net.run_until(net.now + 20_000);
+    let suspected = net.events.iter().any(|(_, _, e)| *e == Event::Suspected(5));
+    assert!(suspected, "a 1.5 s silence is suspected");
+    assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());
+    assert!(net.live().filter(|(_, o)| o.lists(&5)).count() > 0);
+    assert!(net
+        .live()
+        .all(|(i, o)| !o.lists(&5) || o.is_alive(&5) || i == 5));
+}
+
+#[test]
+fn leave_is_announced_and_a_restart_comes_back() {
+    let cfg = Config::default();
+    let mut net = Net::new(30, &cfg, 4);
+    net.run_until(10_000);
+    net.input(3, Input::Leave);
+    net.nodes[3] = None;
+    net.run_until(net.now + 2_000);
+    assert!(net.live().all(|(_, o)| !o.lists(&3)), "3 left");
+    // A restart: a larger incarnation, through one seed.
+    net.nodes[3] = Some(Overlay::new(3, 2, cfg.clone()));
+    net.wake(3, net.now);
+    net.input(3, Input::Seed(0));
+    net.run_until(net.now + 15_000);
+    assert!(net.live().filter(|(_, o)| o.is_alive(&3)).count() >= 5);
+}
+
+#[test]
+fn growth_uses_what_the_partition_knows() {
+    let at = |x: f64| {
+        let mut c = vivaldi::Coord::origin(0.0);
+        c.position[0] = x;
+        c
+    };
+    for mode in [Mode::Locality, Mode::Ring] {
+        let o = Overlay::new(
+            100u32,
+            1,
+            Config {
+                mode,
+                ..Config::default()
+            },
+        );
+        let known: Vec<Contact<u32>> = (1..20)
+            .map(|i| Contact {
+                id: i,
+                coordinate: at(f64::from(i) * 10.0),
+                addrs: vec![],
+            })
+            .collect();
+        let mut inside = BTreeSet::from([1u32]);
+        let mut order = vec![];
+        for _ in 0..5 {
+            let next = o
+                .best_outside(&1, &known, |id| inside.contains(id))
+                .unwrap();
+            inside.insert(next);
+            order.push(next);
+        }
+        match mode {
+            Mode::Locality => {
+                // Distance from node 1 (at 10): 2, 3, ... (this node is at the origin,
+                // 10 away, tied with 2 and after it on distance ties by ring order).
+                assert!(order.contains(&2) && order.contains(&3), "{order:?}");
+                assert!(order.iter().all(|id| *id <= 5 || *id == 100), "{order:?}");
+            }
+            Mode::Ring => {
+                let mut ring: Vec<u32> = (1..20).chain([100]).collect();
+                ring.sort_by_key(|i| i.ring_key());
+                let p = ring.iter().position(|i| *i == 1).unwrap();
+                let expect: Vec<u32> = (1..=5).map(|k| ring[(p + k) % ring.len()]).collect();
+                assert_eq!(order, expect);
             }
         }
     }
 }
 
-mod arbitrary_inputs {
+#[test]
+fn invalid_messages_are_rejected_not_used() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut o = Overlay::new(0u32, 1, Config::default());
+    let mut bad = vivaldi::Coord::origin(0.0);
+    bad.position[0] = f64::NAN;
+    let rec = |id, coordinate| overlay::MemberInfo {
+        id,
+        incarnation: 1,
+        coordinate,
+        error: 0.5,
+        addrs: vec![],
+        age_ms: 0,
+    };
+    let ok = vivaldi::Coord::origin(0.0);
+    let cases = vec![
+        Message::Exchange {
+            me: rec(1, bad),
+            sample: vec![],
+            near: vec![],
+            reply: true,
+            listers: vec![],
+            updates: vec![],
+        },
+        Message::Exchange {
+            me: rec(1, ok),
+            sample: (2..40).map(|i| rec(i, ok)).collect(),
+            near: vec![],
+            reply: true,
+            listers: vec![],
+            updates: vec![],
+        },
+        Message::Notice {
+            updates: (2..20)
+                .map(|id| overlay::Update {
+                    id,
+                    incarnation: 1,
+                    status: overlay::Status::Dead,
+                })
+                .collect(),
+        },
+        Message::Exchange {
+            me: rec(1, ok),
+            sample: vec![],
+            near: vec![],
+            reply: true,
+            listers: (2..60).collect(),
+            updates: vec![],
+        },
+        // Its own record names another node.
+        Message::Exchange {
+            me: rec(2, ok),
+            sample: vec![],
+            near: vec![],
+            reply: true,
+            listers: vec![],
+            updates: vec![],
+        },
+    ];
+    for msg in cases {
+        let out = o.handle(0, Input::Message { from: 1, msg }, &mut rng);
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Output::Event(Event::Rejected { from: 1, .. })]
+            ),
+            "{out:?}"
+        );
+        assert!(o.is_empty());
+    }
+}
+
+mod properties {
     use super::*;
+    use overlay::{Beacon, MemberInfo, Status, Update};
     use proptest::prelude::*;
+    use vivaldi::Coord;
 
     fn any_f64() -> impl Strategy<Value = f64> {
         prop_oneof![
-            any::<f64>(),
+            -1e6..1e6f64,
             Just(f64::NAN),
             Just(f64::INFINITY),
             Just(0.0),
-            -1e3..1e3f64
+            Just(1e300)
         ]
     }
 
+    fn any_coord() -> impl Strategy<Value = Coord> {
+        (proptest::array::uniform4(any_f64()), any_f64())
+            .prop_map(|(position, height)| Coord { position, height })
+    }
+
     fn any_record() -> impl Strategy<Value = MemberInfo<u32>> {
-        (
-            0u32..8,
-            0u64..4,
-            any::<u64>(),
-            [any_f64(), any_f64(), any_f64(), any_f64()],
-            any_f64(),
-            any_f64(),
+        (0u32..8, 0u64..4, any_coord(), any_f64(), 0u64..30_000).prop_map(
+            |(id, incarnation, coordinate, error, age_ms)| MemberInfo {
+                id,
+                incarnation,
+                coordinate,
+                error,
+                addrs: vec![],
+                age_ms,
+            },
         )
-            .prop_map(
-                |(id, incarnation, heartbeat, position, height, error)| MemberInfo {
-                    id,
-                    incarnation,
-                    heartbeat,
-                    coordinate: Coord { position, height },
-                    error,
-                    addrs: vec![],
-                },
-            )
+    }
+
+    fn any_update() -> impl Strategy<Value = Update<u32>> {
+        let status = prop_oneof![
+            Just(Status::Alive),
+            Just(Status::Suspect),
+            Just(Status::Dead),
+            Just(Status::Left)
+        ];
+        (0u32..8, 0u64..4, status).prop_map(|(id, incarnation, status)| Update {
+            id,
+            incarnation,
+            status,
+        })
     }
 
     fn any_input() -> impl Strategy<Value = (u64, Input<u32>)> {
+        let ups = || proptest::collection::vec(any_update(), 0..10);
+        let beacon = || {
+            (0u64..4, any_coord(), any_f64()).prop_map(|(incarnation, coordinate, error)| Beacon {
+                incarnation,
+                coordinate,
+                error,
+            })
+        };
         let msg = prop_oneof![
-            (proptest::collection::vec(any_record(), 0..6), any::<bool>())
-                .prop_map(|(members, reply)| Message::Gossip { members, reply }),
-            (0u64..4).prop_map(|incarnation| Message::Leave { incarnation }),
+            (any::<u32>(), beacon(), ups()).prop_map(|(seq, from, updates)| Message::Ping {
+                seq,
+                from,
+                updates
+            }),
+            (any::<u32>(), beacon(), ups()).prop_map(|(seq, from, updates)| Message::Ack {
+                seq,
+                from,
+                updates
+            }),
+            (any::<u32>(), 0u32..8, ups()).prop_map(|(seq, target, updates)| Message::PingReq {
+                seq,
+                target,
+                updates
+            }),
+            (any::<u32>(), 0u32..8, ups()).prop_map(|(seq, target, updates)| {
+                Message::IndirectAck {
+                    seq,
+                    target,
+                    updates,
+                }
+            }),
+            ups().prop_map(|updates| Message::Notice { updates }),
+            (
+                any_record(),
+                proptest::collection::vec(any_record(), 0..6),
+                proptest::collection::vec(any_record(), 0..6),
+                any::<bool>(),
+                proptest::collection::vec(0u32..8, 0..4),
+                ups()
+            )
+                .prop_map(|(me, sample, near, reply, listers, updates)| {
+                    Message::Exchange {
+                        me,
+                        sample,
+                        near,
+                        reply,
+                        listers,
+                        updates,
+                    }
+                }),
         ];
         let input = prop_oneof![
             Just(Input::Tick),
@@ -382,31 +499,30 @@ mod arbitrary_inputs {
     }
 
     proptest! {
-        /// Whatever arrives, in whatever order: no panic, the node's own coordinate stays
-        /// finite, it never lists itself, and every query answers with a listed member.
+        /// Whatever arrives, in whatever order: no panic, every message sent is within
+        /// bounds and valid, the views stay bounded, the node never lists itself, and
+        /// the growth query answers with a node it may use.
         #[test]
         fn no_input_sequence_breaks_the_overlay(inputs in proptest::collection::vec(any_input(), 1..80)) {
-            let mut o = Overlay::new(0u32, 1, Config { max_records: 4, ..Config::default() });
+            let cfg = Config::default();
+            let bound = cfg.random_view + cfg.near + 2 * cfg.ring;
+            let mut o = Overlay::new(0u32, 1, cfg.clone());
             let mut rng = StdRng::seed_from_u64(3);
             let mut now = 0;
             for (dt, input) in inputs {
                 now += dt;
                 for out in o.handle(now, input, &mut rng) {
-                    if let Output::Send { msg: Message::Gossip { members, .. }, .. } = out {
-                        prop_assert!(members.len() <= 4);
-                        prop_assert!(members.iter().all(|m| m.coordinate.is_sane(1e5)));
+                    if let Output::Send { msg, .. } = out {
+                        prop_assert!(msg.validate(cfg.vivaldi.max_coordinate).is_ok());
                     }
                 }
                 prop_assert!(o.coordinate().is_sane(1e5));
                 prop_assert!(o.error().is_finite());
-                prop_assert!(!o.is_member(&0));
-                let listed: Vec<u32> = o.members(now).iter().map(|m| m.id).collect();
-                prop_assert_eq!(listed.len(), o.len());
+                prop_assert!(!o.lists(&0));
+                prop_assert!(o.len() <= bound);
+                prop_assert_eq!(o.members(now).len(), o.len());
                 for from in 0..8 {
-                    if let Some(b) = o.best_outside(&from, |_| false) {
-                        prop_assert!(b == 0 || o.is_alive(&b));
-                    }
-                    if let Some(b) = o.next_on_ring(&from, |id| *id % 2 == 0) {
+                    if let Some(b) = o.best_outside(&from, &[], |id| *id % 2 == 0) {
                         prop_assert!(b % 2 == 1 && o.is_alive(&b));
                     }
                 }

@@ -352,7 +352,14 @@ pub fn expect_within(limit: Duration, what: &str, cond: impl FnMut() -> bool) ->
 
 /// Starts the daemons and waits until each sees the others and samples its guests.
 pub fn start_daemons(tb: &Testbed, hosts: usize, guests_per_host: usize, capacity: &str) {
-    let out = tb.ok(&["daemons", "start", "--capacity-cpu", capacity]);
+    start_daemons_with(tb, hosts, guests_per_host, &["--capacity-cpu", capacity]);
+}
+
+/// [`start_daemons`] with these `daemons start` arguments.
+pub fn start_daemons_with(tb: &Testbed, hosts: usize, guests_per_host: usize, args: &[&str]) {
+    let mut cmd = vec!["daemons", "start"];
+    cmd.extend_from_slice(args);
+    let out = tb.ok(&cmd);
     assert!(out.contains(&format!("{hosts} daemon(s) started")), "{out}");
     let ready = wait_for(Duration::from_secs(40), || {
         (1..=hosts).all(|h| {
@@ -372,4 +379,27 @@ pub fn start_daemons(tb: &Testbed, hosts: usize, guests_per_host: usize, capacit
     );
     // Idle guests: nothing to repair.
     assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));
+}
+
+/// What a process has used so far, from `/proc`: CPU ticks (user + system, in USER_HZ),
+/// resident and peak resident memory in KiB. Zeros for a process that is gone.
+pub fn proc_usage(pid: &str) -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the
+    // 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (ticks, kib("VmRSS:"), kib("VmHWM:"))
 }

@@ -46,6 +46,50 @@ fn chromium_dom(url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether the rendered page shows each daemon's VMs, role and loads as its `/status` says.
+fn agrees(dom: &str, statuses: &[serde_json::Value]) -> Result<(), String> {
+    for st in statuses {
+        let id = st["id"].as_str().unwrap();
+        let sec = section(dom, id).ok_or_else(|| format!("no section for {id}"))?;
+        let mut shown: Vec<String> = attr_values(sec, "data-id")
+            .into_iter()
+            .filter(|v| v != id)
+            .collect();
+        let mut vms: Vec<String> = st["scheduler"]["host"]["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        shown.sort();
+        vms.sort();
+        if shown != vms {
+            return Err(format!("VMs of {id}: page {shown:?}, status {vms:?}"));
+        }
+        let role = st["scheduler"]["role"]["role"].as_str().unwrap();
+        if attr_values(sec, "data-role") != vec![role.to_owned()] {
+            return Err(format!("role of {id}: status {role}"));
+        }
+        let shown_load: f64 = attr_values(sec, "data-load")[0].parse().unwrap();
+        let load = st["scheduler"]["load"].as_f64().unwrap();
+        if (shown_load - load).abs() >= 0.15 {
+            return Err(format!("{id}: page {shown_load}, status {load}"));
+        }
+        // VM loads as /status gives them (they move a little between the two reads).
+        for v in st["scheduler"]["host"]["vms"].as_array().unwrap() {
+            let vid = v["id"].as_str().unwrap();
+            let at = sec
+                .find(&format!("data-id=\"{vid}\" data-cpu=\""))
+                .ok_or_else(|| format!("no VM {vid}"))?;
+            let cpu: f64 = attr_values(&sec[at..], "data-cpu")[0].parse().unwrap();
+            if (cpu - v["cpu_demand"].as_f64().unwrap()).abs() >= 8.0 {
+                return Err(format!("{vid}: {cpu} vs {v}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_live_view_renders_what_the_daemons_status_says() {
     let tb = Testbed::up(49, &["--hosts", "3"]);
@@ -63,44 +107,27 @@ fn the_live_view_renders_what_the_daemons_status_says() {
         dom.contains("data-hosts=\"3\"")
     });
     assert!(drawn.is_some(), "the page did not draw three hosts:\n{dom}");
-    let statuses: Vec<serde_json::Value> = (1..=3)
-        .map(|h| status(&tb.daemon_http(h)).expect("status"))
-        .collect();
-    for st in &statuses {
-        let id = st["id"].as_str().unwrap();
-        let sec = section(&dom, id).unwrap_or_else(|| panic!("no section for {id}:\n{dom}"));
-        let mut shown: Vec<String> = attr_values(sec, "data-id")
-            .into_iter()
-            .filter(|v| v != id)
+    // The page and /status are read a moment apart while loads still move (the guests'
+    // load just started): read both again until they agree, as an operator would see.
+    let mut statuses = Vec::new();
+    let mut last = String::new();
+    let agreed = wait_for(Duration::from_secs(60), || {
+        dom = chromium_dom(&url);
+        statuses = (1..=3)
+            .map(|h| status(&tb.daemon_http(h)).expect("status"))
             .collect();
-        let mut vms: Vec<String> = st["scheduler"]["host"]["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_str().unwrap().to_owned())
-            .collect();
-        shown.sort();
-        vms.sort();
-        assert_eq!(shown, vms, "VMs of {id}");
-        let role = st["scheduler"]["role"]["role"].as_str().unwrap();
-        assert_eq!(attr_values(sec, "data-role"), vec![role.to_owned()]);
-        let shown_load: f64 = attr_values(sec, "data-load")[0].parse().unwrap();
-        let load = st["scheduler"]["load"].as_f64().unwrap();
-        assert!(
-            (shown_load - load).abs() < 0.15,
-            "{id}: page {shown_load}, status {load}"
-        );
-        // VM loads as /status gives them (they move a little between the two reads).
-        for v in st["scheduler"]["host"]["vms"].as_array().unwrap() {
-            let vid = v["id"].as_str().unwrap();
-            let at = sec.find(&format!("data-id=\"{vid}\" data-cpu=\"")).unwrap();
-            let cpu: f64 = attr_values(&sec[at..], "data-cpu")[0].parse().unwrap();
-            assert!(
-                (cpu - v["cpu_demand"].as_f64().unwrap()).abs() < 8.0,
-                "{vid}: {cpu} vs {v}"
-            );
+        match agrees(&dom, &statuses) {
+            Ok(()) => true,
+            Err(e) => {
+                last = e;
+                false
+            }
         }
-    }
+    });
+    assert!(
+        agreed.is_some(),
+        "the page never agreed with /status: {last}\n{dom}"
+    );
     // The map: one point per member, this daemon's included.
     let map_start = dom.find("<svg id=\"map\"").expect("a map");
     let map_len = dom[map_start..].find("</svg>").expect("the map ends");

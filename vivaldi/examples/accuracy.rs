@@ -36,6 +36,8 @@ struct Args {
     rounds: usize,
     dims: usize,
     textbook: bool,
+    /// Share of samples taken from each node's closest neighbours by coordinates.
+    near_share: f64,
     tune: Vec<(String, f64)>,
 }
 
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args> {
         rounds: 6000,
         dims: 4,
         textbook: false,
+        near_share: 0.0,
         tune: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -66,6 +69,11 @@ fn parse_args() -> Result<Args> {
             }
             "--dims" => a.dims = val("--dims")?.parse().context("--dims: 2..5")?,
             "--noise" => a.noise = true,
+            "--near-share" => {
+                a.near_share = val("--near-share")?
+                    .parse()
+                    .context("--near-share: a fraction")?
+            }
             k @ ("--cc" | "--ce" | "--window" | "--percentile" | "--rho" | "--cap"
             | "--smoothing" | "--cc-max") => {
                 let v: f64 = val(k)?.parse().with_context(|| format!("{k}: a number"))?;
@@ -165,12 +173,33 @@ fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Val
         }
     }
     let mut nodes: Vec<Node<D>> = (0..n).map(|_| Node::new(cfg.clone())).collect();
-    for _ in 0..args.rounds {
+    const NEAR: usize = 8;
+    let mut near: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+    for round in 0..args.rounds {
+        if args.near_share > 0.0 && round % 50 == 0 {
+            // As the overlay's neighbour set: the closest by current coordinates.
+            for me in 0..n {
+                let c = nodes[me].coordinate();
+                let mut v = neighbours[me].clone();
+                v.sort_by(|x, y| {
+                    let dx = c.estimate_rtt(&nodes[x.0].coordinate());
+                    let dy = c.estimate_rtt(&nodes[y.0].coordinate());
+                    dx.total_cmp(&dy)
+                });
+                v.truncate(NEAR);
+                near[me] = v;
+            }
+        }
         for me in 0..n {
             if neighbours[me].is_empty() {
                 continue;
             }
-            let (other, pi) = neighbours[me][rng.random_range(0..neighbours[me].len())];
+            let from_near = !near[me].is_empty() && rng.random::<f64>() < args.near_share;
+            let (other, pi) = if from_near {
+                near[me][rng.random_range(0..near[me].len())]
+            } else {
+                neighbours[me][rng.random_range(0..neighbours[me].len())]
+            };
             let p = &pairs[pi];
             let rtt = if args.noise && p.std > 0.0 {
                 let s = Normal::new(p.avg, p.std)

@@ -234,6 +234,7 @@ pub struct Node<const D: usize> {
     filters: HashMap<u64, Filter>,
     /// Insertion order of the filters, to forget the oldest peer beyond `max_peers`.
     order: std::collections::VecDeque<u64>,
+    scratch: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -242,15 +243,19 @@ struct Filter {
 }
 
 impl Filter {
-    fn push(&mut self, rtt: f64, cfg: &Config) -> f64 {
+    /// Adds a sample; the window's order statistic. `scratch` is reused between calls
+    /// (this runs on every sample).
+    fn push(&mut self, rtt: f64, cfg: &Config, scratch: &mut Vec<f64>) -> f64 {
         if self.samples.len() == cfg.filter_window.max(1) {
             self.samples.pop_front();
         }
         self.samples.push_back(rtt);
-        let mut v: Vec<f64> = self.samples.iter().copied().collect();
-        let k = ((v.len() - 1) as f64 * cfg.filter_percentile.clamp(0.0, 1.0)).round() as usize;
-        // The k-th smallest without sorting the whole window (this runs on every sample).
-        *v.select_nth_unstable_by(k, f64::total_cmp).1
+        scratch.clear();
+        scratch.extend(self.samples.iter().copied());
+        let k =
+            ((scratch.len() - 1) as f64 * cfg.filter_percentile.clamp(0.0, 1.0)).round() as usize;
+        // The k-th smallest without sorting the whole window.
+        *scratch.select_nth_unstable_by(k, f64::total_cmp).1
     }
 }
 
@@ -264,6 +269,7 @@ impl<const D: usize> Node<D> {
             cfg,
             filters: HashMap::new(),
             order: Default::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -321,7 +327,11 @@ impl<const D: usize> Node<D> {
             }
             self.order.push_back(peer);
         }
-        let rtt = self.filters.entry(peer).or_default().push(rtt_ms, cfg);
+        let rtt = self
+            .filters
+            .entry(peer)
+            .or_default()
+            .push(rtt_ms, cfg, &mut self.scratch);
 
         let dist = self.coord.estimate_rtt(remote);
         let total = (self.error + remote_error).max(ZERO);

@@ -32,6 +32,9 @@ pub struct Config {
     pub underload: Option<f64>,
     /// Largest partition an underload ISP grows to before giving up.
     pub underload_max_size: usize,
+    /// A leader may reserve this node at most this many times a minute; past that its
+    /// joins are answered busy (a peer cannot hold the node out of every partition).
+    pub max_reservations_per_minute: u32,
 }
 
 impl Default for Config {
@@ -49,6 +52,7 @@ impl Default for Config {
             restart_backoff_ms: 2_000,
             underload: None,
             underload_max_size: 4,
+            max_reservations_per_minute: 10,
         }
     }
 }
@@ -76,6 +80,9 @@ impl Config {
                     self.thresholds.low
                 ));
             }
+        }
+        if self.max_reservations_per_minute == 0 {
+            return Err("max_reservations_per_minute must be at least 1".into());
         }
         if self.underload_max_size < 2 {
             return Err("underload_max_size must be at least 2".into());

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::partition::{Kind, PartitionId, Phase, MAX_MEMBERS};
+use super::partition::{Kind, PartitionId, Phase, MAX_KNOWN, MAX_MEMBERS};
 use crate::host::{HostState, Millis};
 use crate::instance::{HostRule, Instance};
+use overlay::Contact;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dossier<Id> {
@@ -36,6 +37,10 @@ pub struct Dossier<Id> {
     /// crashed or left in the partition (and planned into).
     #[serde(default = "Vec::new")]
     pub heard_ago_ms: Vec<(Id, Millis)>,
+    /// The nodes the members offered (each leader adds its own neighbours): the partition
+    /// grows among these, not from an all-knowing view.
+    #[serde(default = "Vec::new")]
+    pub known: Vec<Contact<Id>>,
 }
 
 impl<Id: PartialEq + Clone> Dossier<Id> {
@@ -54,6 +59,20 @@ impl<Id: PartialEq + Clone> Dossier<Id> {
             unsolved: false,
             closed: Vec::new(),
             heard_ago_ms: Vec::new(),
+            known: Vec::new(),
+        }
+    }
+
+    /// Adds what a member offers to what the partition knows (first come, up to
+    /// [`MAX_KNOWN`]; members are never candidates, so they are not kept).
+    pub fn learn(&mut self, offer: Vec<Contact<Id>>) {
+        for c in offer {
+            if self.known.len() >= MAX_KNOWN {
+                break;
+            }
+            if !self.contains(&c.id) && !self.known.iter().any(|k| k.id == c.id) {
+                self.known.push(c);
+            }
         }
     }
 
@@ -122,6 +141,19 @@ impl<Id> Dossier<Id> {
             return Err(format!(
                 "dossier with {lists:?} members/excluded/absorbed/closed/heard"
             ));
+        }
+        if self.known.len() > MAX_KNOWN {
+            return Err(format!("dossier with {} known nodes", self.known.len()));
+        }
+        let bad = |c: &Contact<Id>| {
+            !c.coordinate.is_sane(1e5)
+                || c.addrs.len() > overlay::message::MAX_ADDRS
+                || c.addrs
+                    .iter()
+                    .any(|a| a.len() > overlay::message::MAX_ADDR_LEN)
+        };
+        if self.known.iter().any(bad) {
+            return Err("dossier with an invalid known node".into());
         }
         self.members.iter().try_for_each(|(_, h)| h.validate())
     }

@@ -82,6 +82,8 @@ pub enum Event<Id> {
         id: PartitionId<Id>,
         vm: VmId,
         to: Id,
+        /// The leader that ordered it.
+        leader: Id,
     },
     MigrationEnded {
         vm: VmId,
@@ -98,6 +100,13 @@ pub enum Event<Id> {
     Left {
         id: PartitionId<Id>,
         reason: EndReason,
+    },
+    /// A message from `from` was dropped: malformed numbers, or an order or claim the
+    /// sender has no authority for (`message`: its kind).
+    Refused {
+        from: Id,
+        message: &'static str,
+        reason: String,
     },
 }
 
@@ -118,6 +127,7 @@ impl<Id> Event<Id> {
             Event::MigrationEnded { .. } => "migration_ended",
             Event::Dissolved { .. } => "dissolved",
             Event::Left { .. } => "left",
+            Event::Refused { .. } => "refused",
         }
     }
 }

@@ -8,8 +8,8 @@ use std::hash::Hash;
 
 use super::event::EndReason;
 use super::leader::Leadership;
-use super::message::Message;
-use super::partition::{PartitionId, Phase};
+use super::message::{Message, Update};
+use super::partition::PartitionId;
 use super::{Event, Isp, Role};
 use crate::host::{Millis, VmId};
 
@@ -38,34 +38,62 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         Some((heard_at + timeout, EndReason::Timeout))
     }
 
-    /// A leader's keep-alive: members follow the highest epoch of their partition, and
-    /// the partition that absorbed theirs.
-    pub(super) fn on_update(
-        &mut self,
-        now: Millis,
-        from: Id,
-        id: PartitionId<Id>,
-        epoch: u64,
-        phase: Phase,
-        absorbed: Vec<PartitionId<Id>>,
-    ) {
-        let follow = match &self.role {
+    /// A leader's keep-alive. A member follows its leader (epochs never go back), or the
+    /// successor its leader named, when that one leads the same partition at a higher
+    /// epoch or absorbed this one; a node handing over follows the leader it handed to
+    /// once that one absorbed it. Anyone else is refused: no peer takes a member over.
+    pub(super) fn on_update(&mut self, now: Millis, from: Id, u: Update<Id>) {
+        let (follow, concerns_me) = match &self.role {
             Role::Member {
-                id: mine, epoch: e, ..
-            } => (*mine == id && epoch >= *e) || absorbed.contains(mine),
-            Role::HandingOver { dossier, to, .. } => *to == from && absorbed.contains(&dossier.id),
-            _ => false,
+                id: mine,
+                leader,
+                epoch,
+                successor,
+                ..
+            } => {
+                let taken_over = (*mine == u.id && u.epoch > *epoch) || u.absorbed.contains(mine);
+                let from_leader = *leader == from && *mine == u.id && u.epoch >= *epoch;
+                let named = successor
+                    .as_ref()
+                    .is_some_and(|s| s.leader == from && s.partition == u.id);
+                let from_successor = named && taken_over;
+                (from_leader || from_successor, taken_over)
+            }
+            Role::HandingOver {
+                dossier, to, into, ..
+            } => {
+                let absorbed = u.absorbed.contains(&dossier.id);
+                (*to == from && *into == u.id && absorbed, absorbed)
+            }
+            _ => (false, false),
         };
         if !follow {
+            if concerns_me {
+                let reason = "claims this node's partition; not its leader nor its named successor";
+                self.cx.refuse(from.clone(), "update", reason);
+                if let Role::Member { early, .. } = &mut self.role {
+                    *early = Some(Box::new((from, u)));
+                }
+            }
             return;
         }
-        let joined = !matches!(&self.role, Role::Member { id: m, .. } if *m == id);
+        let joined = !matches!(&self.role, Role::Member { id: m, .. } if *m == u.id);
+        let early = match &mut self.role {
+            Role::Member { early, .. } => early
+                .take()
+                .filter(|e| u.successor.as_ref().is_some_and(|s| s.leader == e.0)),
+            _ => None,
+        };
+        let id = u.id;
         self.role = Role::Member {
             id: id.clone(),
             leader: from.clone(),
-            epoch,
-            phase,
+            epoch: u.epoch,
+            phase: u.phase,
             heard_at: now,
+            members: u.members,
+            successor: u.successor,
+            early: None,
         };
         if joined {
             self.cx.event(Event::Reserved {
@@ -75,6 +103,10 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         }
         let host = self.cx.own_state(now);
         self.cx.send(from, Message::Ack { id, host });
+        if let Some(claim) = early {
+            let (successor, u) = *claim;
+            self.on_update(now, successor, u);
+        }
     }
 
     /// The leader this node follows ended the partition.
@@ -87,7 +119,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     ) {
         let from_leader = self.partition() == Some(&id)
             && from != self.cx.me
-            && self.leader_of_mine() == Some(&from);
+            && (self.leader_of_mine() == Some(&from) || self.commanded_by(&from, &id));
         if from_leader {
             for vm in moved {
                 self.cx.cooldowns.migrated(vm, now);

@@ -12,12 +12,14 @@ use std::ops::ControlFlow::{self, Break, Continue};
 
 use super::dossier::Dossier;
 use super::event::{EndReason, Event};
-use super::message::Message;
+use super::message::{Message, Successor, Update};
 use super::partition::{Kind, PartitionId, Phase};
+use super::solve::{SolveAnswer, SolveJob};
+use super::Output;
 use super::{Ctx, Neighbours, Role};
 use crate::host::{HostState, Millis, VmId};
-use crate::placement::{self, Outcome, Problem};
-use crate::plan::{self, Migration};
+use crate::placement::Problem;
+use crate::plan::Migration;
 
 /// Whether this node still leads after a step, or the role it has now.
 pub(super) type Flow<Id> = ControlFlow<Role<Id>>;
@@ -36,7 +38,20 @@ struct Running<Id> {
 #[derive(Clone, Debug)]
 enum Waiting<Id> {
     Nothing,
-    Join { to: Id, since: Millis },
+    Join {
+        to: Id,
+        since: Millis,
+    },
+    /// Members this leader was told of (by a `Lead` or a `Merge`) have not acknowledged
+    /// it yet: nothing is planned until they do or `join_timeout` passes.
+    Confirm {
+        since: Millis,
+    },
+    /// A solve asked of the driver, for these members.
+    Solving {
+        ticket: u64,
+        members: Vec<Id>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -50,10 +65,15 @@ pub(super) struct Leadership<Id> {
     running: Option<Running<Id>>,
     replans: u32,
     moved: Vec<VmId>,
-    /// The dossier gained members while a `Join` was pending: solve again before growing.
+    /// The dossier changed while a `Join` or a solve was pending: solve again before
+    /// growing.
     stale: bool,
     /// The last problem found without a plan (not solved again unchanged).
     unsolvable: Option<Problem>,
+    /// Members another node listed (in a `Lead` or a `Merge`) that have not answered this
+    /// leader's keep-alive: a peer's dossier is a claim, only a member's own `Ack` shows
+    /// that it follows this partition, so none is planned into or out of before.
+    unconfirmed: BTreeSet<Id>,
 }
 
 /// The least CPU demand among the VMs that could leave an overloaded host.
@@ -94,9 +114,21 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             moved: Vec::new(),
             stale: false,
             unsolvable: None,
+            unconfirmed: BTreeSet::new(),
         };
         l.broadcast(cx, now);
         l
+    }
+
+    /// Members listed by `sender` (it handed this dossier over; it vouches for itself)
+    /// count once they acknowledge this leader.
+    pub(super) fn confirm_members(&mut self, cx: &Ctx<Id>, sender: &Id) {
+        self.unconfirmed = self
+            .d
+            .member_ids()
+            .into_iter()
+            .filter(|m| *m != cx.me && m != sender)
+            .collect();
     }
 
     /// Whether this partition is blocked, idle and ready to hand itself over to `into`.
@@ -125,7 +157,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         if let Some(t) = self.heard.values().min() {
             at = at.min(t + silent_limit);
         }
-        if let Waiting::Join { since, .. } = &self.waiting {
+        if let Waiting::Join { since, .. } | Waiting::Confirm { since } = &self.waiting {
             at = at.min(since + cfg.join_timeout_ms);
         }
         match &self.running {
@@ -172,6 +204,16 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
                 return self.grow(cx, now, nb);
             }
         }
+        if let Waiting::Confirm { since } = &self.waiting {
+            if now.saturating_sub(*since) >= cx.cfg.join_timeout_ms {
+                // Listed, never heard from: not in this partition.
+                for m in std::mem::take(&mut self.unconfirmed) {
+                    self.remove_member(cx, now, m, nb)?;
+                }
+                self.waiting = Waiting::Nothing;
+                return self.solve_or_grow(cx, now, nb);
+            }
+        }
         if let Some(r) = &self.running {
             let late: Vec<VmId> = r
                 .outstanding
@@ -197,17 +239,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
 
     fn broadcast(&mut self, cx: &mut Ctx<Id>, now: Millis) {
         self.keepalive_at = now;
-        let msg = Message::Update {
-            id: self.d.id.clone(),
-            epoch: self.d.epoch,
-            phase: self.d.phase,
-            absorbed: self.d.absorbed.clone(),
-        };
-        for (m, _) in &self.d.members {
-            if *m != cx.me {
-                cx.send(m.clone(), msg.clone());
-            }
-        }
+        send_update(cx, &self.d, None);
     }
 
     /// Solves the partition's problem and starts the plan, or grows (or gives up).
@@ -217,6 +249,16 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         now: Millis,
         nb: &dyn Neighbours<Id>,
     ) -> Flow<Id> {
+        if matches!(self.waiting, Waiting::Solving { .. }) {
+            self.stale = true;
+            return Continue(());
+        }
+        if !self.unconfirmed.is_empty() {
+            if matches!(self.waiting, Waiting::Nothing) {
+                self.waiting = Waiting::Confirm { since: now };
+            }
+            return Continue(());
+        }
         let own = cx.own_state(now);
         if let Some(slot) = self.d.members.iter_mut().find(|(m, _)| *m == cx.me) {
             slot.1 = own;
@@ -242,23 +284,48 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             self.d.unsolved = true;
             return self.grow(cx, now, nb);
         }
-        // An overload partition never applies a poor answer (many more migrations than
-        // must be: the solver's budget ran out on a nearly full partition, and such a
-        // plan moves most of its VMs): it grows for room instead, or, blocked, probes.
-        let answer = if self.d.kind == Kind::Overload {
-            placement::solve_cheap(p, &cx.cfg.solver)
-        } else {
-            placement::solve(p, &cx.cfg.solver)
+        cx.solves = cx.solves.wrapping_add(1);
+        let ticket = cx.solves;
+        self.waiting = Waiting::Solving {
+            ticket,
+            members: self.d.member_ids(),
         };
-        let target = match answer.outcome {
-            Outcome::Solved(s) => {
-                plan::plan(&instance.planning_problem(), &s.placement, cx.cfg.limits)
-                    .ok()
-                    .map(|plan| (s, plan))
-            }
-            Outcome::Infeasible(_) | Outcome::Unknown(_) => None,
+        cx.out.push(Output::Solve(SolveJob {
+            ticket,
+            instance,
+            // An overload partition never applies a poor answer (many more migrations
+            // than must be: the solver's budget ran out on a nearly full partition, and
+            // such a plan moves most of its VMs): it grows for room instead, or,
+            // blocked, probes.
+            cheap_only: self.d.kind == Kind::Overload,
+            solver: cx.cfg.solver.clone(),
+            limits: cx.cfg.limits,
+        }));
+        Continue(())
+    }
+
+    /// The driver's answer to this leader's solve: the plan starts, or the partition
+    /// grows; solved again if the partition changed meanwhile.
+    pub(super) fn on_solved(
+        &mut self,
+        cx: &mut Ctx<Id>,
+        now: Millis,
+        answer: SolveAnswer<Id>,
+        nb: &dyn Neighbours<Id>,
+    ) -> Flow<Id> {
+        let Waiting::Solving { ticket, members } = &self.waiting else {
+            return Continue(());
         };
-        let Some((sol, plan)) = target else {
+        if *ticket != answer.ticket {
+            return Continue(());
+        }
+        let unchanged = *members == self.d.member_ids();
+        self.waiting = Waiting::Nothing;
+        if std::mem::take(&mut self.stale) || !unchanged {
+            return self.solve_or_grow(cx, now, nb);
+        }
+        let instance = answer.instance;
+        let Some((sol, plan)) = answer.found else {
             self.unsolvable = Some(instance.problem);
             self.d.unsolved = true;
             if self.d.kind == Kind::Underload && self.d.members.len() >= cx.cfg.underload_max_size {
@@ -298,7 +365,9 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             .map(|(m, _)| m.clone())
             .chain(self.d.excluded.iter().cloned())
             .collect();
-        let candidate = nb.best_outside(&self.d.id.initiator, &|n: &Id| inside.contains(n));
+        let candidate = nb.best_outside(&self.d.id.initiator, &self.d.known, &|n: &Id| {
+            inside.contains(n)
+        });
         if let Some(c) = candidate {
             self.waiting = Waiting::Join {
                 to: c.clone(),
@@ -470,6 +539,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         nb: &dyn Neighbours<Id>,
     ) -> Flow<Id> {
         self.heard.remove(&m);
+        self.unconfirmed.remove(&m);
         if !self.d.contains(&m) || m == cx.me {
             return Continue(());
         }
@@ -529,12 +599,24 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         d.members.push((from.clone(), host));
         d.phase = Phase::Growing;
         d.blocked_rounds = 0;
+        // The members hear who leads next from this leader, the only one they follow.
+        send_update(
+            cx,
+            &d,
+            Some(Successor {
+                leader: from.clone(),
+                partition: d.id.clone(),
+            }),
+        );
         let role = Role::Member {
             id: d.id.clone(),
             leader: from.clone(),
             epoch: d.epoch.saturating_add(1),
             phase: Phase::Growing,
             heard_at: now,
+            members: d.member_ids(),
+            successor: None,
+            early: None,
         };
         cx.send(from, Message::Lead { dossier: d });
         role
@@ -579,16 +661,26 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
     ) -> Role<Id> {
         let mut d = self.d.clone();
         d.stamp(&self.heard, now);
+        // The members will follow `to` once it says it absorbed this partition.
+        send_update(
+            cx,
+            &d,
+            Some(Successor {
+                leader: to.clone(),
+                partition: into.clone(),
+            }),
+        );
         cx.send(
             to.clone(),
             Message::Merge {
-                into,
+                into: into.clone(),
                 dossier: d.clone(),
             },
         );
         Role::HandingOver {
             dossier: Box::new(d),
             to,
+            into,
             since: now,
         }
     }
@@ -598,6 +690,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         &mut self,
         cx: &mut Ctx<Id>,
         now: Millis,
+        sender: &Id,
         dossier: Dossier<Id>,
         nb: &dyn Neighbours<Id>,
     ) -> Flow<Id> {
@@ -605,12 +698,19 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             if !self.d.contains(m) {
                 if *m != cx.me {
                     self.heard.insert(m.clone(), dossier.heard_at(m, now));
+                    if m != sender {
+                        self.unconfirmed.insert(m.clone());
+                    }
                 }
                 self.d.members.push((m.clone(), h.clone()));
             }
         }
         self.d.absorbed.push(dossier.id.clone());
         self.d.absorbed.extend(dossier.absorbed);
+        self.d
+            .known
+            .retain(|c| !dossier.members.iter().any(|(m, _)| *m == c.id));
+        self.d.learn(dossier.known);
         for c in dossier.closed {
             self.d.close(c);
         }
@@ -632,15 +732,33 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         self.solve_or_grow(cx, now, nb)
     }
 
-    /// A member's keep-alive answer, with its current state.
-    pub(super) fn on_ack(&mut self, now: Millis, from: Id, id: &PartitionId<Id>, host: HostState) {
+    /// A member's keep-alive answer, with its current state; the last member to confirm
+    /// lets the leader plan.
+    pub(super) fn on_ack(
+        &mut self,
+        cx: &mut Ctx<Id>,
+        now: Millis,
+        from: Id,
+        id: &PartitionId<Id>,
+        host: HostState,
+        nb: &dyn Neighbours<Id>,
+    ) -> Flow<Id> {
         if self.d.id != *id {
-            return;
+            return Continue(());
         }
-        if let Some(slot) = self.d.members.iter_mut().find(|(m, _)| *m == from) {
-            slot.1 = host;
-            self.heard.insert(from, now);
+        let Some(slot) = self.d.members.iter_mut().find(|(m, _)| *m == from) else {
+            return Continue(());
+        };
+        slot.1 = host;
+        self.heard.insert(from.clone(), now);
+        if self.unconfirmed.remove(&from)
+            && self.unconfirmed.is_empty()
+            && matches!(self.waiting, Waiting::Confirm { .. })
+        {
+            self.waiting = Waiting::Nothing;
+            return self.solve_or_grow(cx, now, nb);
         }
+        Continue(())
     }
 
     /// A source host reports a migration of the plan.
@@ -657,5 +775,27 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             return Continue(());
         }
         self.step_done(cx, now, vm, ok, nb)
+    }
+}
+
+/// A keep-alive to every other member of `d`, naming the next leader when it passes.
+fn send_update<Id: Clone + PartialEq>(
+    cx: &mut Ctx<Id>,
+    d: &Dossier<Id>,
+    successor: Option<Successor<Id>>,
+) {
+    let next = successor.as_ref().map(|s| s.leader.clone());
+    let msg = Message::Update(Update {
+        id: d.id.clone(),
+        epoch: d.epoch,
+        phase: d.phase,
+        absorbed: d.absorbed.clone(),
+        members: d.member_ids(),
+        successor,
+    });
+    for (m, _) in &d.members {
+        if *m != cx.me && Some(m) != next.as_ref() {
+            cx.send(m.clone(), msg.clone());
+        }
     }
 }

@@ -7,6 +7,32 @@ use super::dossier::Dossier;
 use super::partition::{Kind, PartitionId, Phase, MAX_MEMBERS};
 use crate::host::{HostState, VmId};
 
+/// A leader's keep-alive. A member follows only its leader, or the successor its leader
+/// named: another node cannot take it over (a higher epoch) or absorb it (`absorbed`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Update<Id> {
+    pub id: PartitionId<Id>,
+    pub epoch: u64,
+    pub phase: Phase,
+    /// Partitions merged into this one: their members follow this one's leader, if
+    /// their own leader named it as its successor.
+    pub absorbed: Vec<PartitionId<Id>>,
+    /// The partition's members: the only hosts a member migrates VMs to.
+    pub members: Vec<Id>,
+    /// Set when the leadership passes (to the last joiner, or to the leader of the
+    /// partition this one merges into): whom the members follow next, and in which
+    /// partition.
+    pub successor: Option<Successor<Id>>,
+}
+
+/// The next leader of a partition's members, as their leader names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Successor<Id> {
+    pub leader: Id,
+    /// This partition (a hand-over to the last joiner) or the one it merges into.
+    pub partition: PartitionId<Id>,
+}
+
 /// Another partition, as a busy node describes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PartitionInfo<Id> {
@@ -32,12 +58,7 @@ pub enum Message<Id> {
     /// Leader → joined candidate: you lead now.
     Lead { dossier: Dossier<Id> },
     /// Leader → members: keep-alive and leader changes.
-    Update {
-        id: PartitionId<Id>,
-        epoch: u64,
-        phase: Phase,
-        absorbed: Vec<PartitionId<Id>>,
-    },
+    Update(Update<Id>),
     /// Member → leader: alive, with its current state.
     Ack {
         id: PartitionId<Id>,
@@ -73,13 +94,34 @@ pub enum Message<Id> {
 }
 
 impl<Id> Message<Id> {
+    /// The message's name, for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Join { .. } => "join",
+            Message::Joined { .. } => "joined",
+            Message::Busy { .. } => "busy",
+            Message::Lead { .. } => "lead",
+            Message::Update(_) => "update",
+            Message::Ack { .. } => "ack",
+            Message::Merge { .. } => "merge",
+            Message::MergeAsk { .. } => "merge_ask",
+            Message::MergeRefused { .. } => "merge_refused",
+            Message::Migrate { .. } => "migrate",
+            Message::Migrated { .. } => "migrated",
+            Message::Dissolve { .. } => "dissolve",
+        }
+    }
+
     /// Checks what a peer sent before it reaches the state machine.
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Message::Joined { host, .. } | Message::Ack { host, .. } => host.validate(),
             Message::Lead { dossier } | Message::Merge { dossier, .. } => dossier.validate(),
-            Message::Update { absorbed, .. } if absorbed.len() > MAX_MEMBERS => {
-                Err(format!("{} absorbed partitions", absorbed.len()))
+            Message::Update(u) if u.absorbed.len() > MAX_MEMBERS => {
+                Err(format!("{} absorbed partitions", u.absorbed.len()))
+            }
+            Message::Update(u) if u.members.len() > MAX_MEMBERS => {
+                Err(format!("{} members", u.members.len()))
             }
             Message::Dissolve { moved, .. } if moved.len() > MAX_MEMBERS * 16 => {
                 Err(format!("{} moved VMs", moved.len()))

@@ -27,7 +27,17 @@
 //! silence across hand-overs and merges). A failed member is removed; a failed
 //! initiator dissolves the partition; a partition blocked for `max_blocked_rounds` probes
 //! gives up. A node is in at most one partition and its resources are reserved by it.
-//! A node executes a migration only when the leader of its own partition orders it.
+//!
+//! Authority (nothing a peer says is believed because it says it): a member follows only
+//! its leader, or the successor that leader named in an `Update` (the last joiner, or the
+//! leader of the partition it merges into); a leader plans into and out of a member
+//! another node listed (in a `Lead` or a `Merge`) only once that member acknowledged it;
+//! a node executes a migration only when the leader of its own partition orders it, and
+//! only toward a member of that partition; a `Merge` comes from a member of the partition
+//! handed over; a leader that keeps reserving a node is answered busy
+//! ([`Config::max_reservations_per_minute`]); host states are range-checked. A refused
+//! message is reported as [`Event::Refused`]. A peer that legitimately leads a partition
+//! (nodes reserved themselves for it) is trusted with what it says of its members.
 //!
 //! The roles: [`leader`] (the leader's state and steps) and [`follower`] (reserved,
 //! member, handing over); a free node starts partitions and answers joins (here).
@@ -49,21 +59,38 @@ mod follower;
 mod leader;
 mod message;
 mod partition;
+mod solve;
 #[cfg(test)]
 mod tests;
+mod throttle;
 
 pub use config::Config;
 pub use dossier::Dossier;
 pub use event::{EndReason, Event};
-pub use message::{Message, PartitionInfo};
-pub use partition::{Kind, PartitionId, Phase, MAX_MEMBERS};
+pub use message::{Message, PartitionInfo, Successor, Update};
+pub use overlay::Contact;
+pub use partition::{Kind, PartitionId, Phase, MAX_KNOWN, MAX_MEMBERS};
+pub use solve::{SolveAnswer, SolveJob};
 
 use leader::{Flow, Leadership};
 
 /// The overlay query the ISP grows by.
 pub trait Neighbours<Id> {
-    /// The best node to grow by, seen from `from`, among those `exclude` does not reject.
-    fn best_outside(&self, from: &Id, exclude: &dyn Fn(&Id) -> bool) -> Option<Id>;
+    /// The best node to grow by, seen from `from` (the initiator), among what the
+    /// partition knows (`known`: its members' offers) and what this node knows, skipping
+    /// those `exclude` rejects.
+    fn best_outside(
+        &self,
+        from: &Id,
+        known: &[Contact<Id>],
+        exclude: &dyn Fn(&Id) -> bool,
+    ) -> Option<Id>;
+
+    /// This node and its neighbours, offered to a partition it leads (the partition
+    /// grows from what its members offered).
+    fn offer(&self) -> Vec<Contact<Id>> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +114,8 @@ pub enum Input<Id> {
     /// This daemon stops: a leader dissolves its partition (members are free at once),
     /// any other role just leaves (the overlay's leave tells the leader).
     Shutdown,
+    /// The answer to an [`Output::Solve`].
+    Solved(SolveAnswer<Id>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +130,9 @@ pub enum Output<Id> {
         to: Id,
     },
     Event(Event<Id>),
+    /// Run this solve (off the event loop if it may take long) and hand the answer
+    /// back as [`Input::Solved`].
+    Solve(SolveJob<Id>),
 }
 
 /// A node's part in a partition.
@@ -119,12 +151,21 @@ enum Role<Id> {
         epoch: u64,
         phase: Phase,
         heard_at: Millis,
+        /// The partition's members, as the leader last said: migrations go only there.
+        members: Vec<Id>,
+        /// The node the leader named to lead next (see [`Update`]).
+        successor: Option<Successor<Id>>,
+        /// The last keep-alive refused from a node that claimed this partition: followed
+        /// if the leader names that node its successor (the claim came first).
+        early: Option<Box<(Id, Update<Id>)>>,
     },
     Leader(Box<Leadership<Id>>),
     /// Sent `Merge` to `to`; waits to be adopted (an `Update`) or refused.
     HandingOver {
         dossier: Box<Dossier<Id>>,
         to: Id,
+        /// The partition `to` leads, which this one merges into.
+        into: PartitionId<Id>,
         since: Millis,
     },
 }
@@ -169,8 +210,12 @@ struct Ctx<Id> {
     suspected_leader: Option<Id>,
     /// VMs this node is migrating: the partition and leader that ordered each.
     migrating: BTreeMap<VmId, (PartitionId<Id>, Id)>,
+    /// Reservations per leader (see [`throttle`]).
+    reservations: throttle::Throttle<Id>,
     incarnation: u64,
     seq: u64,
+    /// Last solve asked for ([`SolveJob::ticket`]).
+    solves: u64,
     next_start_at: Millis,
     /// Messages to this node itself, handled before `handle` returns.
     to_self: VecDeque<Message<Id>>,
@@ -188,6 +233,16 @@ impl<Id: Clone + PartialEq> Ctx<Id> {
 
     fn event(&mut self, e: Event<Id>) {
         self.out.push(Output::Event(e));
+    }
+
+    /// Reports a message from `from` dropped for `reason`.
+    fn refuse(&mut self, from: Id, message: &'static str, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.event(Event::Refused {
+            from,
+            message,
+            reason,
+        });
     }
 }
 
@@ -223,8 +278,10 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                 host: HostState::default(),
                 underloaded_since: None,
                 migrating: BTreeMap::new(),
+                reservations: throttle::Throttle::default(),
                 incarnation,
                 seq: 0,
+                solves: 0,
                 next_start_at: 0,
                 to_self: VecDeque::new(),
                 out: Vec::new(),
@@ -300,7 +357,10 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     ) -> Vec<Output<Id>> {
         match input {
             Input::Monitor(h) => self.monitor(now, h),
-            Input::Message { from, msg } => self.message(now, from, msg, neighbours),
+            Input::Message { from, msg } => match msg.validate() {
+                Ok(()) => self.message(now, from, msg, neighbours),
+                Err(reason) => self.cx.refuse(from, msg.kind(), reason),
+            },
             Input::MigrationDone { vm, ok } => self.migration_done(vm, ok),
             Input::PeerFailed(p) => self.peer_failed(now, p, neighbours),
             Input::HypervisorDown => self.cx.unsampled = true,
@@ -311,6 +371,8 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                 Some(id) => self.leave(now, id, EndReason::Shutdown),
                 None => {}
             },
+            // An answer for a leadership that ended is dropped.
+            Input::Solved(answer) => self.lead(|l, cx| l.on_solved(cx, now, answer, neighbours)),
         }
         self.finish(now, neighbours)
     }
@@ -431,16 +493,27 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             kind,
         });
         let d = Dossier::new(id, kind, self.cx.own_state(now));
-        self.become_leader(now, d, nb);
+        self.become_leader(now, d, None, nb);
     }
 
-    /// Leads `d` (a new partition, or one handed over) and solves or grows it at once.
-    fn become_leader(&mut self, now: Millis, d: Dossier<Id>, nb: &dyn Neighbours<Id>) {
+    /// Leads `d` (a new partition, or one `sender` handed over) and solves or grows it at
+    /// once (a handed-over partition once its members acknowledged this leader).
+    fn become_leader(
+        &mut self,
+        now: Millis,
+        mut d: Dossier<Id>,
+        sender: Option<&Id>,
+        nb: &dyn Neighbours<Id>,
+    ) {
+        d.learn(nb.offer());
         self.cx.event(Event::Leading {
             id: d.id.clone(),
             size: d.members.len(),
         });
-        let l = Leadership::take(&mut self.cx, now, d, now);
+        let mut l = Leadership::take(&mut self.cx, now, d, now);
+        if let Some(sender) = sender {
+            l.confirm_members(&self.cx, sender);
+        }
         self.role = Role::Leader(Box::new(l));
         self.lead(|l, cx| l.solve_or_grow(cx, now, nb));
     }
@@ -542,25 +615,24 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                 let expected = matches!(&self.role,
                     Role::Reserved { id, leader, .. } if *id == dossier.id && *leader == from);
                 if expected && dossier.contains(&self.cx.me) {
-                    self.become_leader(now, dossier, nb);
+                    self.become_leader(now, dossier, Some(&from), nb);
                 }
             }
-            Message::Update {
-                id,
-                epoch,
-                phase,
-                absorbed,
-            } => self.on_update(now, from, id, epoch, phase, absorbed),
+            Message::Update(u) => self.on_update(now, from, u),
             Message::Ack { id, host } => {
-                if let Role::Leader(l) = &mut self.role {
-                    l.on_ack(now, from, &id, host);
-                }
+                self.lead(|l, cx| l.on_ack(cx, now, from, &id, host, nb));
+            }
+            Message::Merge { dossier, .. } if !dossier.contains(&from) => {
+                // A partition is handed over by its own leader, a member of it.
+                let reason = "hands over a partition it is not in";
+                self.cx.refuse(from.clone(), "merge", reason);
+                self.cx.send(from, Message::MergeRefused { id: dossier.id });
             }
             Message::Merge { into, dossier } => {
                 let accept =
                     matches!(&self.role, Role::Leader(l) if l.accepts_merge(&into, &dossier));
                 if accept {
-                    self.lead(|l, cx| l.absorb(cx, now, dossier, nb));
+                    self.lead(|l, cx| l.absorb(cx, now, &from, dossier, nb));
                 } else {
                     self.cx.send(from, Message::MergeRefused { id: dossier.id });
                 }
@@ -581,9 +653,17 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     }
 
     /// A leader asks this node to join: a free node with a sampled hypervisor reserves
-    /// itself; any other says where it is.
+    /// itself (unless this leader reserved it too often); any other says where it is.
     fn on_join(&mut self, now: Millis, from: Id, id: PartitionId<Id>) {
-        if matches!(self.role, Role::Free) && from != self.cx.me && !self.cx.unsampled {
+        let free = matches!(self.role, Role::Free) && from != self.cx.me && !self.cx.unsampled;
+        let limit = self.cx.cfg.max_reservations_per_minute;
+        if free && !self.cx.reservations.admit(&from, now, limit) {
+            let reason = format!("more than {limit} reservations in a minute");
+            self.cx.refuse(from.clone(), "join", reason);
+            self.cx.send(from, Message::Busy { id, other: None });
+            return;
+        }
+        if free {
             self.role = Role::Reserved {
                 id: id.clone(),
                 leader: from.clone(),
@@ -601,21 +681,63 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         }
     }
 
-    /// Executes a migration only when the leader of this node's partition orders it, for
-    /// a VM this host runs and does not migrate already.
-    fn on_migrate_order(&mut self, from: Id, id: PartitionId<Id>, vm: VmId, to: Id) {
-        let mine = self.partition() == Some(&id) && self.leader_of_mine() == Some(&from);
-        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
-        if mine && here && !self.cx.migrating.contains_key(&vm) && to != self.cx.me {
-            self.cx.migrating.insert(vm, (id.clone(), from));
-            self.cx.event(Event::MigrationStarted {
-                id,
-                vm,
-                to: to.clone(),
-            });
-            self.cx.out.push(Output::Migrate { vm, to });
-        } else {
-            self.cx.send(from, Message::Migrated { id, vm, ok: false });
+    /// Whether `from` may order this node in partition `id`: the leader it follows, or the
+    /// successor that leader named (its orders may come before its first keep-alive); a
+    /// leader orders itself.
+    fn commanded_by(&self, from: &Id, id: &PartitionId<Id>) -> bool {
+        match &self.role {
+            Role::Member {
+                id: mine,
+                leader,
+                successor,
+                ..
+            } => {
+                (mine == id && leader == from)
+                    || successor
+                        .as_ref()
+                        .is_some_and(|s| s.leader == *from && s.partition == *id)
+            }
+            Role::Leader(l) => l.d.id == *id && *from == self.cx.me,
+            _ => false,
         }
+    }
+
+    /// Whether `id` is a member of this node's partition, as its leader says (its own
+    /// dossier when leading).
+    fn partition_has(&self, id: &Id) -> bool {
+        match &self.role {
+            Role::Member { members, .. } => members.contains(id),
+            Role::Leader(l) => l.d.contains(id),
+            _ => false,
+        }
+    }
+
+    /// Executes a migration only when the leader of this node's partition orders it,
+    /// toward another member of that partition, for a VM this host runs and does not
+    /// migrate already.
+    fn on_migrate_order(&mut self, from: Id, id: PartitionId<Id>, vm: VmId, to: Id) {
+        let unauthorized = if !self.commanded_by(&from, &id) {
+            Some("not from the leader of this node's partition")
+        } else if to == self.cx.me || !self.partition_has(&to) {
+            Some("destination not a member of the partition")
+        } else {
+            None
+        };
+        if let Some(reason) = unauthorized {
+            self.cx.refuse(from.clone(), "migrate", reason);
+        }
+        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
+        if unauthorized.is_some() || !here || self.cx.migrating.contains_key(&vm) {
+            self.cx.send(from, Message::Migrated { id, vm, ok: false });
+            return;
+        }
+        self.cx.migrating.insert(vm, (id.clone(), from.clone()));
+        self.cx.event(Event::MigrationStarted {
+            id,
+            vm,
+            to: to.clone(),
+            leader: from,
+        });
+        self.cx.out.push(Output::Migrate { vm, to });
     }
 }

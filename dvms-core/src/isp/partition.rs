@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Most members a dossier may list, from the network.
 pub const MAX_MEMBERS: usize = 4096;
+/// Most nodes a dossier remembers from its members' offers (the growth candidates).
+pub const MAX_KNOWN: usize = 512;
 
 /// A partition: its initiator and the initiator's sequence number. Ordered, so that
 /// merges have a direction.

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dvms-node");
 
+/// The daemon binary the tests start: `DVMS_NODE_BIN` if set (e.g. the release build, to
+/// measure what users run), else the one built with the tests.
+pub fn bin() -> String {
+    std::env::var("DVMS_NODE_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A directory for one test's keys and logs, removed when dropped.
 pub struct Dir(pub PathBuf);
 
@@ -94,7 +100,7 @@ impl Node {
             .open(&self.log)
             .unwrap();
         let start = log.metadata().unwrap().len() as usize;
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(&self.args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -167,6 +173,10 @@ impl Node {
 
     pub fn id(&self) -> String {
         self.status()["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Ids of the members this node lists (alive or suspected).

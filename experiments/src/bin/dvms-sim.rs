@@ -92,10 +92,10 @@ struct Args {
     /// Probability that a message is lost [default: 0].
     #[arg(long, group = "inline")]
     loss: Option<f64>,
-    /// How the overlay is simulated: shared (one converged membership view with Vivaldi
-    /// coordinates learnt on the simulated network; gossip not simulated: for thousands
-    /// of hosts) or per-host (every host runs its own overlay and gossips, as the daemon
-    /// does; work grows with the square of the hosts) [default: shared].
+    /// How the overlay is simulated: per-host (every host runs the daemon's own overlay:
+    /// bounded views, probes, gossip, Vivaldi fed by its messages) or shared (an
+    /// all-knowing comparison: one converged membership for everyone, failures known to
+    /// all at once, no gossip) [default: per-host].
     #[arg(long, group = "inline")]
     overlay: Option<OverlayModel>,
     /// Check the invariants after every event (slower).
@@ -167,9 +167,10 @@ impl Args {
                 duration: self.crash_duration.unwrap_or(60_000),
             }),
             loss: self.loss.unwrap_or(0.0),
+            warmup: 0,
             dvms: scenario::Dvms {
                 modes,
-                overlay: self.overlay.unwrap_or(OverlayModel::Shared),
+                overlay: self.overlay.unwrap_or(OverlayModel::PerHost),
                 budget_lp_iterations: None,
             },
             centralized: scenario::Centralized {

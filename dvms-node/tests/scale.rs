@@ -1,0 +1,354 @@
+//! A hundred real daemons (overlay only) on loopback: every one builds full neighbour
+//! sets and the true ring links within 30 s of the last start; ten killed with SIGKILL
+//! are listed by no survivor within 10 s; what a daemon sends per second (from its own
+//! metrics) does not grow from 25 to 100 daemons. Prints a table of bytes, messages, CPU
+//! and peak memory per daemon at 25 and 100. `DVMS_NODE_BIN=target/release/dvms-node`
+//! measures the release build (what users run):
+//!
+//!     cargo test -p dvms-node --test scale -- --nocapture
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Dir, Node};
+use dvms_node::NodeId;
+use overlay::OverlayId;
+
+const FIRST: usize = 25;
+const ALL: usize = 100;
+const KILLED: usize = 10;
+const WINDOW: Duration = Duration::from_secs(20);
+/// After settling, before measuring: joins and first coordinates behind.
+const WARM_UP: Duration = Duration::from_secs(20);
+
+fn ring_key(id: &str) -> u64 {
+    NodeId(id.parse().expect("a peer id")).ring_key()
+}
+
+/// The true successor of each node on the ring of `ids`.
+fn successors(ids: &[String]) -> Vec<(String, String)> {
+    let mut ring: Vec<(u64, &String)> = ids.iter().map(|i| (ring_key(i), i)).collect();
+    ring.sort();
+    (0..ring.len())
+        .map(|k| (ring[k].1.clone(), ring[(k + 1) % ring.len()].1.clone()))
+        .collect()
+}
+
+/// A daemon's `/status`, or None if it does not answer in time.
+fn status(n: &Node) -> Option<serde_json::Value> {
+    let body = common::http_get(n.http_port, "/status").ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+/// The peers a daemon lists (heard from directly, in its views); None if it does not
+/// answer in time.
+fn listed(n: &Node) -> Option<Vec<String>> {
+    let s = status(n)?;
+    let members = s["members"].as_array()?;
+    Some(
+        members
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// Polls `cond` with a pause of 250 ms between rounds (each round asks every daemon, so
+/// that a busy daemon is not kept busier), up to `limit`.
+fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    wait_for(limit, || {
+        let ok = cond();
+        if !ok {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        ok
+    })
+}
+
+/// Nodes whose neighbour set is not full or whose successor is not the true one.
+fn unsettled(nodes: &[Node], ids: &[String]) -> Vec<String> {
+    let succ = successors(ids);
+    nodes
+        .iter()
+        .zip(ids)
+        .filter(|(n, id)| {
+            // A daemon too busy to answer in time (the bootstrap one, while 75 join
+            // through it) counts as not settled yet.
+            let Some(s) = status(n) else { return true };
+            let want = &succ.iter().find(|(a, _)| a == *id).unwrap().1;
+            !(s["neighbours"]["full"] == true && s["neighbours"]["successor"] == **want)
+        })
+        .map(|(n, _)| n.name.clone())
+        .collect()
+}
+
+/// The sum of a metric over its labels.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ' | b'{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Per kind of overlay message: (kind, bytes, messages).
+type Kinds = Vec<(String, f64, f64)>;
+
+/// [`Kinds`] from a daemon's metrics.
+fn by_kind(text: &str) -> Kinds {
+    let kinds = [
+        "ping",
+        "ack",
+        "ping_req",
+        "indirect_ack",
+        "exchange",
+        "notice",
+    ];
+    kinds
+        .iter()
+        .map(|k| {
+            let pick = |name: &str| metric(text, &format!("{name}{{kind=\"{k}\"}}"));
+            (
+                k.to_string(),
+                pick("dvms_overlay_bytes_sent_total"),
+                pick("dvms_overlay_messages_sent_total"),
+            )
+        })
+        .collect()
+}
+
+/// (CPU ticks used, peak resident KiB) of a process.
+fn usage(pid: u32) -> (u64, u64) {
+    let (ticks, _, peak) = dvms_tests::proc_usage(&pid.to_string());
+    (ticks, peak)
+}
+
+struct Cost {
+    bytes_s: f64,
+    messages_s: f64,
+    cpu_pct: f64,
+    /// Peak resident memory of a daemon: median and largest (the bootstrap peer).
+    peak_rss_mib: (f64, f64),
+    /// (kind, bytes / s, messages / s) per daemon.
+    kinds: Kinds,
+}
+
+/// What each daemon spends per second over `WINDOW` (means over the daemons), measured
+/// after `WARM_UP`, with no request to the daemons but the metric reads around it.
+fn measure(nodes: &[Node]) -> Cost {
+    std::thread::sleep(WARM_UP);
+    let read = || -> Vec<(Kinds, u64)> {
+        nodes
+            .iter()
+            .map(|n| (by_kind(&n.get("/metrics")), usage(n.pid().unwrap()).0))
+            .collect()
+    };
+    let before = read();
+    let t0 = Instant::now();
+    std::thread::sleep(WINDOW);
+    let after = read();
+    let secs = t0.elapsed().as_secs_f64();
+    let per = |v: f64| v / nodes.len() as f64 / secs;
+    let kinds: Kinds = (0..after[0].0.len())
+        .map(|k| {
+            let (b, m) = (0..nodes.len()).fold((0.0, 0.0), |(b, m), i| {
+                (
+                    b + after[i].0[k].1 - before[i].0[k].1,
+                    m + after[i].0[k].2 - before[i].0[k].2,
+                )
+            });
+            (after[0].0[k].0.clone(), per(b), per(m))
+        })
+        .collect();
+    let ticks: u64 = (0..nodes.len()).map(|i| after[i].1 - before[i].1).sum();
+    let hz = 100.0; // USER_HZ on Linux
+    Cost {
+        bytes_s: kinds.iter().map(|k| k.1).sum(),
+        messages_s: kinds.iter().map(|k| k.2).sum(),
+        cpu_pct: per(ticks as f64 / hz) * 100.0,
+        peak_rss_mib: {
+            let mut peaks: Vec<f64> = nodes
+                .iter()
+                .map(|n| usage(n.pid().unwrap()).1 as f64 / 1024.0)
+                .collect();
+            peaks.sort_by(f64::total_cmp);
+            (peaks[peaks.len() / 2], peaks[peaks.len() - 1])
+        },
+        kinds,
+    }
+}
+
+fn start(
+    dir: &Dir,
+    psk: &std::path::Path,
+    nodes: &mut Vec<Node>,
+    ids: &mut Vec<String>,
+    upto: usize,
+) {
+    for i in nodes.len()..upto {
+        // Every daemon knows the first one's address, as with one bootstrap peer.
+        let boot: Vec<u16> = nodes
+            .first()
+            .map(|n: &Node| n.p2p_port)
+            .into_iter()
+            .collect();
+        let n = Node::start(dir, &format!("s{i}"), psk, &boot, &[]);
+        ids.push(n.id());
+        nodes.push(n);
+    }
+}
+
+/// The log lines of the first survivor that still lists a dead daemon, about that one.
+fn log_about_the_dead(survivors: &[&Node], dead: &BTreeSet<String>) -> String {
+    for n in survivors {
+        let Some(l) = listed(n) else { continue };
+        if let Some(d) = l.iter().find(|m| dead.contains(*m)) {
+            let short = &d[d.len().saturating_sub(8)..];
+            let log = n.logs();
+            let lines: Vec<&str> = log.lines().filter(|x| x.contains(short)).collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            return format!("{} about {d}:\n{}", n.name, tail.join("\n"));
+        }
+    }
+    String::new()
+}
+
+#[test]
+fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25_do() {
+    let dir = Dir::new("scale");
+    let psk = dir.psk("swarm.key");
+    let (mut nodes, mut ids) = (Vec::new(), Vec::new());
+    start(&dir, &psk, &mut nodes, &mut ids, FIRST);
+    let settled = poll(Duration::from_secs(30), || {
+        unsettled(&nodes, &ids).is_empty()
+    });
+    assert!(
+        settled.is_some(),
+        "not settled at {FIRST}: {:?}\n{}",
+        unsettled(&nodes, &ids),
+        nodes[1].status()
+    );
+    let small = measure(&nodes);
+    start(&dir, &psk, &mut nodes, &mut ids, ALL);
+    let settled = poll(Duration::from_secs(30), || {
+        unsettled(&nodes, &ids).is_empty()
+    });
+    assert!(
+        settled.is_some(),
+        "not settled at {ALL}: {:?}",
+        unsettled(&nodes, &ids)
+    );
+    eprintln!("{ALL} daemons settled {settled:?} after the last start");
+    let large = measure(&nodes);
+    let bound = overlay::Config::default();
+    let views = bound.random_view + bound.near + 2 * bound.ring;
+    for n in &nodes {
+        let listed = n.member_ids().len();
+        assert!(listed <= views, "{} lists {listed} peers", n.name);
+    }
+
+    // Ten killed at once (spread over the ring of ids): no survivor lists any within 10 s.
+    let victims: BTreeSet<usize> = (0..KILLED).map(|k| 3 + k * (ALL / KILLED)).collect();
+    let dead: BTreeSet<String> = victims.iter().map(|v| ids[*v].clone()).collect();
+    for v in &victims {
+        nodes[*v].kill();
+    }
+    let survivors: Vec<&Node> = (0..ALL)
+        .filter(|i| !victims.contains(i))
+        .map(|i| &nodes[i])
+        .collect();
+    // Per round: seconds since the kill at its start and end, pairs still listed, survivors not answering,
+    // the slowest answer (s) and whose, CPU seconds all survivors used since the kill.
+    let killed_at = Instant::now();
+    let cpu = |nodes: &[&Node]| -> f64 {
+        nodes
+            .iter()
+            .map(|n| usage(n.pid().unwrap()).0 as f64 / 100.0)
+            .sum()
+    };
+    let cpu0 = cpu(&survivors);
+    #[allow(clippy::type_complexity)]
+    let mut rounds: Vec<(f64, f64, usize, usize, f64, String, f64)> = Vec::new();
+    let gone = poll(Duration::from_secs(20), || {
+        let began = killed_at.elapsed().as_secs_f64();
+        // All asked at once: a round then takes as long as the slowest answer, not the
+        // sum of 90 (answers slow down while the survivors handle the deaths), so what
+        // is measured is when the daemons forget, not how long the asking took.
+        let answers: Vec<(Option<Vec<String>>, f64)> = std::thread::scope(|s| {
+            let asks: Vec<_> = survivors
+                .iter()
+                .map(|n| {
+                    s.spawn(move || {
+                        let t = Instant::now();
+                        (listed(n), t.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            asks.into_iter().map(|a| a.join().unwrap()).collect()
+        });
+        let (mut pairs, mut silent, mut slowest) = (0, 0, (0.0, String::new()));
+        for (n, (l, took)) in survivors.iter().zip(answers) {
+            match l {
+                Some(l) => pairs += l.iter().filter(|m| dead.contains(*m)).count(),
+                None => silent += 1,
+            }
+            if took > slowest.0 {
+                slowest = (took, n.name.clone());
+            }
+        }
+        let at = killed_at.elapsed().as_secs_f64();
+        let used = cpu(&survivors) - cpu0;
+        rounds.push((began, at, pairs, silent, slowest.0, slowest.1, used));
+        pairs == 0 && silent == 0
+    });
+    eprintln!(
+        "after the kill (from s, to s, still listed, not answering, slowest answer s, whose, CPU s): {rounds:.2?}"
+    );
+    eprintln!(
+        "\n| daemons | overlay bytes sent / s | messages sent / s | CPU % of a core | peak RSS MiB, median |\n\
+         | --- | --- | --- | --- | --- |\n\
+         | {FIRST} | {:.0} | {:.1} | {:.2} | {:.1} (max {:.1}) |\n\
+         | {ALL} | {:.0} | {:.1} | {:.2} | {:.1} (max {:.1}) |\n\
+         ratio 100/25: bytes {:.2}, CPU {:.2}; SIGKILLed {KILLED} forgotten by all after {gone:?}\n\
+         bytes / s by kind at {FIRST}: {:?}\nat {ALL}: {:?}\n",
+        small.bytes_s, small.messages_s, small.cpu_pct, small.peak_rss_mib.0, small.peak_rss_mib.1,
+        large.bytes_s, large.messages_s, large.cpu_pct, large.peak_rss_mib.0, large.peak_rss_mib.1,
+        large.bytes_s / small.bytes_s,
+        large.cpu_pct / small.cpu_pct,
+        small.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
+        large.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
+    );
+    let Some(gone) = gone else {
+        // Who still lists whom, and who did not answer: what tells a slow detector from
+        // a revived record or a daemon too busy to serve /status.
+        let left: Vec<String> = survivors
+            .iter()
+            .filter_map(|n| match listed(n) {
+                None => Some(format!("{}: no answer", n.name)),
+                Some(l) => {
+                    let still: Vec<&String> = l.iter().filter(|m| dead.contains(*m)).collect();
+                    (!still.is_empty()).then(|| format!("{} lists {still:?}", n.name))
+                }
+            })
+            .collect();
+        panic!(
+            "killed daemons still listed 20 s later: {left:#?}\n{}",
+            log_about_the_dead(&survivors, &dead)
+        );
+    };
+    assert!(
+        gone <= Duration::from_secs(10),
+        "killed daemons listed for {gone:?}"
+    );
+    assert!(
+        large.bytes_s <= 1.3 * small.bytes_s,
+        "bytes per daemon grow with the cluster: {:.0} at {FIRST}, {:.0} at {ALL}",
+        small.bytes_s,
+        large.bytes_s
+    );
+    let log = nodes[0].logs();
+    assert!(!log.contains("panicked"), "{log}");
+}
