@@ -22,15 +22,26 @@ PKGS=(
   cmake g++ libclang-dev
   chromium
 )
-missing=()
-for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+missing_pkgs() {
+  missing=()
+  for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+# Twice: an install can remove a package installed before (a backported qemu-utils that
+# Debian 12's qemu-system-x86 does not go with), which the second pass puts back.
+for pass in 1 2; do
+  missing_pkgs
+  ((${#missing[@]})) || break
   echo "install-deps: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  [ "$pass" = 1 ] && apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+done
+missing_pkgs
+if ((${#missing[@]})); then
+  echo "install-deps: still missing after installing: ${missing[*]}" >&2
+  exit 1
 fi
 
 # The testbed guest's kernel is fetched with apt-get download: the package lists must know it.

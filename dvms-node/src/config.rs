@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub identity_file: Option<PathBuf>,
     pub allow: Option<Vec<String>>,
     pub http: Option<String>,
+    /// A file holding a bearer token: `/status` and `/metrics` then answer only requests
+    /// that carry `Authorization: Bearer <token>` (the live view takes it from its URL's
+    /// `#token=`).
+    pub http_token_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub ping_interval_ms: Option<u64>,
     pub idle_timeout_s: Option<u64>,
@@ -140,6 +144,8 @@ pub struct Config {
     pub identity_file: PathBuf,
     pub allow: Option<Vec<PeerId>>,
     pub http: SocketAddr,
+    /// The bearer token `/status` and `/metrics` require, if any.
+    pub http_token: Option<String>,
     pub log_format: LogFormat,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -188,6 +194,11 @@ impl FileConfig {
         let http: SocketAddr = http.parse().with_context(|| {
             format!("http: {http:?} is not an address:port (e.g. {DEFAULT_HTTP})")
         })?;
+        let http_token = self
+            .http_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?;
         let Some(psk_file) = self.psk_file else {
             bail!("no pre-shared key: set psk_file (or --psk-file); create one with `dvms-node psk FILE` and copy it to every host")
         };
@@ -211,6 +222,7 @@ impl FileConfig {
             identity_file,
             allow,
             http,
+            http_token,
             log_format: self.log_format.unwrap_or_default(),
             ping_interval,
             // Connections to one-off partners (a shuffle, a relayed probe) close soon.
@@ -219,6 +231,33 @@ impl FileConfig {
             scheduler: self.scheduler.unwrap_or_default().settle()?,
         })
     }
+}
+
+/// Fewest and most characters of an HTTP bearer token.
+const TOKEN_LEN: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// The bearer token in `path`: one line of visible ASCII (16 to 256 characters), as
+/// `dvms-launch daemons start --http-token` or `openssl rand -hex 32` writes it.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("http_token_file: cannot read {}", path.display()))?;
+    anyhow::ensure!(
+        meta.len() <= 1024,
+        "http_token_file: {} is {} bytes, not a token",
+        path.display(),
+        meta.len()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("http_token_file: cannot read {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        TOKEN_LEN.contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()),
+        "http_token_file: {} must hold one token of {} to {} visible ASCII characters (e.g. `openssl rand -hex 32`)",
+        path.display(),
+        TOKEN_LEN.start(),
+        TOKEN_LEN.end()
+    );
+    Ok(token.to_owned())
 }
 
 pub fn read_psk(path: &Path) -> anyhow::Result<PreSharedKey> {

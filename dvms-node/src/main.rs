@@ -36,6 +36,14 @@ enum Command {
         #[arg(long)]
         identity_file: PathBuf,
     },
+    /// Print a running daemon's `/status` (JSON), read at the HTTP address of its
+    /// configuration file with the token of its `http_token_file`: for operators on the
+    /// host, and for `dvms-launch daemons status` when `/status` listens on loopback only.
+    Status {
+        /// The daemon's TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -64,6 +72,9 @@ struct RunArgs {
     /// Address:port of the HTTP endpoint [default: 127.0.0.1:7080].
     #[arg(long)]
     http: Option<String>,
+    /// File holding a bearer token that `/status` and `/metrics` then require.
+    #[arg(long)]
+    http_token_file: Option<PathBuf>,
     /// Log format on stderr (filter with RUST_LOG, default info).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -103,6 +114,7 @@ fn settle(args: RunArgs) -> anyhow::Result<config::Config> {
         file.allow.get_or_insert_with(Vec::new).extend(args.allow);
     }
     file.http = args.http.or(file.http);
+    file.http_token_file = args.http_token_file.or(file.http_token_file);
     file.log_format = args.log_format.or(file.log_format);
     let ov = file.overlay.get_or_insert_with(overlay::Config::default);
     if let Some(m) = args.mode {
@@ -157,6 +169,11 @@ fn main() -> ExitCode {
         }),
         Command::PeerId { identity_file } => config::load_or_create_identity(&identity_file)
             .map(|(k, _)| println!("{}", k.public().to_peer_id())),
+        Command::Status { config } => FileConfig::load(&config)
+            .and_then(FileConfig::settle)
+            .with_context(|| format!("configuration {}", config.display()))
+            .and_then(|cfg| dvms_node::api::fetch(cfg.http, "/status", cfg.http_token.as_deref()))
+            .map(|body| println!("{body}")),
         Command::Run(args) => settle(*args).and_then(|cfg| {
             init_logs(cfg.log_format);
             if cfg!(debug_assertions) {

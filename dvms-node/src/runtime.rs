@@ -35,7 +35,7 @@ use crate::metrics::{count, Metrics};
 use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
 use crate::peer_cache;
 use crate::protocol::{self, Ack};
-use crate::status::{MemberStatus, NeighbourStatus, SchedulerStatus, Status};
+use crate::status::{MemberStatus, NeighbourStatus, SchedulerStatus, Status, VmName};
 use crate::NodeId;
 
 pub struct Daemon {
@@ -144,11 +144,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let http = tokio::net::TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("cannot serve HTTP on {}", cfg.http))?;
-    info!(http = %http.local_addr()?, "serving /status and /metrics");
+    info!(
+        http = %http.local_addr()?,
+        token_required = cfg.http_token.is_some(),
+        "serving /status and /metrics"
+    );
     let (status_tx, status_rx) = mpsc::channel(16);
     let api = Api {
         status: status_tx,
         registry: Arc::new(registry),
+        token: cfg.http_token.as_deref().map(Arc::from),
     };
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http, api::router(api)).await {
@@ -745,6 +750,15 @@ impl Daemon {
                 libvirt_uri: s.cfg.libvirt_uri.clone(),
                 dry_run: s.cfg.dry_run,
                 load: s.host.as_ref().map_or(0.0, HostState::load),
+                vm_names: s
+                    .host
+                    .iter()
+                    .flat_map(|h| &h.vms)
+                    .map(|v| VmName {
+                        id: v.id,
+                        name: s.hv.name_of(v.id),
+                    })
+                    .collect(),
                 host: s.host.clone(),
                 threshold: s.cfg.isp.thresholds.high,
                 overloaded: isp.is_overloaded(),

@@ -1,7 +1,7 @@
 //! What `GET /status` returns: this node's view of the overlay and, when it schedules,
 //! of its host and partition. The runtime fills it; the HTTP side only serves it.
 
-use dvms_core::host::HostState;
+use dvms_core::host::{HostState, VmId};
 use dvms_core::isp::RoleView;
 use serde::Serialize;
 
@@ -45,6 +45,9 @@ pub struct SchedulerStatus {
     pub dry_run: bool,
     /// The last sample of this host: capacities and VMs with their CPU use.
     pub host: Option<HostState>,
+    /// The libvirt names of this host's VMs (local knowledge: names do not travel in
+    /// the protocol). Any text a domain may be named: the live view escapes it.
+    pub vm_names: Vec<VmName>,
     /// CPU demand over CPU capacity.
     pub load: f64,
     pub threshold: f64,
@@ -53,6 +56,12 @@ pub struct SchedulerStatus {
     pub role: RoleView<NodeId>,
     /// The last plans this node computed as a leader.
     pub last_plans: Vec<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VmName {
+    pub id: VmId,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

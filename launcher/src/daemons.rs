@@ -36,6 +36,48 @@ pub struct Options {
     pub migration_timeout_s: Option<u64>,
     /// Peer ids admitted besides the cluster's daemons.
     pub allow: Vec<String>,
+    /// Where each daemon serves `/status`, `/metrics` and the live view.
+    pub http_bind: HttpBind,
+    /// Require a bearer token (one per cluster, in `<state dir>/daemons/http.token`).
+    pub http_token: bool,
+}
+
+/// Where a daemon's HTTP endpoint listens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpBind {
+    /// The host's cluster address: the live view and `daemons status` read it there.
+    #[default]
+    Host,
+    /// 127.0.0.1 on the host only: read on the host (`dvms-node status`, which
+    /// `daemons status` runs there); the live view then needs a tunnel.
+    Loopback,
+}
+
+/// The file of the cluster's HTTP bearer token (created once, never overwritten).
+fn token_file(cluster: &Cluster) -> PathBuf {
+    dir(cluster).join("http.token")
+}
+
+/// The `dvms-node` binary `daemons start` last used (to run `dvms-node status`).
+fn binary_file(cluster: &Cluster) -> PathBuf {
+    dir(cluster).join("binary")
+}
+
+/// A new random token, 64 hexadecimal digits.
+fn new_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The cluster's HTTP token, if the daemons were started with one.
+pub fn token(cluster: &Cluster) -> Option<String> {
+    std::fs::read_to_string(token_file(cluster))
+        .ok()
+        .map(|t| t.trim().to_owned())
 }
 
 pub fn dir(cluster: &Cluster) -> PathBuf {
@@ -77,8 +119,12 @@ fn start_over_ssh(cluster: &Cluster, h: &Host, bin: &Path, config: &Path) -> Res
     crate::hosts::copy_to(h, &local.join("swarm.key"), &r("swarm.key"))?;
     crate::hosts::copy_to(h, &id, &r(&format!("{}.id", h.name)))?;
     crate::hosts::copy_to(h, config, &r(&format!("{}.toml", h.name)))?;
+    let token = token_file(cluster);
+    if token.exists() {
+        crate::hosts::copy_to(h, &token, &r("http.token"))?;
+    }
     let script = format!(
-        "chmod 700 {dir} && chmod 600 {dir}/swarm.key {dir}/{n}.id && chmod 755 {dir}/dvms-node && \
+        "chmod 700 {dir} && chmod 600 {dir}/swarm.key {dir}/{n}.id {dir}/*.token 2>/dev/null; chmod 755 {dir}/dvms-node && \
          (nohup {dir}/dvms-node run --config {dir}/{n}.toml >> {dir}/{n}.log 2>&1 < /dev/null & echo $!)",
         dir = crate::util::shell_quote(&remote.to_string_lossy()),
         n = h.name,
@@ -184,8 +230,12 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
             Some(h.peer_uri.replace(&h.address, "{host}")),
         ),
     };
+    let http_ip = match opt.http_bind {
+        HttpBind::Host => h.address.as_str(),
+        HttpBind::Loopback => "127.0.0.1",
+    };
     let mut s = format!(
-        "listen = \"/ip4/{ip}/tcp/{P2P_PORT}\"\nhttp = \"{ip}:{HTTP_PORT}\"\n\
+        "listen = \"/ip4/{ip}/tcp/{P2P_PORT}\"\nhttp = \"{http_ip}:{HTTP_PORT}\"\n\
          bootstrap = [\"/ip4/{boot}/tcp/{P2P_PORT}\"]\npsk_file = \"{psk}\"\n\
          identity_file = \"{id}\"\n",
         ip = h.address,
@@ -193,6 +243,9 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
         psk = d.join("swarm.key").display(),
         id = d.join(format!("{}.id", h.name)).display(),
     );
+    if opt.http_token {
+        s += &format!("http_token_file = \"{}\"\n", d.join("http.token").display());
+    }
     // The cluster's own daemons and whom the operator named: the key alone admits nobody.
     let quoted: Vec<String> = allow.iter().map(|p| format!("\"{p}\"")).collect();
     s += &format!("allow = [{}]\n", quoted.join(", "));
@@ -244,6 +297,12 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
             );
         }
     }
+    if opt.http_token && !token_file(cluster).exists() {
+        let t = token_file(cluster);
+        crate::util::write_atomic(&t, new_token()?.as_bytes())?;
+        std::fs::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
+    crate::util::write_atomic(&binary_file(cluster), bin.to_string_lossy().as_bytes())?;
     let mut allow = Vec::new();
     for h in &cluster.hosts {
         allow.push(peer_id(&bin, &d.join(format!("{}.id", h.name)))?);
@@ -297,13 +356,15 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
                 let last: Vec<&str> = log.lines().rev().take(3).collect();
                 bail!("host {name}: dvms-node exited: {}", last.join(" | "));
             }
-            if crate::util::http_get(&format!("{}:{HTTP_PORT}", h.address), "/status").is_ok() {
+            let answer = read_status(cluster, h);
+            if answer.is_ok() {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "host {name}: dvms-node does not answer on {}:{HTTP_PORT}",
-                    h.address
+                    "host {name}: dvms-node does not answer on {}: {:#}",
+                    http_of(cluster, h),
+                    answer.unwrap_err()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -344,6 +405,65 @@ pub fn stop(cluster: &Cluster) -> Vec<String> {
     stopped
 }
 
+/// What a host's daemon configuration says of its HTTP endpoint.
+#[derive(Default, serde::Deserialize)]
+struct HttpSettings {
+    http: Option<String>,
+    http_token_file: Option<PathBuf>,
+}
+
+fn http_settings(cluster: &Cluster, h: &Host) -> HttpSettings {
+    std::fs::read_to_string(dir(cluster).join(format!("{}.toml", h.name)))
+        .ok()
+        .and_then(|t| toml::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Where a host's daemon serves HTTP, as configured (the host's address by default).
+pub fn http_of(cluster: &Cluster, h: &Host) -> String {
+    http_settings(cluster, h)
+        .http
+        .unwrap_or_else(|| format!("{}:{HTTP_PORT}", h.address))
+}
+
+/// A host's daemon's `GET /status` body: read from here when it listens on the host's
+/// address, else by `dvms-node status` run on the host (loopback only); with the token
+/// when the daemons require one.
+pub fn read_status(cluster: &Cluster, h: &Host) -> Result<String> {
+    let settings = http_settings(cluster, h);
+    let http = http_of(cluster, h);
+    let loopback = http
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if !loopback {
+        let token = settings.http_token_file.and_then(|_| token(cluster));
+        return crate::util::http_get_with(&http, "/status", token.as_deref());
+    }
+    let (bin, config) = match h.access {
+        Access::Local { .. } => (
+            std::fs::read_to_string(binary_file(cluster))
+                .context("no record of the dvms-node binary: start the daemons again")?,
+            dir(cluster).join(format!("{}.toml", h.name)),
+        ),
+        Access::Ssh { .. } => {
+            let d = host_dir(cluster, h);
+            (
+                d.join("dvms-node").to_string_lossy().into_owned(),
+                d.join(format!("{}.toml", h.name)),
+            )
+        }
+    };
+    crate::hosts::exec_ok(
+        h,
+        &[
+            bin,
+            "status".into(),
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+        ],
+    )
+}
+
 /// One host's daemon as `daemons status` shows it.
 #[derive(Debug, serde::Serialize)]
 pub struct DaemonState {
@@ -363,11 +483,9 @@ pub fn status(cluster: &Cluster) -> Vec<DaemonState> {
             DaemonState {
                 host: h.name.clone(),
                 pid,
-                http: format!("{}:{HTTP_PORT}", h.address),
+                http: http_of(cluster, h),
                 status: pid
-                    .and_then(|_| {
-                        crate::util::http_get(&format!("{}:{HTTP_PORT}", h.address), "/status").ok()
-                    })
+                    .and_then(|_| read_status(cluster, h).ok())
                     .and_then(|b| serde_json::from_str(&b).ok()),
             }
         })

@@ -141,7 +141,7 @@ enum DaemonsCmd {
     /// configurations, logs, event logs (JSON lines); over SSH, copied to and run from
     /// <remote dir>/dvms/<host>/.
     #[command(
-        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run\n  dvms-launch daemons start --allow 12D3KooW... (a tool's peer id)"
+        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run\n  dvms-launch daemons start --allow 12D3KooW... (a tool's peer id)\n  dvms-launch daemons start --http-bind loopback --http-token"
     )]
     Start {
         /// The dvms-node binary [default: next to dvms-launch, else on PATH].
@@ -164,6 +164,15 @@ enum DaemonsCmd {
         /// The daemons always admit each other and, past that, nobody.
         #[arg(long = "allow", value_name = "PEER_ID")]
         allow: Vec<String>,
+        /// Where each daemon serves /status, /metrics and the live view: `host` (its
+        /// cluster address, readable by the cluster's network) or `loopback` (only on the
+        /// host; `daemons status` then reads it there through `dvms-node status`).
+        #[arg(long, value_enum, default_value_t = launcher::daemons::HttpBind::Host)]
+        http_bind: launcher::daemons::HttpBind,
+        /// Require a bearer token for /status and /metrics: one random token per cluster,
+        /// kept in <state dir>/daemons/http.token (the live view takes it as #token=...).
+        #[arg(long)]
+        http_token: bool,
     },
     /// Stop every daemon (they leave the overlay first).
     Stop,
@@ -482,6 +491,8 @@ fn run(cli: Cli) -> Result<i32> {
             dry_run,
             migration_timeout,
             allow,
+            http_bind,
+            http_token,
         }) => {
             let c = cli.load_cluster()?;
             let opt = launcher::daemons::Options {
@@ -491,6 +502,8 @@ fn run(cli: Cli) -> Result<i32> {
                 dry_run: *dry_run,
                 migration_timeout_s: *migration_timeout,
                 allow: allow.clone(),
+                http_bind: *http_bind,
+                http_token: *http_token,
             };
             let started = launcher::daemons::start(&c, &opt)?;
             println!(
@@ -503,6 +516,16 @@ fn run(cli: Cli) -> Result<i32> {
                 },
                 launcher::daemons::dir(&c).display()
             );
+            if let Some(h) = c.hosts.first() {
+                let fragment = launcher::daemons::token(&c)
+                    .filter(|_| *http_token)
+                    .map(|t| format!("#token={t}"))
+                    .unwrap_or_default();
+                println!(
+                    "live view: http://{}/{fragment}",
+                    launcher::daemons::http_of(&c, h)
+                );
+            }
             Ok(0)
         }
         Cmd::Daemons(DaemonsCmd::Stop) => {

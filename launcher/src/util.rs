@@ -63,6 +63,11 @@ pub fn self_exe() -> Result<std::path::PathBuf> {
 /// A minimal HTTP/1.1 GET to `addr` (`ip:port`), returning the body of a 200 answer
 /// (the daemons' `/status` and `/metrics`; no HTTP client dependency for that).
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    http_get_with(addr, path, None)
+}
+
+/// [`http_get`] with a bearer token (daemons started with `--http-token`).
+pub fn http_get_with(addr: &str, path: &str, token: Option<&str>) -> Result<String> {
     use std::io::{Read, Write};
     let sock: std::net::SocketAddr = addr
         .parse()
@@ -72,7 +77,10 @@ pub fn http_get(addr: &str, path: &str) -> Result<String> {
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n",
+        auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default()
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;

@@ -153,9 +153,20 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
     assert!(xml.contains("overlays/vm-1.qcow2"), "{xml}");
 
     // A dvms-node daemon on every host, started over SSH: they find each other and
-    // sample their host through its own libvirt; stopped over SSH too.
-    let out = ok(cluster(&["daemons", "start", "--capacity-cpu", "100"]));
+    // sample their host through its own libvirt; stopped over SSH too. Their /status
+    // listens on each host's loopback only, behind a token: `daemons status` reads it on
+    // the host (`dvms-node status` over SSH).
+    let out = ok(cluster(&[
+        "daemons",
+        "start",
+        "--capacity-cpu",
+        "100",
+        "--http-bind",
+        "loopback",
+        "--http-token",
+    ]));
     assert!(out.contains("2 daemon(s) started"), "{out}");
+    assert!(out.contains("#token="), "{out}");
     let both = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let st: serde_json::Value =
@@ -169,8 +180,19 @@ fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
         })
     });
     assert!(both, "{}", ok(cluster(&["daemons", "status"])));
+    let refused = std::net::TcpStream::connect_timeout(
+        &"10.77.34.1:7080".parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    );
+    assert!(refused.is_err(), "/status reachable off the host");
     let staged = remote.join("dvms/10.77.34.1");
-    for f in ["dvms-node", "swarm.key", "10.77.34.1.toml", "10.77.34.1.id"] {
+    for f in [
+        "dvms-node",
+        "swarm.key",
+        "10.77.34.1.toml",
+        "10.77.34.1.id",
+        "http.token",
+    ] {
         assert!(staged.join(f).is_file(), "{f} not staged");
     }
     let out = ok(cluster(&["daemons", "stop"]));

@@ -235,6 +235,24 @@ impl Testbed {
         format!("{}:7080", self.ip(host))
     }
 
+    /// The HTTP bearer token of the daemons, if they were started with `--http-token`.
+    pub fn http_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir().join("daemons").join("http.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    }
+
+    /// Host `h`'s daemon's `/status` (with the token, if any), or None if it does not answer.
+    pub fn daemon_status(&self, host: usize) -> Option<serde_json::Value> {
+        launcher::util::http_get_with(
+            &self.daemon_http(host),
+            "/status",
+            self.http_token().as_deref(),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+    }
+
     pub fn netns(&self, host: usize) -> String {
         format!("dvms{}-h{host}", self.id)
     }
@@ -363,7 +381,7 @@ pub fn start_daemons_with(tb: &Testbed, hosts: usize, guests_per_host: usize, ar
     assert!(out.contains(&format!("{hosts} daemon(s) started")), "{out}");
     let ready = wait_for(Duration::from_secs(40), || {
         (1..=hosts).all(|h| {
-            status(&tb.daemon_http(h)).is_some_and(|s| {
+            tb.daemon_status(h).is_some_and(|s| {
                 s["members"]
                     .as_array()
                     .is_some_and(|m| m.len() == hosts - 1)

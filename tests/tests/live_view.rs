@@ -1,11 +1,12 @@
 //! The live view served by every daemon (`GET /`), loaded in headless Chromium from a real
-//! testbed: it renders every host with its VMs and load, each daemon's role, and one point
-//! per member on the Vivaldi map, as the daemons' `/status` say.
+//! testbed whose daemons require a bearer token: it renders every host with its VMs (by
+//! name) and load, each daemon's role, and one point per member on the Vivaldi map, as the
+//! daemons' `/status` say; a VM named with markup shows as text and runs nothing.
 
 use std::process::Command;
 use std::time::Duration;
 
-use dvms_tests::{start_daemons, status, wait_for, Testbed};
+use dvms_tests::{start_daemons_with, status, wait_for, Testbed};
 
 /// The attribute values `attr="..."` in `html`, in order.
 fn attr_values(html: &str, attr: &str) -> Vec<String> {
@@ -94,12 +95,32 @@ fn agrees(dom: &str, statuses: &[serde_json::Value]) -> Result<(), String> {
 fn the_live_view_renders_what_the_daemons_status_says() {
     let tb = Testbed::up(49, &["--hosts", "3"]);
     tb.ok(&["deploy", "--vms", "6", "--kernel-args", "dvms.tick=250"]);
-    start_daemons(&tb, 3, 2, "50");
+    // A guest whose libvirt name is markup: a script, and an image whose error handler
+    // would mark the page if the name were inserted as HTML.
+    let (_, host) = tb
+        .running()
+        .into_iter()
+        .find(|(vm, _)| vm == "vm-6")
+        .expect("vm-6 runs");
+    let virsh = |args: &[&str]| {
+        let mut a = vec!["exec", host.as_str(), "--", "virsh", "-c", "qemu:///system"];
+        a.extend_from_slice(args);
+        tb.ok(&a)
+    };
+    virsh(&["destroy", "vm-6"]);
+    virsh(&["domrename", "vm-6", HOSTILE]);
+    virsh(&["start", HOSTILE]);
+    start_daemons_with(&tb, 3, 2, &["--capacity-cpu", "50", "--http-token"]);
+    let token = tb.http_token().expect("a token");
+    assert!(
+        status(&tb.daemon_http(1)).is_none(),
+        "/status answered without the token"
+    );
     // Some load, under the threshold: nothing moves while the page is read.
     for vm in ["vm-1", "vm-2"] {
         tb.ok(&["guest", vm, "load", "15"]);
     }
-    let url = format!("http://{}/", tb.daemon_http(1));
+    let url = format!("http://{}/#token={token}", tb.daemon_http(1));
     let mut dom = String::new();
     // The page polls every second; wait until it has drawn all three hosts.
     let drawn = wait_for(Duration::from_secs(60), || {
@@ -114,7 +135,7 @@ fn the_live_view_renders_what_the_daemons_status_says() {
     let agreed = wait_for(Duration::from_secs(60), || {
         dom = chromium_dom(&url);
         statuses = (1..=3)
-            .map(|h| status(&tb.daemon_http(h)).expect("status"))
+            .map(|h| tb.daemon_status(h).expect("status"))
             .collect();
         match agrees(&dom, &statuses) {
             Ok(()) => true,
@@ -139,11 +160,40 @@ fn the_live_view_renders_what_the_daemons_status_says() {
         .collect();
     ids.sort();
     assert_eq!(points, ids);
-    // /status is readable from the page of another daemon (CORS).
+    // The hostile name: shown as text in its VM's line, nothing of it run.
+    let escaped = HOSTILE
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert!(
+        dom.contains(&format!("<span class=\"vm-name\">{escaped}</span>")),
+        "the name is not shown as text:\n{dom}"
+    );
+    assert!(
+        !dom.contains("data-pwned"),
+        "markup in a VM name ran:\n{dom}"
+    );
+    assert!(
+        !dom.contains("<img"),
+        "markup in a VM name became an element:\n{dom}"
+    );
+    // /status is readable from the page of another daemon (CORS), with the token.
     let raw = std::process::Command::new("curl")
-        .args(["-si", &format!("http://{}/status", tb.daemon_http(2))])
+        .args([
+            "-si",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{}/status", tb.daemon_http(2)),
+        ])
         .output()
         .unwrap();
     let head = String::from_utf8_lossy(&raw.stdout).to_lowercase();
-    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("access-control-allow-origin: *"),
+        "{head}"
+    );
 }
+
+/// A VM name a careless page would run: an image whose error handler marks the page, and
+/// a script (libvirt refuses '/' in names, so no closing tags).
+const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='img'\"><script>document.body.dataset.pwned='script'<script>";
