@@ -8,7 +8,7 @@ set -euo pipefail
 
 # The testbed's hypervisors (libvirt + QEMU/TCG), the guest image's inputs
 # (busybox, cpulimit), namespaces and latency emulation (iproute2, iptables),
-# the ssh provider and its test (openssh), what the `virt` crate links, and what HiGHS
+# the ssh provider and its test (openssh), the testbed CA (openssl), what the `virt` crate links, and what HiGHS
 # (the placement solver, built from source by highs-sys) needs: cmake, g++, libclang;
 # and headless Chromium for the test of the daemons' live view.
 # NOT libvirt-daemon-system: it pulls in systemd, which a testbed host does not run.
@@ -18,7 +18,7 @@ PKGS=(
   busybox-static cpio cpulimit
   iproute2 iptables util-linux
   openssh-server openssh-client
-  gcc ca-certificates curl
+  gcc ca-certificates curl openssl
   cmake g++ libclang-dev
   chromium
 )

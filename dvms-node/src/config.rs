@@ -54,6 +54,9 @@ pub struct SchedulerFile {
     pub libvirt_uri: Option<String>,
     /// How a peer's libvirt is reached for migrations; `{host}` is the peer's IP address.
     pub migration_uri: Option<String>,
+    /// Encrypt the migration stream too (QEMU's TLS; needs `migrate_tls_x509_cert_dir`
+    /// set up in qemu.conf on every host, as `dvms-launch testbed up` does).
+    pub migration_tls: Option<bool>,
     /// Overrides of the capacity libvirt reports.
     pub capacity: Option<Capacity>,
     pub monitor_interval_ms: Option<u64>,
@@ -76,6 +79,7 @@ pub struct SchedulerFile {
 pub struct Scheduler {
     pub libvirt_uri: String,
     pub migration_uri: String,
+    pub migration_tls: bool,
     pub capacity: Capacity,
     pub monitor_interval: Duration,
     pub cpu_window: Duration,
@@ -120,6 +124,7 @@ impl SchedulerFile {
         Ok(Some(Scheduler {
             libvirt_uri,
             migration_uri,
+            migration_tls: self.migration_tls.unwrap_or(false),
             capacity,
             monitor_interval: ms(self.monitor_interval_ms, 1_000, "monitor_interval_ms")?,
             cpu_window: ms(self.cpu_window_ms, 2_000, "cpu_window_ms")?,

@@ -79,6 +79,8 @@ impl Samples {
 /// A hypervisor driven through libvirt.
 pub struct Libvirt {
     uri: String,
+    /// Encrypt migration streams (QEMU's TLS).
+    migration_tls: bool,
     capacity: Capacity,
     window: Duration,
     conn: Mutex<Option<Arc<Connect>>>,
@@ -93,9 +95,11 @@ pub fn vm_id(uuid: &uuid::Uuid) -> VmId {
 
 impl Libvirt {
     /// `window`: CPU use is the average over (at least) this long.
-    pub fn new(uri: &str, capacity: Capacity, window: Duration) -> Libvirt {
+    /// `migration_tls`: encrypt migration streams (QEMU's TLS, set up on every host).
+    pub fn new(uri: &str, capacity: Capacity, window: Duration, migration_tls: bool) -> Libvirt {
         Libvirt {
             uri: uri.to_owned(),
+            migration_tls,
             capacity,
             window,
             conn: Mutex::new(None),
@@ -194,10 +198,13 @@ impl Hypervisor for Libvirt {
         let conn = self.conn()?;
         let dom = Arc::new(self.domain(&conn, vm)?);
         let name = self.name_of(vm);
-        let flags = virt::sys::VIR_MIGRATE_LIVE
+        let mut flags = virt::sys::VIR_MIGRATE_LIVE
             | virt::sys::VIR_MIGRATE_PEER2PEER
             | virt::sys::VIR_MIGRATE_PERSIST_DEST
             | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        if self.migration_tls {
+            flags |= virt::sys::VIR_MIGRATE_TLS;
+        }
         // A watchdog aborts the migration job when the timeout passes.
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let watched = dom.clone();

@@ -178,6 +178,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                     &sc.libvirt_uri,
                     sc.capacity.clone(),
                     sc.cpu_window,
+                    sc.migration_tls,
                 )),
                 sampling: false,
                 host: None,

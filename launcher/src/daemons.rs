@@ -223,13 +223,13 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
     let d = host_dir(cluster, h);
     let first = &cluster.hosts[0];
     // On the host itself, over SSH, libvirt is local; peers reach it as the cluster does.
-    let (libvirt_uri, migration_uri) = match h.access {
-        Access::Local { .. } => (h.libvirt_uri.clone(), None),
-        Access::Ssh { .. } => (
-            "qemu:///system".to_owned(),
-            Some(h.peer_uri.replace(&h.address, "{host}")),
-        ),
+    let libvirt_uri = match h.access {
+        Access::Local { .. } => h.libvirt_uri.clone(),
+        Access::Ssh { .. } => "qemu:///system".to_owned(),
     };
+    // Peers are reached as the launcher reaches this host, with this host's client
+    // certificate when over TLS (the daemon fills in each destination's address).
+    let migration_uri = h.peer_uri.replace(&h.address, "{host}");
     let http_ip = match opt.http_bind {
         HttpBind::Host => h.address.as_str(),
         HttpBind::Loopback => "127.0.0.1",
@@ -257,9 +257,10 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
         log = event_log_path(cluster, h).display(),
         dry = opt.dry_run,
     );
-    if let Some(m) = migration_uri {
-        s += &format!("migration_uri = \"{m}\"\n");
-    }
+    s += &format!(
+        "migration_uri = \"{migration_uri}\"\nmigration_tls = {}\n",
+        crate::libvirt::stream_tls(h)
+    );
     if let Some(c) = opt.capacity_cpu {
         s += &format!("capacity = {{ cpu = {c:.1} }}\n");
     }

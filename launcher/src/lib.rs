@@ -12,6 +12,7 @@
 //!   provider knowledge); [`hosts`]: each host's transport, and the calls built on it;
 //!   [`guest`]: what the testbed guest prints; [`libvirt`]: domain XML and operations.
 //! - [`daemons`]: a `dvms-node` daemon per host (keys, configurations, start, stop, status).
+//! - [`pki`]: a CA and per-host certificates for libvirt's TLS transport and migrations.
 //!
 //! See the crate README for the commands.
 
@@ -25,6 +26,7 @@ pub mod image;
 pub mod inventory;
 pub mod libvirt;
 pub mod netns;
+pub mod pki;
 pub mod remote;
 pub mod request;
 pub mod ssh;

@@ -192,16 +192,26 @@ pub fn migrate(conn: &Connect, name: &str, dest: &Host) -> Result<()> {
     let dom = conn
         .lookup_domain_by_name(name)
         .with_context(|| format!("no guest {name}"))?;
-    let flags = virt::sys::VIR_MIGRATE_LIVE
+    let mut flags = virt::sys::VIR_MIGRATE_LIVE
         | virt::sys::VIR_MIGRATE_PEER2PEER
         | virt::sys::VIR_MIGRATE_PERSIST_DEST
         | virt::sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+    if stream_tls(dest) {
+        flags |= virt::sys::VIR_MIGRATE_TLS;
+    }
     dom.migrate_to_uri3(
         Some(&dest.peer_uri),
         virt::domain::MigrateParameters::default(),
         flags,
     )
     .with_context(|| format!("migrate {name} to {} ({})", dest.name, dest.peer_uri))
+}
+
+/// Whether migrations to `h` encrypt their stream (QEMU's TLS): on testbed hosts whose
+/// libvirt the launcher set up over TLS, which gave QEMU certificates too. On SSH hosts
+/// libvirt's transport is what `--peer-uri` says, and QEMU's TLS is not assumed.
+pub fn stream_tls(h: &Host) -> bool {
+    matches!(h.access, crate::cluster::Access::Local { .. }) && h.peer_uri.starts_with("qemu+tls:")
 }
 
 /// The host where `vm` is running now (it may have migrated since it was deployed).

@@ -241,6 +241,17 @@ struct UpArgs {
     /// Guest kernel to use instead of Debian's cloud kernel.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// How hosts' libvirts talk and migrate: `tls` (qemu+tls with certificates of the
+    /// testbed's own CA, migration streams encrypted) or `tcp` (plain qemu+tcp, no
+    /// authentication: only on a network you trust).
+    #[arg(long, value_enum, default_value_t = MigrationChannel::Tls)]
+    migration_channel: MigrationChannel,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MigrationChannel {
+    Tls,
+    Tcp,
 }
 
 #[derive(Args)]
@@ -371,9 +382,12 @@ impl Cli {
         }
     }
     fn image_cache(&self) -> PathBuf {
-        self.image_cache
+        let p = self
+            .image_cache
             .clone()
-            .unwrap_or_else(|| self.state_dir.join("images"))
+            .unwrap_or_else(|| self.state_dir.join("images"));
+        // Guests' definitions name files in it, which libvirt opens from elsewhere.
+        std::path::absolute(&p).unwrap_or(p)
     }
     fn load_cluster(&self) -> Result<Cluster> {
         Cluster::load(&self.cluster_dir())
@@ -636,6 +650,7 @@ fn testbed_up(cli: &Cli, a: &UpArgs) -> Result<i32> {
             host_cpus: a.host_cpus,
             host_memory_mib: a.host_memory,
             ssh: a.ssh,
+            tls: a.migration_channel == MigrationChannel::Tls,
             kernel: a.kernel.clone(),
             image_cache: cli.image_cache(),
         },

@@ -29,6 +29,9 @@ pub struct TestbedSpec {
     pub host_memory_mib: u64,
     /// Start an SSH server in each host (for the ssh provider and its tests).
     pub ssh: bool,
+    /// libvirt between hosts over TLS (certificates from the testbed's own CA, migration
+    /// streams encrypted too); false: plain, unauthenticated TCP.
+    pub tls: bool,
     pub kernel: Option<PathBuf>,
     /// Where guest images are built and cached (shared by testbeds).
     pub image_cache: PathBuf,
@@ -133,6 +136,12 @@ fn bring_up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
     for i in 1..=spec.hosts {
         let site_idx = (i - 1) * k / spec.hosts;
         let ip = host_ip(id, i);
+        let hdir = dir.join("hosts").join(format!("h{i}"));
+        let uri = if spec.tls {
+            crate::pki::tls_uri(&ip, &hdir.join("pki"))?
+        } else {
+            format!("qemu+tcp://{ip}/system")
+        };
         hosts.push(Host {
             name: format!("h{i}"),
             site: spec
@@ -141,13 +150,13 @@ fn bring_up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
                 .cloned()
                 .unwrap_or_else(|| "site1".into()),
             address: ip.clone(),
-            libvirt_uri: format!("qemu+tcp://{ip}/system"),
-            peer_uri: format!("qemu+tcp://{ip}/system"),
+            libvirt_uri: uri.clone(),
+            peer_uri: uri,
             cpus: spec.host_cpus,
             memory_mib: spec.host_memory_mib,
             access: Access::Local {
                 netns: host_ns(id, i),
-                dir: dir.join("hosts").join(format!("h{i}")),
+                dir: hdir,
             },
         });
     }
@@ -167,6 +176,13 @@ fn bring_up(state_root: &Path, spec: &TestbedSpec) -> Result<Cluster> {
     };
     // Save first: if anything below fails, `down` still knows what was meant to exist.
     cluster.save()?;
+    if spec.tls {
+        // Made here, one after the other: hosts come up in parallel below.
+        let ca = dir.join("pki").join("ca");
+        for h in &cluster.hosts {
+            crate::pki::ensure_host(&ca, &host_dir(h)?.join("pki"), &h.address)?;
+        }
+    }
     // libvirtd probes QEMU's capabilities at its first use (seconds of CPU): make the
     // first host do it now, so that the others start with a copy of its cache.
     host_up(&cluster, 1)?;
@@ -254,7 +270,12 @@ fn host_up(cluster: &Cluster, i: usize) -> Result<()> {
     for (sub, _) in LIBVIRT_DIRS {
         std::fs::create_dir_all(d.join(sub))?;
     }
-    write_libvirt_config(&d, id, i, &h.address)?;
+    let tls = h.libvirt_uri.starts_with("qemu+tls:");
+    if tls {
+        let ca = cluster.state_dir.join("pki").join("ca");
+        crate::pki::ensure_host(&ca, &d.join("pki"), &h.address)?;
+    }
+    write_libvirt_config(&d, id, i, &h.address, tls)?;
     let caps = d.join("cache/qemu/capabilities");
     let first = host_dir(&cluster.hosts[0])?.join("cache/qemu/capabilities");
     if i > 1 && first.is_dir() && !caps.exists() {
@@ -293,13 +314,28 @@ fn host_up(cluster: &Cluster, i: usize) -> Result<()> {
     }
 }
 
-fn write_libvirt_config(d: &Path, id: u8, i: usize, ip: &str) -> Result<()> {
+fn write_libvirt_config(d: &Path, id: u8, i: usize, ip: &str, tls: bool) -> Result<()> {
     // Hosts on one machine would share the SMBIOS UUID, and libvirt refuses to migrate
     // "to the same host": each gets its own.
     let uuid = format!("7e57be00-00{id:02x}-4000-8000-{i:012x}");
+    let pki = d.join("pki");
+    let listen = if tls {
+        // Only clients holding a certificate of the testbed's CA get in.
+        format!(
+            "# dvms-launch testbed host h{i}: TLS, certificates of the testbed's CA\n\
+             listen_tls = 1\nlisten_tcp = 0\nauth_tls = \"none\"\n\
+             key_file = \"{k}\"\ncert_file = \"{c}\"\nca_file = \"{ca}\"\n",
+            k = pki.join("serverkey.pem").display(),
+            c = pki.join("servercert.pem").display(),
+            ca = pki.join("cacert.pem").display(),
+        )
+    } else {
+        "# dvms-launch testbed host h{i}: no authentication (--migration-channel tcp)\n\
+         listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n"
+            .replace("{i}", &i.to_string())
+    };
     let conf = format!(
-        "# dvms-launch testbed host h{i}: no authentication, private namespace network only\n\
-         listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"{ip}\"\nauth_tcp = \"none\"\n\
+        "{listen}listen_addr = \"{ip}\"\n\
          auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\nunix_sock_rw_perms = \"0700\"\n\
          mdns_adv = 0\nhost_uuid = \"{uuid}\"\nlog_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n"
     );
@@ -313,7 +349,15 @@ fn write_libvirt_config(d: &Path, id: u8, i: usize, ip: &str) -> Result<()> {
     let qemu = format!(
         "user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n\
          security_driver = \"none\"\nstdio_handler = \"file\"\nmigration_host = \"{ip}\"\n\
-         migration_address = \"{ip}\"\ncgroup_controllers = [ {cgroups} ]\n"
+         migration_address = \"{ip}\"\ncgroup_controllers = [ {cgroups} ]\n{tls}",
+        tls = if tls {
+            format!(
+                "migrate_tls_x509_cert_dir = \"{}\"\nmigrate_tls_x509_verify = 1\n",
+                pki.join("qemu").display()
+            )
+        } else {
+            String::new()
+        }
     );
     write_atomic(&d.join("etc/qemu.conf"), qemu.as_bytes())?;
     for f in ["libvirt.conf", "libvirt-admin.conf"] {

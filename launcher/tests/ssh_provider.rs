@@ -6,7 +6,8 @@ use dvms_tests::*;
 
 #[test]
 fn ssh_provider_deploys_runs_copies_and_migrates_over_ssh() {
-    let tb = Testbed::up(34, &["--hosts", "2", "--ssh"]);
+    // Plain qemu+tcp, chosen explicitly (the testbed's default is TLS).
+    let tb = Testbed::up(34, &["--hosts", "2", "--ssh", "--migration-channel", "tcp"]);
     let ssh = tb.dir().join("ssh");
     let nodes = std::fs::read_to_string(ssh.join("nodes")).unwrap();
     assert_eq!(

@@ -17,6 +17,43 @@ fn cpu_time_ns(uri: &str, vm: &str) -> u64 {
 #[test]
 fn deploy_is_idempotent_guests_take_load_migrate_live_and_down_leaves_nothing() {
     let tb = Testbed::up(31, &["--hosts", "2"]);
+    // libvirt between hosts over TLS only: no plain TCP listener, and a client without a
+    // certificate of the testbed's CA is refused; the CA's key stays private.
+    let plain = std::net::TcpStream::connect_timeout(
+        &"10.77.31.1:16509".parse().unwrap(),
+        std::time::Duration::from_secs(2),
+    );
+    assert!(plain.is_err(), "libvirt listens on plain TCP");
+    virt::error::clear_error_callback();
+    let stranger = tb.dir().join("stranger");
+    launcher::pki::ensure_host(&stranger.join("ca"), &stranger.join("pki"), "10.77.31.254")
+        .unwrap();
+    // The stranger trusts both CAs (so its side of the handshake goes through): the
+    // refusal is the server's.
+    let both = std::fs::read_to_string(tb.dir().join("pki/ca/cacert.pem")).unwrap()
+        + &std::fs::read_to_string(stranger.join("ca/cacert.pem")).unwrap();
+    std::fs::write(stranger.join("pki/cacert.pem"), both).unwrap();
+    let refused = virt::connect::Connect::open(Some(&format!(
+        "qemu+tls://10.77.31.1/system?pkipath={}",
+        stranger.join("pki").display()
+    )));
+    assert!(refused.is_err(), "a certificate of another CA was accepted");
+    // The same path with this testbed's certificate gets in.
+    virt::connect::Connect::open(Some(&format!(
+        "qemu+tls://10.77.31.1/system?pkipath={}",
+        tb.dir().join("hosts/h2/pki").display()
+    )))
+    .expect("a certificate of the testbed's CA is accepted");
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(tb.dir().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("pki/ca/cakey.pem"), 0o600);
+    assert_eq!(mode("pki/ca"), 0o700);
     let out = tb.ok(&["deploy", "--vms", "4", "--kernel-args", "dvms.tick=250"]);
     assert!(
         out.contains("4 created, 0 already running, 0 failed"),
@@ -97,7 +134,10 @@ fn deploy_is_idempotent_guests_take_load_migrate_live_and_down_leaves_nothing() 
     );
 
     // Load inside the guest, through cpulimit: libvirt sees the guest's CPU use follow it.
-    let uri = "qemu+tcp://10.77.31.2/system";
+    let uri = &format!(
+        "qemu+tls://10.77.31.2/system?pkipath={}",
+        tb.dir().join("hosts/h2/pki").display()
+    );
     assert_eq!(tb.ok(&["guest", "vm-2", "load", "50"]).trim(), "ok load 50");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (t0, c0) = (std::time::Instant::now(), cpu_time_ns(uri, "vm-2"));

@@ -226,7 +226,7 @@ async fn a_peer_holding_the_key_can_neither_crash_nor_steer_the_daemons() {
     assert_eq!(tb.running().iter().filter(|(_, h)| h == "h2").count(), 3);
     let logs = std::fs::read_to_string(tb.dir().join("daemons/h1.log")).unwrap();
     assert!(
-        logs.contains(&format!("qemu+tcp://{}/system", tb.ip(2))),
+        logs.contains(&format!("qemu+tls://{}/system", tb.ip(2))),
         "{logs}"
     );
     assert!(!logs.contains("10.77.250.250"), "{logs}");

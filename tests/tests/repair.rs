@@ -159,10 +159,23 @@ fn an_overloaded_host_is_repaired_by_live_migration_within_10_s_and_no_guest_sto
         assert_eq!(&boot1, boot0, "{vm} restarted");
         assert!(up1 > *up0, "{vm}: uptime {up0} -> {up1}");
     }
-    // Metrics count what happened: every migration h1 ran, over all its partitions.
+    // The migrations went over TLS (libvirt's and QEMU's), as the testbed sets up.
+    let daemon_log = std::fs::read_to_string(tb.dir().join("daemons/h1.log")).unwrap();
+    assert!(daemon_log.contains("qemu+tls://"), "{daemon_log}");
+    let config = std::fs::read_to_string(tb.dir().join("daemons/h1.toml")).unwrap();
+    assert!(config.contains("migration_tls = true"), "{config}");
+    // Metrics count what happened: every detection and every migration h1 logged, over
+    // all its partitions.
+    let overloads = log
+        .iter()
+        .filter(|e| e["event"] == "overloaded" && e["node"] == h1_id.as_str())
+        .count();
+    assert!(overloads >= 1, "{}", dump(&log));
     let metrics = dvms_tests::http_get(&tb.daemon_http(1), "/metrics").unwrap();
     assert!(
-        metrics.contains("dvms_isp_events_total{kind=\"overloaded\"} 1"),
+        metrics.contains(&format!(
+            "dvms_isp_events_total{{kind=\"overloaded\"}} {overloads}"
+        )),
         "{metrics}"
     );
     assert!(
