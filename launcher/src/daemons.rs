@@ -63,16 +63,6 @@ fn binary_file(cluster: &Cluster) -> PathBuf {
     dir(cluster).join("binary")
 }
 
-/// A new random token, 64 hexadecimal digits.
-fn new_token() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("cannot read /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// The cluster's HTTP token, if the daemons were started with one.
 pub fn token(cluster: &Cluster) -> Option<String> {
     std::fs::read_to_string(token_file(cluster))
@@ -300,7 +290,7 @@ pub fn start(cluster: &Cluster, opt: &Options) -> Result<Vec<String>> {
     }
     if opt.http_token && !token_file(cluster).exists() {
         let t = token_file(cluster);
-        crate::util::write_atomic(&t, new_token()?.as_bytes())?;
+        crate::util::write_atomic(&t, crate::util::random_hex(32)?.as_bytes())?;
         std::fs::set_permissions(&t, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     }
     crate::util::write_atomic(&binary_file(cluster), bin.to_string_lossy().as_bytes())?;
@@ -420,11 +410,18 @@ fn http_settings(cluster: &Cluster, h: &Host) -> HttpSettings {
         .unwrap_or_default()
 }
 
+impl HttpSettings {
+    /// Where the daemon serves HTTP (the host's address unless configured otherwise).
+    fn addr(&self, h: &Host) -> String {
+        self.http
+            .clone()
+            .unwrap_or_else(|| format!("{}:{HTTP_PORT}", h.address))
+    }
+}
+
 /// Where a host's daemon serves HTTP, as configured (the host's address by default).
 pub fn http_of(cluster: &Cluster, h: &Host) -> String {
-    http_settings(cluster, h)
-        .http
-        .unwrap_or_else(|| format!("{}:{HTTP_PORT}", h.address))
+    http_settings(cluster, h).addr(h)
 }
 
 /// A host's daemon's `GET /status` body: read from here when it listens on the host's
@@ -432,7 +429,7 @@ pub fn http_of(cluster: &Cluster, h: &Host) -> String {
 /// when the daemons require one.
 pub fn read_status(cluster: &Cluster, h: &Host) -> Result<String> {
     let settings = http_settings(cluster, h);
-    let http = http_of(cluster, h);
+    let http = settings.addr(h);
     let loopback = http
         .parse::<std::net::SocketAddr>()
         .is_ok_and(|a| a.ip().is_loopback());

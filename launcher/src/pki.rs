@@ -116,9 +116,9 @@ pub fn ensure_host(ca_dir: &Path, dir: &Path, ip: &str) -> Result<()> {
         &ca_cert.to_string_lossy(),
         "-CAkey",
         &ca_dir.join("cakey.pem").to_string_lossy(),
-        // A random serial: no serial file shared by hosts made in parallel.
+        // A random serial (the leading 0 keeps it positive): no serial file to share.
         "-set_serial",
-        &serial()?,
+        &format!("0x0{}", crate::util::random_hex(15)?),
         "-sha256",
         "-days",
         DAYS,
@@ -145,20 +145,6 @@ pub fn ensure_host(ca_dir: &Path, dir: &Path, ip: &str) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", from.display(), dir.display()))?;
     }
     Ok(())
-}
-
-/// A random 127-bit certificate serial number, in hexadecimal.
-fn serial() -> Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .context("cannot read /dev/urandom")?;
-    b[0] &= 0x7f;
-    Ok(format!(
-        "0x{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    ))
 }
 
 /// A libvirt URI over TLS to `ip`, presenting the client certificate in `pkipath`.

@@ -270,11 +270,8 @@ fn host_up(cluster: &Cluster, i: usize) -> Result<()> {
     for (sub, _) in LIBVIRT_DIRS {
         std::fs::create_dir_all(d.join(sub))?;
     }
+    // Its certificates were made by `bring_up`, before the hosts came up in parallel.
     let tls = h.libvirt_uri.starts_with("qemu+tls:");
-    if tls {
-        let ca = cluster.state_dir.join("pki").join("ca");
-        crate::pki::ensure_host(&ca, &d.join("pki"), &h.address)?;
-    }
     write_libvirt_config(&d, id, i, &h.address, tls)?;
     let caps = d.join("cache/qemu/capabilities");
     let first = host_dir(&cluster.hosts[0])?.join("cache/qemu/capabilities");

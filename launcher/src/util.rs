@@ -90,6 +90,16 @@ pub fn http_get_with(addr: &str, path: &str, token: Option<&str>) -> Result<Stri
     }
 }
 
+/// `n` random bytes from the kernel, in hexadecimal (tokens, certificate serials).
+pub fn random_hex(n: usize) -> Result<String> {
+    use std::io::Read;
+    let mut b = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("cannot read /dev/urandom")?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 /// Total and available memory of this machine in MiB, from /proc/meminfo.
 pub fn meminfo_mib() -> Result<(u64, u64)> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
