@@ -137,8 +137,16 @@ fn settle(args: RunArgs) -> anyhow::Result<config::Config> {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // HiGHS warns whenever a search stops at its time limit, which is how the daemon
+    // bounds every exact solve: only its errors are shown unless RUST_LOG names it.
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("highs") {
+        spec
+    } else {
+        format!("{spec},highs=error")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,highs=error"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -786,6 +786,7 @@ impl Daemon {
     fn on_done(&mut self, done: Done) {
         match done {
             Done::Solved { answer, secs } => {
+                info!(secs, "solve finished");
                 self.metrics.solve_seconds.observe(secs);
                 self.input(Input::Solved(answer));
             }

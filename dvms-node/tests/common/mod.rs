@@ -200,6 +200,7 @@ impl Drop for Node {
     }
 }
 
+#[allow(unused_imports)] // not every test binary polls
 pub use dvms_tests::wait_for;
 
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
