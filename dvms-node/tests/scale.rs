@@ -272,27 +272,46 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
     let cpu0 = cpu(&survivors);
     #[allow(clippy::type_complexity)]
     let mut rounds: Vec<(f64, f64, usize, usize, f64, String, f64)> = Vec::new();
+    // When each survivor was first seen listing no dead daemon (reset if it lists one
+    // again): the time all have forgotten is the latest of these, each read at its own
+    // answer, not at the end of a round that the slowest survivor stretched.
+    let mut clean_since: Vec<Option<f64>> = vec![None; survivors.len()];
     let gone = poll(Duration::from_secs(20), || {
         let began = killed_at.elapsed().as_secs_f64();
         // All asked at once: a round then takes as long as the slowest answer, not the
         // sum of 90 (answers slow down while the survivors handle the deaths), so what
         // is measured is when the daemons forget, not how long the asking took.
-        let answers: Vec<(Option<Vec<String>>, f64)> = std::thread::scope(|s| {
+        let answers: Vec<(Option<Vec<String>>, f64, f64)> = std::thread::scope(|s| {
             let asks: Vec<_> = survivors
                 .iter()
                 .map(|n| {
                     s.spawn(move || {
                         let t = Instant::now();
-                        (listed(n), t.elapsed().as_secs_f64())
+                        let l = listed(n);
+                        (
+                            l,
+                            t.elapsed().as_secs_f64(),
+                            killed_at.elapsed().as_secs_f64(),
+                        )
                     })
                 })
                 .collect();
             asks.into_iter().map(|a| a.join().unwrap()).collect()
         });
         let (mut pairs, mut silent, mut slowest) = (0, 0, (0.0, String::new()));
-        for (n, (l, took)) in survivors.iter().zip(answers) {
+        for ((n, (l, took, answered)), since) in
+            survivors.iter().zip(answers).zip(clean_since.iter_mut())
+        {
             match l {
-                Some(l) => pairs += l.iter().filter(|m| dead.contains(*m)).count(),
+                Some(l) => {
+                    let still = l.iter().filter(|m| dead.contains(*m)).count();
+                    pairs += still;
+                    if still > 0 {
+                        *since = None;
+                    } else if since.is_none() {
+                        *since = Some(answered);
+                    }
+                }
                 None => silent += 1,
             }
             if took > slowest.0 {
@@ -303,6 +322,10 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
         let used = cpu(&survivors) - cpu0;
         rounds.push((began, at, pairs, silent, slowest.0, slowest.1, used));
         pairs == 0 && silent == 0
+    })
+    .map(|_| {
+        let last = clean_since.iter().flatten().fold(0.0_f64, |a, b| a.max(*b));
+        Duration::from_secs_f64(last)
     });
     eprintln!(
         "after the kill (from s, to s, still listed, not answering, slowest answer s, whose, CPU s): {rounds:.2?}"
