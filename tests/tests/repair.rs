@@ -121,15 +121,18 @@ fn an_overloaded_host_is_repaired_by_live_migration_within_10_s_and_no_guest_sto
     let under = wait_for(Duration::from_secs(30), || {
         status(&http1).is_some_and(|s| {
             let sched = &s["scheduler"];
+            let loaded_ids: Vec<&serde_json::Value> = sched["vm_names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| on_h1.iter().any(|g| n["name"] == g.as_str()))
+                .map(|n| &n["id"])
+                .collect();
             let loaded: Vec<&serde_json::Value> = sched["host"]["vms"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|v| {
-                    sched["vm_names"].as_array().unwrap().iter().any(|n| {
-                        n["id"] == v["id"] && on_h1.iter().any(|g| n["name"] == g.as_str())
-                    })
-                })
+                .filter(|v| loaded_ids.contains(&&v["id"]))
                 .collect();
             sched["load"].as_f64().unwrap() < 1.0
                 && sched["role"]["role"] == "free"
