@@ -38,6 +38,11 @@ use crate::protocol::{self, Ack};
 use crate::status::{MemberStatus, NeighbourStatus, SchedulerStatus, Status, VmName};
 use crate::NodeId;
 
+/// Log target of peers entering and leaving the overlay views (debug level: they churn
+/// with every shuffle); `RUST_LOG=info,dvms_node::views=debug` shows when each peer was
+/// forgotten, by the daemon's own clock.
+pub const VIEWS_LOG: &str = "dvms_node::views";
+
 pub struct Daemon {
     swarm: Swarm<Behaviour>,
     node: Node<NodeId>,
@@ -366,14 +371,14 @@ impl Daemon {
     fn on_overlay_event(&mut self, e: Event<NodeId>) {
         let kind = match &e {
             Event::Joined(id) => {
-                debug!(peer = %id, "peer entered the views");
+                debug!(target: VIEWS_LOG, peer = %id, "peer entered the views");
                 if let Some(&rtt_ms) = self.last_rtt.get(&id.0) {
                     self.input(Input::Rtt { peer: *id, rtt_ms });
                 }
                 "joined"
             }
             Event::Forgotten(id) => {
-                debug!(peer = %id, "peer left the views");
+                debug!(target: VIEWS_LOG, peer = %id, "peer left the views");
                 "forgotten"
             }
             Event::Suspected(id) => {

@@ -59,12 +59,25 @@ pub struct Node {
     pub log: PathBuf,
     pub child: Option<Child>,
     args: Vec<String>,
+    rust_log: String,
 }
 
 impl Node {
     /// Starts a daemon on loopback; `extra` are more `run` flags. The daemon picks its own
     /// ports (port 0), read back from its log: no race with other tests for free ports.
     pub fn start(dir: &Dir, name: &str, psk: &Path, bootstrap: &[u16], extra: &[&str]) -> Node {
+        Self::start_logging(dir, name, psk, bootstrap, extra, "info")
+    }
+
+    /// [`Node::start`] with `RUST_LOG` set to `rust_log`.
+    pub fn start_logging(
+        dir: &Dir,
+        name: &str,
+        psk: &Path,
+        bootstrap: &[u16],
+        extra: &[&str],
+        rust_log: &str,
+    ) -> Node {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--listen".into(),
@@ -88,6 +101,7 @@ impl Node {
             log: dir.0.join(format!("{name}.log")),
             child: None,
             args,
+            rust_log: rust_log.into(),
         };
         n.spawn();
         n
@@ -102,7 +116,7 @@ impl Node {
         let start = log.metadata().unwrap().len() as usize;
         let child = Command::new(bin())
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
