@@ -405,8 +405,10 @@ pub fn random_partition(rng: &mut StdRng, hosts: usize, vms: usize, overloaded: 
     const MEM: u64 = 16384;
     for _ in 0..1000 {
         let mut p = Problem {
+            groups: Default::default(),
             hosts: vec![
                 Host {
+                    max_vms: Default::default(),
                     cpu_capacity: CPU,
                     mem_capacity_mib: MEM,
                 };
@@ -416,6 +418,9 @@ pub fn random_partition(rng: &mut StdRng, hosts: usize, vms: usize, overloaded: 
                 .map(|i| {
                     let vcpus = rng.random_range(1..=2) as f64;
                     Vm {
+                        excluded: Default::default(),
+                        gather: Default::default(),
+                        spread: Default::default(),
                         cpu_demand: (vcpus * rng.random_range(5.0..27.0f64)).round(),
                         mem_mib: [512, 1024, 2048][rng.random_range(0..3)],
                         host: i % hosts,

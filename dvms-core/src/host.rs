@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::{VmRules, MAX_NAME_BYTES};
+
 /// Milliseconds on the driver's clock (real or virtual); only differences matter.
 pub type Millis = u64;
 
@@ -54,11 +56,21 @@ pub struct VmState {
     /// Must not move (it migrated recently, or is migrating).
     #[serde(default)]
     pub pinned: bool,
+    /// What its operator declared: where it may run and with whom.
+    #[serde(default)]
+    pub rules: VmRules,
 }
 
-/// What a host reports of itself: its capacities and the VMs it runs.
+/// What a host reports of itself: its name, capacities and the VMs it runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct HostState {
+    /// The name VMs' `ban` and `fence` rules use (the daemon's `host_name`, by default its
+    /// libvirt host name).
+    #[serde(default)]
+    pub name: String,
+    /// Most VMs it may run (a plan never moves one onto it past this).
+    #[serde(default)]
+    pub max_vms: Option<u32>,
     /// CPU capacity, % of one core (800 for 8 cores).
     pub cpu_capacity: f64,
     /// Memory capacity, MiB.
@@ -90,7 +102,7 @@ impl HostState {
 
     /// What a peer reports is checked before use: capacities and demands finite, within
     /// [0, [`MAX_CPU`]] and [0, [`MAX_MEM_MIB`]], at most [`MAX_VMS_PER_HOST`] VMs, no VM
-    /// listed twice.
+    /// listed twice, names and rules bounded.
     pub fn validate(&self) -> Result<(), String> {
         let cpu_ok = |x: f64| x.is_finite() && (0.0..=MAX_CPU).contains(&x);
         if !cpu_ok(self.cpu_capacity) {
@@ -107,6 +119,13 @@ impl HostState {
         }
         if let Some(v) = self.vms.iter().find(|v| v.mem_mib > MAX_MEM_MIB) {
             return Err(format!("VM {:?} with memory {} MiB", v.id, v.mem_mib));
+        }
+        if self.name.len() > MAX_NAME_BYTES || self.name.chars().any(char::is_control) {
+            return Err(format!("host name {:?}", self.name));
+        }
+        if let Some(v) = self.vms.iter().find(|v| v.rules.validate().is_err()) {
+            let why = v.rules.validate().unwrap_err();
+            return Err(format!("VM {:?} rules: {why}", v.id));
         }
         let mut ids: Vec<VmId> = self.vms.iter().map(|v| v.id).collect();
         ids.sort_unstable();
@@ -135,12 +154,15 @@ mod tests {
     #[test]
     fn load_is_demand_over_capacity_and_bad_numbers_are_named() {
         let vm = |cpu_demand| VmState {
+            rules: Default::default(),
             id: VmId(1),
             cpu_demand,
             mem_mib: 512,
             pinned: false,
         };
         let h = HostState {
+            max_vms: Default::default(),
+            name: Default::default(),
             cpu_capacity: 200.0,
             mem_capacity_mib: 4096,
             vms: vec![

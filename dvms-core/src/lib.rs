@@ -7,11 +7,14 @@
 //!
 //! - [`host`]: the vocabulary: time, VMs and hosts as a host reports them (capacities
 //!   and demands).
+//! - [`rules`]: placement rules an operator declares for a VM (pin, ban, fence, spread,
+//!   gather); a host's `max_vms` is in its state.
 //! - [`load`]: overload detection with hysteresis and a hold time; per-VM cooldowns.
 //! - [`placement`]: the placement problem and its solvers: greedy repair, then an exact
 //!   MILP (HiGHS with the `highs` feature, else microlp) within a [`placement::Budget`]
 //!   the driver chooses (wall-clock time in the daemon, deterministic work in the
-//!   simulator).
+//!   simulator); every move keeps the rules (`placement::rules`), a solution leaves
+//!   headroom where it can, and a problem without a plan says why (`placement::explain`).
 //! - [`plan`]: from a target placement to rounds of live migrations that never exceed a
 //!   host's memory, within per-host limits; cycles broken through a pivot host.
 //! - [`instance`]: host states turned into a placement problem (and a plan back into
@@ -39,3 +42,4 @@ pub mod load;
 pub mod node;
 pub mod placement;
 pub mod plan;
+pub mod rules;

@@ -350,11 +350,14 @@ mod tests {
 
     fn host(vms: &[(u128, f64)]) -> HostState {
         HostState {
+            max_vms: Default::default(),
+            name: Default::default(),
             cpu_capacity: 100.0,
             mem_capacity_mib: 8192,
             vms: vms
                 .iter()
                 .map(|&(id, cpu_demand)| VmState {
+                    rules: Default::default(),
                     id: VmId(id),
                     cpu_demand,
                     mem_mib: 1024,

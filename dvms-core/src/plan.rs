@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement::rules::Admission;
 use crate::placement::Problem;
 
 /// One live migration: a VM from a host to another. In a [`Plan`], VM and hosts are
@@ -97,6 +98,11 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
     // A VM takes at most one detour: without this, two pivots could pass the same VM
     // back and forth forever while nothing else moves.
     let mut detoured = vec![false; p.vms.len()];
+    // Rules hold at every moment, not only between rounds: a spread VM never lands where
+    // another of its group is or is going, a host never receives past its `max_vms`
+    // (a VM counts both where it is and where it is going while it moves).
+    let rules = Admission::new(p);
+    let mut presence = at.clone();
     while !pending.is_empty() {
         let (mut inb, mut outb) = (vec![0usize; nh], vec![0usize; nh]);
         let mut round: Vec<Migration> = Vec::new();
@@ -105,10 +111,16 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
         };
         for &v in &pending {
             let (from, to) = (at[v], target[v]);
-            if inb[to] < limits.inbound && outb[from] < limits.outbound && fits(to, v, &used) {
+            if inb[to] < limits.inbound
+                && outb[from] < limits.outbound
+                && fits(to, v, &used)
+                && rules.admits(&at, v, to, None)
+                && rules.admits(&presence, v, to, None)
+            {
                 used[to] += p.vms[v].mem_mib;
                 inb[to] += 1;
                 outb[from] += 1;
+                presence[v] = to;
                 round.push(Migration { vm: v, from, to });
             }
         }
@@ -117,12 +129,21 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
             // (not its source or target) with room for it.
             let mut by_size = pending.clone();
             by_size.sort_by_key(|v| p.vms[*v].mem_mib);
-            let detour = by_size.iter().filter(|v| !detoured[**v]).find_map(|&v| {
-                (0..nh)
-                    .filter(|h| *h != at[v] && *h != target[v] && fits(*h, v, &used))
-                    .max_by_key(|h| p.hosts[*h].mem_capacity_mib - used[*h])
-                    .map(|pivot| (v, pivot))
-            });
+            let detour = by_size
+                .iter()
+                .filter(|v| !detoured[**v] && rules.movable_alone(**v))
+                .find_map(|&v| {
+                    (0..nh)
+                        .filter(|h| {
+                            *h != at[v]
+                                && *h != target[v]
+                                && fits(*h, v, &used)
+                                && rules.admits(&at, v, *h, None)
+                                && rules.admits(&presence, v, *h, None)
+                        })
+                        .max_by_key(|h| p.hosts[*h].mem_capacity_mib - used[*h])
+                        .map(|pivot| (v, pivot))
+                });
             let Some((v, pivot)) = detour else {
                 let mut vms = pending.clone();
                 vms.sort();
@@ -130,6 +151,7 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
             };
             detoured[v] = true;
             used[pivot] += p.vms[v].mem_mib;
+            presence[v] = pivot;
             round.push(Migration {
                 vm: v,
                 from: at[v],

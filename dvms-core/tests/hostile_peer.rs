@@ -120,10 +120,13 @@ impl Fuzzer {
         let absurd = self.rng.random_bool(0.2);
         let n = self.rng.random_range(0..4);
         HostState {
+            max_vms: Default::default(),
+            name: Default::default(),
             cpu_capacity: if absurd { f64::MAX } else { 100.0 },
             mem_capacity_mib: if absurd { u64::MAX } else { 8192 },
             vms: (0..n)
                 .map(|_| VmState {
+                    rules: Default::default(),
                     id: self.vm(),
                     cpu_demand: self.rng.random_range(0.0..80.0),
                     mem_mib: if absurd { MAX_MEM_MIB + 1 } else { 1024 },
@@ -253,10 +256,13 @@ fn run(seed: u64, messages: u64, tally: &mut Tally) {
         let mut order: Vec<u32> = HONEST.iter().copied().filter(|m| *m != n).collect();
         order.shuffle(&mut rng);
         let host = HostState {
+            max_vms: Default::default(),
+            name: Default::default(),
             cpu_capacity: 100.0,
             mem_capacity_mib: 8192,
             vms: (0..3)
                 .map(|k| VmState {
+                    rules: Default::default(),
                     id: VmId(u128::from(n * 100 + k)),
                     cpu_demand: rng.random_range(0.0..45.0),
                     mem_mib: 1024,

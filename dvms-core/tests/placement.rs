@@ -7,12 +7,16 @@ use proptest::prelude::*;
 
 fn host(cpu_capacity: f64, mem_capacity_mib: u64) -> Host {
     Host {
+        max_vms: Default::default(),
         cpu_capacity,
         mem_capacity_mib,
     }
 }
 fn vm(cpu_demand: f64, mem_mib: u64, host: usize) -> Vm {
     Vm {
+        excluded: Default::default(),
+        gather: Default::default(),
+        spread: Default::default(),
         cpu_demand,
         mem_mib,
         host,
@@ -29,6 +33,7 @@ fn solved(a: Answer) -> dvms_core::placement::Solution {
 #[test]
 fn nothing_to_do_when_no_host_is_over_capacity() {
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(100.0, 1024), host(100.0, 1024)],
         vms: vec![vm(60.0, 512, 0), vm(90.0, 512, 1)],
     };
@@ -40,6 +45,7 @@ fn nothing_to_do_when_no_host_is_over_capacity() {
 fn greedy_moves_the_single_smallest_memory_vm_that_fixes_the_host_and_proves_it_optimal() {
     // Host 0 is 30 over; the 40- and 35-CPU VMs each fix it alone; the 35 one has less memory.
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(70.0, 8192), host(100.0, 8192)],
         vms: vec![
             vm(40.0, 2048, 0),
@@ -60,6 +66,7 @@ fn the_exact_solver_beats_greedy_on_memory_moved() {
     // Host 0 is 60 over with VMs of 40, 30, 30 CPU. Two moves are needed either way;
     // greedy moves the 40 (4 GiB) first, the optimum moves the two 30s (512 MiB each).
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(40.0, 16384), host(60.0, 16384), host(40.0, 16384)],
         vms: vec![vm(40.0, 4096, 0), vm(30.0, 512, 0), vm(30.0, 512, 0)],
     };
@@ -77,6 +84,7 @@ fn the_exact_solver_beats_greedy_on_memory_moved() {
 #[test]
 fn problems_too_large_for_the_exact_model_get_the_greedy_answer() {
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(40.0, 16384), host(60.0, 16384), host(40.0, 16384)],
         vms: vec![vm(40.0, 4096, 0), vm(30.0, 512, 0), vm(30.0, 512, 0)],
     };
@@ -94,6 +102,7 @@ fn problems_too_large_for_the_exact_model_get_the_greedy_answer() {
 #[test]
 fn an_impossible_partition_is_reported_infeasible_with_the_reason() {
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(100.0, 4096), host(100.0, 4096)],
         vms: vec![vm(90.0, 512, 0), vm(90.0, 512, 0), vm(30.0, 512, 1)],
     };
@@ -103,6 +112,7 @@ fn an_impossible_partition_is_reported_infeasible_with_the_reason() {
     }
     // Enough CPU in total, but the pieces do not fit (bin packing): the MILP proves it.
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(100.0, 4096), host(100.0, 4096), host(100.0, 4096)],
         vms: (0..3)
             .map(|i| vm(60.0, 512, i % 2))
@@ -123,6 +133,7 @@ fn an_impossible_partition_is_reported_infeasible_with_the_reason() {
 fn pinned_vms_never_move_even_when_moving_them_would_be_cheapest() {
     // The 35-CPU VM would fix host 0 alone, but it migrated recently.
     let mut p = Problem {
+        groups: Default::default(),
         hosts: vec![host(70.0, 8192), host(100.0, 8192)],
         vms: vec![vm(40.0, 2048, 0), vm(35.0, 1024, 0), vm(25.0, 512, 0)],
     };
@@ -148,6 +159,7 @@ fn pinned_vms_never_move_even_when_moving_them_would_be_cheapest() {
 #[test]
 fn invalid_placements_are_named() {
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(100.0, 1024)],
         vms: vec![vm(60.0, 512, 0), vm(60.0, 768, 0)],
     };
@@ -205,6 +217,7 @@ fn any_problem() -> impl Strategy<Value = Problem> {
             ),
         )
             .prop_map(|(hosts, vms)| Problem {
+                groups: Default::default(),
                 hosts: hosts.into_iter().map(|(c, m)| host(c.round(), m)).collect(),
                 vms: vms
                     .into_iter()
@@ -246,6 +259,7 @@ fn greedy_makes_room_by_moving_one_vm_on_when_no_host_has_room() {
     // Host 0 is 10 over; neither of its VMs fits anywhere as things are (room 40 and 25),
     // but the 15 of host 1 fits on host 2, after which the 50 fits on host 1.
     let p = Problem {
+        groups: Default::default(),
         hosts: vec![host(100.0, 8192), host(100.0, 8192), host(100.0, 8192)],
         vms: vec![
             vm(50.0, 1024, 0),

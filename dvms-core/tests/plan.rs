@@ -6,9 +6,11 @@ use proptest::prelude::*;
 
 fn p(hosts: &[u64], vms: &[(u64, usize)]) -> Problem {
     Problem {
+        groups: Default::default(),
         hosts: hosts
             .iter()
             .map(|m| Host {
+                max_vms: Default::default(),
                 cpu_capacity: 1000.0,
                 mem_capacity_mib: *m,
             })
@@ -16,6 +18,9 @@ fn p(hosts: &[u64], vms: &[(u64, usize)]) -> Problem {
         vms: vms
             .iter()
             .map(|(mem, host)| Vm {
+                excluded: Default::default(),
+                gather: Default::default(),
+                spread: Default::default(),
                 cpu_demand: 1.0,
                 mem_mib: *mem,
                 host: *host,
@@ -118,9 +123,9 @@ proptest! {
         inbound in 1usize..3, outbound in 1usize..3,
     ) {
         let n = hosts.len();
-        let mut pr = Problem {
-            hosts: hosts.iter().map(|m| Host { cpu_capacity: 100.0, mem_capacity_mib: *m }).collect(),
-            vms: vms.iter().map(|(c, m, h)| Vm { cpu_demand: c.round(), mem_mib: *m, host: h % n, pinned: false }).collect(),
+        let mut pr = Problem { groups: Default::default(),
+            hosts: hosts.iter().map(|m| Host { max_vms: Default::default(),  cpu_capacity: 100.0, mem_capacity_mib: *m }).collect(),
+            vms: vms.iter().map(|(c, m, h)| Vm { excluded: Default::default(), gather: Default::default(), spread: Default::default(),  cpu_demand: c.round(), mem_mib: *m, host: h % n, pinned: false }).collect(),
         };
         // Start from a memory-feasible placement (plans start from running hosts).
         for h in 0..n {
@@ -156,9 +161,9 @@ proptest! {
         };
         let (start, end) = (need(0), need(1));
         // Each host just large enough for both placements, plus a little room.
-        let pr = Problem {
-            hosts: (0..n).map(|h| Host { cpu_capacity: 1e6, mem_capacity_mib: start[h].max(end[h]) + room }).collect(),
-            vms: vms.iter().map(|(m, h, _)| Vm { cpu_demand: 1.0, mem_mib: *m, host: *h, pinned: false }).collect(),
+        let pr = Problem { groups: Default::default(),
+            hosts: (0..n).map(|h| Host { max_vms: Default::default(),  cpu_capacity: 1e6, mem_capacity_mib: start[h].max(end[h]) + room }).collect(),
+            vms: vms.iter().map(|(m, h, _)| Vm { excluded: Default::default(), gather: Default::default(), spread: Default::default(),  cpu_demand: 1.0, mem_mib: *m, host: *h, pinned: false }).collect(),
         };
         let target: Vec<usize> = vms.iter().map(|v| v.2).collect();
         let limits = Limits { inbound: 1, outbound: 1 };

@@ -59,6 +59,11 @@ pub struct SchedulerFile {
     pub migration_tls: Option<bool>,
     /// Overrides of the capacity libvirt reports.
     pub capacity: Option<Capacity>,
+    /// The name VMs' `ban` and `fence` rules give this host (default: libvirt's host
+    /// name).
+    pub host_name: Option<String>,
+    /// Most VMs this host may run: no plan moves one onto it past this.
+    pub max_vms: Option<u32>,
     pub monitor_interval_ms: Option<u64>,
     /// CPU use is averaged over this window (default 2 s). Keep it no longer than the
     /// detection hold time, so that a plan sees the load that triggered it, not a mix with
@@ -81,6 +86,8 @@ pub struct Scheduler {
     pub migration_uri: String,
     pub migration_tls: bool,
     pub capacity: Capacity,
+    pub host_name: Option<String>,
+    pub max_vms: Option<u32>,
     pub monitor_interval: Duration,
     pub cpu_window: Duration,
     pub migration_timeout: Duration,
@@ -116,6 +123,9 @@ impl SchedulerFile {
                 x => Ok(Duration::from_millis(x)),
             }
         };
+        if let Some(n) = &self.host_name {
+            dvms_core::rules::check_name("scheduler.host_name", n).map_err(anyhow::Error::msg)?;
+        }
         let mut isp = self.isp.unwrap_or_default();
         isp.validate()
             .map_err(|e| anyhow::anyhow!("scheduler.isp: {e}"))?;
@@ -126,6 +136,8 @@ impl SchedulerFile {
             migration_uri,
             migration_tls: self.migration_tls.unwrap_or(false),
             capacity,
+            host_name: self.host_name,
+            max_vms: self.max_vms,
             monitor_interval: ms(self.monitor_interval_ms, 1_000, "monitor_interval_ms")?,
             cpu_window: ms(self.cpu_window_ms, 2_000, "cpu_window_ms")?,
             migration_timeout: ms(

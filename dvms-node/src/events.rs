@@ -7,7 +7,49 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use dvms_core::host::VmId;
+use dvms_core::isp;
 use tracing::warn;
+
+use crate::NodeId;
+
+/// A scheduling event as its JSON line, VMs named as operators know them (`name_of`:
+/// the libvirt name of this host's VMs, else the UUID): `vm_name` beside the `vm` of a
+/// migration, and in a `no_plan` event each stuck VM's `vm_name` and `uuid`, and its
+/// summary in those names rather than the core's numbers.
+pub fn event_line(e: &isp::Event<NodeId>, name_of: &dyn Fn(VmId) -> String) -> serde_json::Value {
+    let mut line = match serde_json::to_value(e) {
+        Ok(v) => v,
+        Err(err) => serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
+    };
+    match e {
+        isp::Event::MigrationStarted { vm, .. } | isp::Event::MigrationEnded { vm, .. } => {
+            if let Some(o) = line.as_object_mut() {
+                o.insert("vm_name".into(), name_of(*vm).into());
+            }
+        }
+        isp::Event::NoPlan { why, .. } => {
+            let mut summary = why.summary.clone();
+            let stuck = line
+                .pointer_mut("/why/stuck")
+                .and_then(|x| x.as_array_mut());
+            for (x, v) in stuck.into_iter().flatten().zip(&why.stuck) {
+                let name = name_of(v.vm);
+                summary = summary.replace(&format!("VM {} ", v.vm.0), &format!("VM {name} "));
+                if let Some(o) = x.as_object_mut() {
+                    let uuid = uuid::Uuid::from_u128(v.vm.0).to_string();
+                    o.insert("uuid".into(), uuid.into());
+                    o.insert("vm_name".into(), name.into());
+                }
+            }
+            if let Some(o) = line.pointer_mut("/why").and_then(|x| x.as_object_mut()) {
+                o.insert("summary".into(), summary.into());
+            }
+        }
+        _ => {}
+    }
+    line
+}
 
 pub struct EventLog {
     w: std::io::LineWriter<std::fs::File>,
@@ -42,5 +84,53 @@ impl EventLog {
         if let Err(e) = writeln!(self.w, "{line}") {
             warn!("cannot write the event log: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dvms_core::instance::{NoPlan, StuckVm};
+    use dvms_core::isp::PartitionId;
+    use dvms_core::placement::rules::Stop;
+
+    #[test]
+    fn a_no_plan_line_names_its_vms_as_operators_know_them() {
+        let me = NodeId(libp2p::PeerId::random());
+        let vm = VmId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let e = isp::Event::NoPlan {
+            id: PartitionId {
+                initiator: me,
+                incarnation: 1,
+                seq: 1,
+            },
+            size: 3,
+            why: NoPlan {
+                solver: "no placement exists".into(),
+                cpu_short: 0.0,
+                mem_short_mib: 0,
+                pinned: 1,
+                stuck: vec![StuckVm {
+                    vm,
+                    host: me,
+                    group: Some("web".into()),
+                    stops: vec![(Stop::Spread, 2)],
+                }],
+                summary: format!("VM {} fits nowhere: spread rule \"web\" on 2 hosts", vm.0),
+            },
+        };
+        let line = event_line(&e, &|v| {
+            assert_eq!(v, vm);
+            "web-2".into()
+        });
+        assert_eq!(line["event"], "no_plan");
+        assert_eq!(
+            line["why"]["summary"],
+            "VM web-2 fits nowhere: spread rule \"web\" on 2 hosts"
+        );
+        let stuck = &line["why"]["stuck"][0];
+        assert_eq!(stuck["vm_name"], "web-2");
+        assert_eq!(stuck["uuid"], "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(stuck["group"], "web");
     }
 }

@@ -12,6 +12,8 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 
 use dvms_core::host::{HostState, VmId, VmState};
+use dvms_core::rules::{self, VmRules};
+use tracing::warn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HvError {
@@ -86,6 +88,11 @@ pub struct Libvirt {
     conn: Mutex<Option<Arc<Connect>>>,
     cpu: Mutex<HashMap<u128, Samples>>,
     names: Mutex<HashMap<u128, String>>,
+    /// The host's name for rules: configured, or libvirt's host name once read.
+    host_name: Mutex<Option<String>>,
+    max_vms: Option<u32>,
+    /// The last unreadable rules element of each VM (warned about once per change).
+    bad_rules: Mutex<HashMap<u128, String>>,
 }
 
 /// A VM's id from its libvirt UUID.
@@ -105,6 +112,52 @@ impl Libvirt {
             conn: Mutex::new(None),
             cpu: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            host_name: Mutex::new(None),
+            max_vms: None,
+            bad_rules: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The host's name for VMs' ban and fence rules (None: libvirt's host name) and the
+    /// most VMs it may run.
+    pub fn with_host(self, name: Option<String>, max_vms: Option<u32>) -> Libvirt {
+        *self.host_name.lock().unwrap_or_else(|p| p.into_inner()) = name;
+        Libvirt { max_vms, ..self }
+    }
+
+    /// The host's name for rules.
+    fn host_name(&self, conn: &Connect) -> String {
+        let mut name = self.host_name.lock().unwrap_or_else(|p| p.into_inner());
+        if name.is_none() {
+            *name = conn.hostname().ok();
+        }
+        name.clone().unwrap_or_default()
+    }
+
+    /// A domain's rules, from the `dvms` element of its metadata. None declared: no
+    /// rules. Unreadable: pinned (a VM is never moved against rules the daemon cannot
+    /// read), and a warning when what it reads changes.
+    fn rules_of(&self, d: &Domain, id: VmId, name: &str) -> VmRules {
+        let kind = virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
+        let Ok(xml) = d.metadata(kind, Some(rules::XML_NAMESPACE), 0) else {
+            return VmRules::default();
+        };
+        let mut bad = self.bad_rules.lock().unwrap_or_else(|p| p.into_inner());
+        match VmRules::from_xml(&xml) {
+            Ok(r) => {
+                bad.remove(&id.0);
+                r
+            }
+            Err(e) => {
+                if bad.get(&id.0) != Some(&xml) {
+                    warn!(vm = %name, "unreadable dvms rules in the domain's metadata, VM pinned: {e}");
+                    bad.insert(id.0, xml);
+                }
+                VmRules {
+                    pin: true,
+                    ..VmRules::default()
+                }
+            }
         }
     }
 
@@ -167,7 +220,9 @@ impl Hypervisor for Libvirt {
             // An incoming migration shows as a paused domain: it holds memory already.
             let paused = info.state.to_raw() == virt::sys::VIR_DOMAIN_PAUSED;
             let id = vm_id(&uuid);
-            if let Ok(name) = d.name() {
+            let name = d.name().unwrap_or_default();
+            let rules = self.rules_of(&d, id, &name);
+            if !name.is_empty() {
                 names.insert(id.0, name);
             }
             let use_pct = cpu
@@ -180,11 +235,18 @@ impl Hypervisor for Libvirt {
                 cpu_demand: use_pct,
                 mem_mib: info.max_mem / 1024,
                 pinned: paused,
+                rules,
             });
         }
         cpu.retain(|k, _| seen.contains(k));
+        self.bad_rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| seen.contains(k));
         vms.sort_by_key(|v| v.id);
         Ok(HostState {
+            name: self.host_name(&conn),
+            max_vms: self.max_vms,
             cpu_capacity: self
                 .capacity
                 .cpu

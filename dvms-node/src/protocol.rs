@@ -188,9 +188,12 @@ mod tests {
                 seq: 1,
             },
             host: HostState {
+                max_vms: Default::default(),
+                name: Default::default(),
                 cpu_capacity: 800.0,
                 mem_capacity_mib: 4096,
                 vms: vec![VmState {
+                    rules: Default::default(),
                     id: VmId(u128::MAX - 3),
                     cpu_demand: cpu,
                     mem_mib: 512,

@@ -85,6 +85,7 @@ struct Sched {
     host: Option<HostState>,
     events: Option<EventLog>,
     last_plans: VecDeque<serde_json::Value>,
+    last_no_plan: Option<serde_json::Value>,
     /// When each running migration started, and where to.
     migrating: HashMap<VmId, (Instant, NodeId)>,
 }
@@ -93,7 +94,7 @@ struct Sched {
 enum Done {
     /// A solve ran for `secs` of wall-clock time.
     Solved {
-        answer: isp::SolveAnswer<NodeId>,
+        answer: Box<isp::SolveAnswer<NodeId>>,
         secs: f64,
     },
     Sample(Result<HostState, crate::hypervisor::HvError>),
@@ -179,16 +180,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             };
             info!(libvirt = %sc.libvirt_uri, dry_run = sc.dry_run, "scheduling this host's VMs");
             Some(Sched {
-                hv: Arc::new(Libvirt::new(
-                    &sc.libvirt_uri,
-                    sc.capacity.clone(),
-                    sc.cpu_window,
-                    sc.migration_tls,
-                )),
+                hv: Arc::new(
+                    Libvirt::new(
+                        &sc.libvirt_uri,
+                        sc.capacity.clone(),
+                        sc.cpu_window,
+                        sc.migration_tls,
+                    )
+                    .with_host(sc.host_name.clone(), sc.max_vms),
+                ),
                 sampling: false,
                 host: None,
                 events,
                 last_plans: VecDeque::new(),
+                last_no_plan: None,
                 migrating: HashMap::new(),
                 cfg: sc,
             })
@@ -316,7 +321,10 @@ impl Daemon {
             let started = Instant::now();
             let answer = job.run();
             let secs = started.elapsed().as_secs_f64();
-            let _ = tx.send(Done::Solved { answer, secs });
+            let _ = tx.send(Done::Solved {
+                answer: Box::new(answer),
+                secs,
+            });
         });
     }
 
@@ -770,6 +778,7 @@ impl Daemon {
                 overloaded: isp.is_overloaded(),
                 role: isp.role(),
                 last_plans: s.last_plans.iter().cloned().collect(),
+                last_no_plan: s.last_no_plan.clone(),
             }),
         }
     }
@@ -793,7 +802,7 @@ impl Daemon {
             Done::Solved { answer, secs } => {
                 info!(secs, "solve finished");
                 self.metrics.solve_seconds.observe(secs);
-                self.input(Input::Solved(answer));
+                self.input(Input::Solved(*answer));
             }
             Done::Sample(result) => {
                 let Some(s) = &mut self.sched else { return };
@@ -860,18 +869,10 @@ impl Daemon {
     }
 
     fn on_isp_event(&mut self, e: isp::Event<NodeId>) {
-        let mut line = match serde_json::to_value(&e) {
-            Ok(v) => v,
-            Err(err) => serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
+        let line = match &self.sched {
+            Some(s) => crate::events::event_line(&e, &|vm| s.hv.name_of(vm)),
+            None => crate::events::event_line(&e, &|vm| uuid::Uuid::from_u128(vm.0).to_string()),
         };
-        if let (
-            isp::Event::MigrationStarted { vm, .. } | isp::Event::MigrationEnded { vm, .. },
-            Some(s),
-            Some(o),
-        ) = (&e, &self.sched, line.as_object_mut())
-        {
-            o.insert("vm_name".into(), s.hv.name_of(*vm).into());
-        }
         match &e {
             isp::Event::Overloaded { load } => info!(load, "host overloaded"),
             isp::Event::Cleared { load } => info!(load, "host back under its threshold"),
@@ -884,10 +885,18 @@ impl Daemon {
             } => {
                 info!(partition = ?id, migrations, size, "computed a plan");
                 if let Some(s) = &mut self.sched {
+                    s.last_no_plan = None;
                     s.last_plans.push_back(line.clone());
                     if s.last_plans.len() > 10 {
                         s.last_plans.pop_front();
                     }
+                }
+            }
+            isp::Event::NoPlan { id, size, .. } => {
+                let summary = line["why"]["summary"].as_str().unwrap_or_default();
+                warn!(partition = ?id, size, "no plan: {summary}");
+                if let Some(s) = &mut self.sched {
+                    s.last_no_plan = Some(line.clone());
                 }
             }
             isp::Event::Dissolved {

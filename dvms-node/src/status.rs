@@ -56,6 +56,10 @@ pub struct SchedulerStatus {
     pub role: RoleView<NodeId>,
     /// The last plans this node computed as a leader.
     pub last_plans: Vec<serde_json::Value>,
+    /// The last time a partition this node led found no plan, and why (the `no_plan`
+    /// event: resources short, VMs that fit nowhere and the rule or resource that stops
+    /// each); cleared when it leads a partition to a plan.
+    pub last_no_plan: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -104,6 +104,8 @@ pub struct SimConfig {
     /// Virtual time a solve costs the central scheduler, from the solver's deterministic
     /// work counters.
     pub solve_cost: SolveCost,
+    /// Placement rules drawn for the VMs and hosts (none by default).
+    pub rules: crate::rules::RulesModel,
     /// Check the invariants after every event (slower; for tests).
     pub check_invariants: bool,
     /// Keep every ISP event in [`Sim::log`].
@@ -133,6 +135,7 @@ impl Default for SimConfig {
             centralized: CentralConfig::default(),
             solve_cost: SolveCost::default(),
             monitor_ms: 1_000,
+            rules: crate::rules::RulesModel::default(),
             check_invariants: false,
             keep_log: false,
         }
@@ -150,6 +153,7 @@ impl SimConfig {
         if !(self.host_cpu.is_finite() && self.host_cpu > 0.0) || self.host_mem == 0 {
             return Err("host capacities must be positive".into());
         }
+        self.rules.validate()?;
         if self.vm_vcpus == 0 {
             return Err("vm_vcpus must be positive".into());
         }

@@ -185,7 +185,8 @@ impl Sim {
         mut rng: StdRng,
     ) -> Result<Sim, String> {
         cfg.isp.solver.budget.get_or_insert(DEFAULT_SOLVER_BUDGET);
-        let dc = Datacenter::new(hosts, vms);
+        let mut dc = Datacenter::new(hosts, vms);
+        cfg.rules.apply(&mut dc, cfg.seed);
         dc.check()
             .map_err(|e| format!("initial placement is invalid: {e}"))?;
         let network = cfg
@@ -729,6 +730,12 @@ impl Sim {
             return;
         };
         self.dc_changed = true;
+        if ok {
+            if let Some(b) = crate::rules::breach(&self.dc, run.vm, run.from) {
+                self.metrics
+                    .invariant(format!("t={} rule broken: {b}", self.now));
+            }
+        }
         let cross = self.network.site_of[run.from] != self.network.site_of[run.to];
         self.metrics.migration(run.start, run.end, ok, cross);
         self.metrics.update_host(self.now, run.from, &self.dc);

@@ -10,6 +10,7 @@
 //! - [`view`]: the shared overlay view of large runs (one converged membership).
 //! - [`centralized`]: the baseline, a state machine over the same problem builder,
 //!   solver and planner; [`cost`]: the virtual time a solve costs, from its work.
+//! - [`rules`]: placement rules drawn for a run and judged at every migration's end.
 //! - [`config`]: a run's settings; [`scenario`]: scenarios as TOML files (`scenarios/`).
 //! - [`report`]: the measures of a run (violations, time to solve, partitions,
 //!   migrations, messages), the table, the CSV and SVG files ([`plot`]).
@@ -35,6 +36,7 @@ pub mod overlay_stats;
 pub mod plot;
 pub mod queue;
 pub mod report;
+pub mod rules;
 pub mod scenario;
 pub mod stats;
 pub mod view;

@@ -4,6 +4,7 @@
 //! round, until what is left is small enough to stop and copy).
 
 use dvms_core::host::{HostState, Millis, VmId, VmState};
+use dvms_core::rules::VmRules;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,8 @@ pub struct HostModel {
     pub alive: bool,
     /// VMs resident here (a migrating VM stays resident on its source until it ends).
     pub vms: Vec<usize>,
+    /// Most VMs it may run (rules; `crate::rules`).
+    pub max_vms: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +75,8 @@ pub struct VmModel {
     pub host: usize,
     /// The running migration of this VM, if any.
     pub migration: Option<u64>,
+    /// Its placement rules (`crate::rules`).
+    pub rules: VmRules,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +123,7 @@ impl Datacenter {
                     mem_capacity_mib,
                     alive: true,
                     vms: Vec::new(),
+                    max_vms: None,
                 })
                 .collect(),
             ..Datacenter::default()
@@ -128,6 +134,7 @@ impl Datacenter {
                 mem_mib,
                 host,
                 migration: None,
+                rules: VmRules::default(),
             });
             dc.hosts[host].vms.push(i);
         }
@@ -177,6 +184,7 @@ impl Datacenter {
                 cpu_demand: self.vms[v].cpu_demand,
                 mem_mib: self.vms[v].mem_mib,
                 pinned: self.vms[v].migration.is_some(),
+                rules: self.vms[v].rules.clone(),
             })
             .collect();
         for m in self.running.values().filter(|m| m.to == host) {
@@ -185,9 +193,12 @@ impl Datacenter {
                 cpu_demand: self.vms[m.vm].cpu_demand,
                 mem_mib: self.vms[m.vm].mem_mib,
                 pinned: true,
+                rules: self.vms[m.vm].rules.clone(),
             });
         }
         HostState {
+            name: crate::rules::host_name(host),
+            max_vms: h.max_vms,
             cpu_capacity: h.cpu_capacity,
             mem_capacity_mib: h.mem_capacity_mib,
             vms,

@@ -100,6 +100,10 @@ pub struct Scenario {
     /// setup_ms, stop_copy_mib, max_rounds.
     #[serde(default)]
     pub migration: MigrationModel,
+    /// Placement rules (spread groups, pinned, fenced and banned VMs, max VMs per host),
+    /// drawn from the seed; none by default.
+    #[serde(default)]
+    pub rules: crate::rules::RulesModel,
 }
 
 fn one() -> u64 {
@@ -364,6 +368,7 @@ impl Scenario {
             loss: self.loss,
             warmup_ms: self.warmup,
             migration: self.migration.clone(),
+            rules: self.rules.clone(),
             overlay_model: self.dvms.overlay,
             centralized: CentralConfig {
                 period_ms: self.centralized.period,

@@ -2,7 +2,10 @@
 //! changes and host crashes, invariants checked after every event. Every host runs its
 //! own overlay (the daemon's: bounded views, probes, exchanges), but seeds 10, 20, 30, ...
 //! run the all-knowing shared view kept for comparison; the centralized baseline is held
-//! to the same properties.
+//! to the same properties. Seeds 2, 5, 8, ... carry placement rules (spread groups,
+//! pinned, fenced and banned VMs, at most 16 VMs per host): every migration's end is
+//! judged against them (a breach is an invariant violation), and "the datacenter can
+//! absorb the load" is decided within them.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +15,7 @@ use dvms_core::placement::cheap_plan_limit;
 use experiments::config::{OverlayModel, Scheduler, SimConfig};
 use experiments::engine::Sim;
 use experiments::network::NodeIx;
+use experiments::rules::RulesModel;
 use experiments::workload::{CrashModel, LoadModel};
 
 const SEEDS: u64 = 200;
@@ -53,6 +57,19 @@ fn stress(seed: u64) -> SimConfig {
         }),
         check_invariants: true,
         keep_log: true,
+        rules: if seed % 3 == 2 {
+            RulesModel {
+                spread_groups: 40,
+                spread_size: 3,
+                pinned: 0.05,
+                fenced: 0.1,
+                fence_hosts: 8,
+                banned: 0.1,
+                max_vms_per_host: Some(16),
+            }
+        } else {
+            RulesModel::default()
+        },
         overlay_model: if seed.is_multiple_of(10) {
             OverlayModel::Shared
         } else {

@@ -243,7 +243,9 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
         s += &format!("\n[overlay]\nmode = \"{m}\"\n");
     }
     s += &format!(
-        "\n[scheduler]\nlibvirt_uri = \"{libvirt_uri}\"\nevent_log = \"{log}\"\ndry_run = {dry}\n",
+        "\n[scheduler]\nlibvirt_uri = \"{libvirt_uri}\"\nhost_name = \"{name}\"\n\
+         event_log = \"{log}\"\ndry_run = {dry}\n",
+        name = h.name,
         log = event_log_path(cluster, h).display(),
         dry = opt.dry_run,
     );
@@ -502,11 +504,16 @@ pub fn summary(s: &DaemonState) -> String {
     let sched = &st["scheduler"];
     let role = sched["role"]["role"].as_str().unwrap_or("-");
     let vms = sched["host"]["vms"].as_array().map_or(0, Vec::len);
-    format!(
+    let mut line = format!(
         "{:<6} pid {:<8} http {}  members {members:<3} VMs {vms:<3} load {:>5.2}  {role}",
         s.host,
         s.pid.unwrap_or_default(),
         s.http,
         sched["load"].as_f64().unwrap_or(0.0),
-    )
+    );
+    // Why the last partition this daemon led found no plan (until one is found).
+    if let Some(why) = sched["last_no_plan"]["why"]["summary"].as_str() {
+        line += &format!("\n       no plan: {why}");
+    }
+    line
 }

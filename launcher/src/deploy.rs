@@ -407,6 +407,7 @@ fn boot_once(
         ip: &ip,
         disk: disk.as_deref(),
         extra_args: &opts.kernel_args,
+        rules: &vm.rules,
     });
     let _ = libvirt::destroy_and_undefine(&conn, &vm.name);
     if let Err(e) = libvirt::define_and_start(&conn, &xml) {

@@ -29,6 +29,8 @@ pub struct GuestDef<'a> {
     pub disk: Option<&'a str>,
     /// Extra kernel arguments (e.g. `dvms.tick=100`).
     pub extra_args: &'a str,
+    /// Placement rules for the daemons (in the domain's metadata).
+    pub rules: &'a dvms_core::rules::VmRules,
 }
 
 fn esc(s: &str) -> String {
@@ -68,7 +70,7 @@ pub fn domain_xml(g: &GuestDef) -> String {
     format!(
         r#"<domain type='{dtype}'>
   <name>{name}</name>
-  <metadata><dvms:vm xmlns:dvms="urn:dvms-rs:launcher:1" mac="{mac}" ip="{ip}"/></metadata>
+  <metadata><dvms:vm xmlns:dvms="urn:dvms-rs:launcher:1" mac="{mac}" ip="{ip}"/>{rules}</metadata>
   <memory unit='MiB'>{mem}</memory>
   <memoryBacking><source type='memfd'/></memoryBacking>
   <vcpu>{vcpus}</vcpu>
@@ -104,6 +106,11 @@ pub fn domain_xml(g: &GuestDef) -> String {
             "<memballoon model='virtio'><stats period='5'/></memballoon>"
         } else {
             "<memballoon model='none'/>"
+        },
+        rules = if g.rules.is_empty() {
+            String::new()
+        } else {
+            g.rules.to_xml()
         },
         dtype = esc(g.domain_type),
         name = esc(g.name),
@@ -246,8 +253,19 @@ mod tests {
             ip: "10.200.0.1",
             disk: Some("/d/vm-1.qcow2"),
             extra_args: "",
+            rules: &dvms_core::rules::VmRules::default(),
         };
         let x = domain_xml(&g);
+        assert!(!x.contains("dvms:rules"));
+        let spread = dvms_core::rules::VmRules {
+            spread: Some("web".into()),
+            ..Default::default()
+        };
+        let ruled = domain_xml(&GuestDef {
+            rules: &spread,
+            ..g
+        });
+        assert!(ruled.contains(&spread.to_xml()));
         assert!(x.contains("<domain type='qemu'>"));
         assert!(x.contains("<vcpu>2</vcpu>"));
         assert!(x.contains("/c/a&amp;b.log"));

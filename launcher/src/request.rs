@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Host;
+use dvms_core::rules::VmRules;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +36,9 @@ pub struct VmSpec {
     /// Entropy's expected CPU consumption (same unit as the node's cpu capacity), if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_consumption: Option<u32>,
+    /// Placement rules for the daemons, written into the domain's metadata.
+    #[serde(default, skip_serializing_if = "VmRules::is_empty")]
+    pub rules: VmRules,
 }
 
 /// Host capacities that a request declares (Entropy nodes, topology hosts) override the
@@ -122,6 +126,7 @@ pub fn from_distribution(
             mac: addr.mac(i),
             ip: addr.ip(i),
             cpu_consumption: None,
+            rules: VmRules::default(),
         });
     }
     Ok(Request {
@@ -229,6 +234,10 @@ struct TopoVm {
     #[serde(default = "default_mem")]
     memory: u64,
     count: Option<usize>,
+    /// Placement rules: `rules = { spread = "web", fence = ["h1", "h2"] }` (also `pin`,
+    /// `ban`, `gather`).
+    #[serde(default)]
+    rules: VmRules,
 }
 fn one() -> u32 {
     1
@@ -297,6 +306,21 @@ pub fn from_topology(
                 );
             }
         }
+        if let Err(e) = vm.rules.validate() {
+            bail!("{f}:{line}: VM {}: rules: {e}", vm.name.get_ref());
+        }
+        if let Some(h) = vm
+            .rules
+            .ban
+            .iter()
+            .chain(&vm.rules.fence)
+            .find(|h| !hosts.iter().any(|c| &c.name == *h))
+        {
+            bail!(
+                "{f}:{line}: VM {}: rules name unknown host '{h}'",
+                vm.name.get_ref()
+            );
+        }
         let names: Vec<String> = match vm.count {
             None => vec![vm.name.get_ref().clone()],
             Some(0) => bail!("{f}:{line}: count must be at least 1"),
@@ -327,6 +351,7 @@ pub fn from_topology(
                 mac: addr.mac(i),
                 ip: addr.ip(i),
                 cpu_consumption: None,
+                rules: vm.rules.clone(),
             });
         }
     }
@@ -538,6 +563,7 @@ pub fn from_entropy(path: &Path, hosts: &[Host], addr: &Addressing) -> Result<Re
             mac: addr.mac(i),
             ip: addr.ip(i),
             cpu_consumption: Some(*cons),
+            rules: VmRules::default(),
         });
     }
     Ok(req)
@@ -742,6 +768,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("t.toml:3:") && e.contains("memroy"), "{e}");
+        // Rules: carried to every VM of the entry; unknown hosts and bad rules named.
+        std::fs::write(
+            &p,
+            "[[vm]]\nname = \"api\"\ncount = 2\nrules = { spread = \"api\", ban = [\"h1\"] }\n",
+        )
+        .unwrap();
+        let r = from_topology(&p, &hosts(2, 1000), Distribution::RoundRobin, &addr()).unwrap();
+        assert!(r
+            .vms
+            .iter()
+            .all(|v| v.rules.spread.as_deref() == Some("api") && v.rules.ban == ["h1"]));
+        for (bad, says) in [
+            (
+                "rules = { ban = [\"h7\"] }",
+                "t.toml:2: VM a: rules name unknown host 'h7'",
+            ),
+            (
+                "rules = { fence = [\"h1\"], ban = [\"h1\"] }",
+                "both banned and fenced",
+            ),
+            ("rules = { spred = \"x\" }", "spred"),
+        ] {
+            std::fs::write(&p, format!("[[vm]]\nname = \"a\"\n{bad}\n")).unwrap();
+            let e = from_topology(&p, &hosts(2, 1000), Distribution::RoundRobin, &addr())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -140,9 +140,12 @@ async fn a_peer_holding_the_key_can_neither_crash_nor_steer_the_daemons() {
 
     // Absurd numbers: refused when decoded.
     let absurd = HostState {
+        max_vms: Default::default(),
+        name: Default::default(),
         cpu_capacity: 1e300,
         mem_capacity_mib: u64::MAX,
         vms: vec![VmState {
+            rules: Default::default(),
             id: VmId(1),
             cpu_demand: 10.0,
             mem_mib: u64::MAX,

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::partition::{Kind, PartitionId};
 use crate::host::VmId;
-use crate::placement::Method;
+use crate::instance::NoPlan;
+use crate::placement::{Headroom, Method};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +78,14 @@ pub enum Event<Id> {
         /// VMs whose host changes, and the fewest any placement must move.
         vms_moved: usize,
         lower_bound: usize,
+        /// The CPU room the placement leaves on the partition's hosts.
+        headroom: Headroom,
+    },
+    /// No plan on this partition (it blocks, probes in vain, or is abandoned), and why.
+    NoPlan {
+        id: PartitionId<Id>,
+        size: usize,
+        why: NoPlan<Id>,
     },
     MigrationStarted {
         id: PartitionId<Id>,
@@ -123,6 +132,7 @@ impl<Id> Event<Id> {
             Event::Merged { .. } => "merged",
             Event::MemberLost { .. } => "member_lost",
             Event::Planned { .. } => "planned",
+            Event::NoPlan { .. } => "no_plan",
             Event::MigrationStarted { .. } => "migration_started",
             Event::MigrationEnded { .. } => "migration_ended",
             Event::Dissolved { .. } => "dissolved",

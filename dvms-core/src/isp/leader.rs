@@ -18,6 +18,7 @@ use super::solve::{SolveAnswer, SolveJob};
 use super::Output;
 use super::{Ctx, Neighbours, Role};
 use crate::host::{HostState, Millis, VmId};
+use crate::instance::NoPlan;
 use crate::placement::Problem;
 use crate::plan::Migration;
 
@@ -70,6 +71,9 @@ pub(super) struct Leadership<Id> {
     stale: bool,
     /// The last problem found without a plan (not solved again unchanged).
     unsolvable: Option<Problem>,
+    /// Why that problem has no plan (reported when the partition blocks, probes in vain
+    /// or is abandoned).
+    why: Option<Box<NoPlan<Id>>>,
     /// Members another node listed (in a `Lead` or a `Merge`) that have not answered this
     /// leader's keep-alive: a peer's dossier is a claim, only a member's own `Ack` shows
     /// that it follows this partition, so none is planned into or out of before.
@@ -114,6 +118,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             moved: Vec::new(),
             stale: false,
             unsolvable: None,
+            why: None,
             unconfirmed: BTreeSet::new(),
         };
         l.broadcast(cx, now);
@@ -327,7 +332,11 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         let instance = answer.instance;
         let Some((sol, plan)) = answer.found else {
             self.unsolvable = Some(instance.problem);
+            self.why = answer.why;
             self.d.unsolved = true;
+            if self.d.phase == Phase::Blocked {
+                self.report_no_plan(cx);
+            }
             if self.d.kind == Kind::Underload && self.d.members.len() >= cx.cfg.underload_max_size {
                 return Break(self.dissolve(cx, now, EndReason::Abandoned));
             }
@@ -342,6 +351,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             optimal: sol.optimal,
             vms_moved: sol.migrations,
             lower_bound: sol.lower_bound,
+            headroom: sol.headroom,
         });
         self.d.phase = Phase::Finishing;
         self.running = Some(Running {
@@ -394,6 +404,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
             id: self.d.id.clone(),
             size: self.d.members.len(),
         });
+        self.report_no_plan(cx);
         self.broadcast(cx, now);
         Continue(())
     }
@@ -489,12 +500,26 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
 
     /// Ends the partition: members (and a pending candidate) are told, moved VMs cool
     /// down. Returns the role this node has now.
+    /// Says why this partition has no plan (the last unsolved answer's reasons).
+    fn report_no_plan(&self, cx: &mut Ctx<Id>) {
+        if let Some(why) = &self.why {
+            cx.event(Event::NoPlan {
+                id: self.d.id.clone(),
+                size: self.d.members.len(),
+                why: (**why).clone(),
+            });
+        }
+    }
+
     pub(super) fn dissolve(
         &mut self,
         cx: &mut Ctx<Id>,
         now: Millis,
         reason: EndReason,
     ) -> Role<Id> {
+        if reason == EndReason::Abandoned {
+            self.report_no_plan(cx);
+        }
         for (m, _) in &self.d.members {
             if *m != cx.me {
                 let msg = Message::Dissolve {

@@ -8,7 +8,7 @@
 //! removed, keep-alives go out. An answer to a partition whose members changed since the
 //! question, or to a question no longer pending, is not applied: the leader solves again.
 
-use crate::instance::Instance;
+use crate::instance::{Instance, NoPlan};
 use crate::placement::{self, Outcome, Solution, SolverConfig, Work};
 use crate::plan::{self, Limits, Plan};
 
@@ -32,6 +32,8 @@ pub struct SolveAnswer<Id> {
     /// The placement and the plan that reaches it; None when there is none (or none
     /// cheap enough, or none that can be ordered into rounds).
     pub(super) found: Option<(Solution, Plan)>,
+    /// Why there is none, when there is none (worked out here, off the event loop).
+    pub(super) why: Option<Box<NoPlan<Id>>>,
     /// What the search took (for a driver that charges solver time).
     pub work: Work,
 }
@@ -51,16 +53,22 @@ impl<Id: Clone> SolveJob<Id> {
         } else {
             placement::solve(p, &self.solver)
         };
-        let found = match answer.outcome {
+        let (found, said) = match answer.outcome {
             Outcome::Solved(s) => {
-                plan::plan(&self.instance.planning_problem(), &s.placement, self.limits)
-                    .ok()
-                    .map(|plan| (s, plan))
+                match plan::plan(&self.instance.planning_problem(), &s.placement, self.limits) {
+                    Ok(plan) => (Some((s, plan)), None),
+                    Err(e) => (
+                        None,
+                        Some(format!("a placement exists, no plan reaches it: {e}")),
+                    ),
+                }
             }
-            Outcome::Infeasible(_) | Outcome::Unknown(_) => None,
+            Outcome::Infeasible(why) => (None, Some(format!("no placement exists: {why}"))),
+            Outcome::Unknown(why) => (None, Some(format!("no placement found: {why}"))),
         };
         SolveAnswer {
             ticket: self.ticket,
+            why: said.map(|said| Box::new(self.instance.explain(said))),
             instance: self.instance,
             found,
             work: answer.work,

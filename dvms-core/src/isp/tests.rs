@@ -10,6 +10,7 @@ type H = Harness<FixedNeighbours>;
 
 fn vm(id: u128, cpu_demand: f64) -> VmState {
     VmState {
+        rules: Default::default(),
         id: VmId(id),
         cpu_demand,
         mem_mib: 1024,
@@ -20,6 +21,8 @@ fn vm(id: u128, cpu_demand: f64) -> VmState {
 /// 100 % of one core, 8 GiB, VMs of 1 GiB.
 fn host(vms: &[(u128, f64)]) -> HostState {
     HostState {
+        max_vms: Default::default(),
+        name: Default::default(),
         cpu_capacity: 100.0,
         mem_capacity_mib: 8192,
         vms: vms.iter().map(|&(id, cpu)| vm(id, cpu)).collect(),
@@ -348,6 +351,8 @@ fn a_peer_that_keeps_reserving_a_node_is_answered_busy() {
 fn absurd_numbers_from_a_peer_are_refused_and_the_node_goes_on() {
     let (mut h, id) = member_of_a_blocked_partition();
     let absurd = HostState {
+        max_vms: Default::default(),
+        name: Default::default(),
         cpu_capacity: 100.0,
         mem_capacity_mib: u64::MAX,
         vms: vec![

@@ -85,6 +85,20 @@ pub(super) fn milp(
     for (v, vm) in p.vms.iter().enumerate().filter(|(_, vm)| vm.pinned) {
         rows.push(constraint!(x[v][vm.host] == 1));
     }
+    // The operator's rules, as in `rules::check`.
+    let r = super::rules::exact_rules(p);
+    for (v, h) in r.forbidden {
+        rows.push(constraint!(x[v][h] == 0));
+    }
+    for (terms, bound) in r.at_most {
+        let sum: Expression = terms.iter().map(|((v, h), c)| *c * x[*v][*h]).sum();
+        rows.push(constraint!(sum <= bound));
+    }
+    for (v, w) in r.together {
+        for (xv, xw) in x[v].iter().zip(&x[w]) {
+            rows.push(constraint!(*xv - *xw == 0));
+        }
+    }
     // A VM can only go where it fits alone.
     for (v, vm) in p.vms.iter().enumerate() {
         for (h, host) in p.hosts.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The greedy repair: microseconds, often optimal (the layered solver proves it when it
 //! reaches the lower bound on migrations).
 
+use super::rules::Admission;
 use super::{over, Problem, EPS};
 
 /// Greedy repair: empties each overloaded host of the fewest, smallest VMs that bring it
@@ -16,6 +17,8 @@ pub fn greedy(p: &Problem) -> Option<Vec<usize>> {
 pub(super) fn counted(p: &Problem, total_steps: &mut u64) -> Option<Vec<usize>> {
     let mut placement = p.current();
     let mut loads = p.loads(&placement);
+    let admission = Admission::new(p);
+    let rules = &admission;
     let steps = std::cell::Cell::new(*total_steps);
     let result = (|| {
         for h in p.overloaded() {
@@ -30,7 +33,7 @@ pub(super) fn counted(p: &Problem, total_steps: &mut u64) -> Option<Vec<usize>> 
                     mem.saturating_sub(host.mem_capacity_mib),
                 );
                 let on: Vec<usize> = (0..p.vms.len())
-                    .filter(|v| placement[*v] == h && !p.vms[*v].pinned)
+                    .filter(|v| placement[*v] == h && rules.movable_alone(*v))
                     .collect();
                 // Among the VMs `place` finds (VM, destination) moves for: one that fixes
                 // the host alone, the one with least memory; else the largest.
@@ -57,9 +60,11 @@ pub(super) fn counted(p: &Problem, total_steps: &mut u64) -> Option<Vec<usize>> 
                         })
                         .map(|(_, m)| m)
                 };
-                let direct = |v| best_fit(p, &loads, v, &[h], &steps).map(|to| vec![(v, to)]);
+                let direct = |v| {
+                    best_fit(p, rules, &loads, &placement, v, &[h], &steps).map(|to| vec![(v, to)])
+                };
                 let ejected = |v| {
-                    ejection(p, &loads, &placement, v, h, &steps)
+                    ejection(p, rules, &loads, &placement, v, h, &steps)
                         .map(|(w, t, u)| vec![(w, u), (v, t)])
                 };
                 let moves = pick(&direct).or_else(|| pick(&ejected))?;
@@ -85,10 +90,13 @@ fn fits(p: &Problem, loads: &[(f64, u64)], v: usize, h: usize) -> bool {
         && mem.saturating_add(p.vms[v].mem_mib) <= p.hosts[h].mem_capacity_mib
 }
 
-/// The host not in `not` with the least room left after taking `v`, if any fits.
+/// The host not in `not` with the least room left after taking `v`, if any fits and
+/// the rules let `v` in.
 fn best_fit(
     p: &Problem,
+    rules: &Admission,
     loads: &[(f64, u64)],
+    placement: &[usize],
     v: usize,
     not: &[usize],
     steps: &std::cell::Cell<u64>,
@@ -96,7 +104,9 @@ fn best_fit(
     let vm = &p.vms[v];
     steps.set(steps.get() + p.hosts.len() as u64);
     (0..p.hosts.len())
-        .filter(|h| !not.contains(h) && fits(p, loads, v, *h))
+        .filter(|h| {
+            !not.contains(h) && fits(p, loads, v, *h) && rules.admits(placement, v, *h, None)
+        })
         .min_by(|a, b| {
             let room = |h: usize| {
                 (p.hosts[h].cpu_capacity - loads[h].0 - vm.cpu_demand)
@@ -110,6 +120,7 @@ fn best_fit(
 /// to a third host `u`: `(w, t, u)`, the smallest such `w` (by CPU, then memory).
 fn ejection(
     p: &Problem,
+    rules: &Admission,
     loads: &[(f64, u64)],
     placement: &[usize],
     v: usize,
@@ -121,7 +132,7 @@ fn ejection(
     steps.set(steps.get() + placement.len() as u64);
     for (w, &t) in placement.iter().enumerate() {
         let wm = &p.vms[w];
-        if t == from || w == v || wm.pinned {
+        if t == from || w == v || !rules.movable_alone(w) {
             continue;
         }
         let smaller = |b: &(usize, usize, usize)| {
@@ -134,10 +145,10 @@ fn ejection(
         let (cpu, mem) = loads[t];
         let room_after = cpu - wm.cpu_demand + vm.cpu_demand <= p.hosts[t].cpu_capacity + EPS
             && (mem - wm.mem_mib).saturating_add(vm.mem_mib) <= p.hosts[t].mem_capacity_mib;
-        if !room_after {
+        if !room_after || !rules.admits(placement, v, t, Some(w)) {
             continue;
         }
-        if let Some(u) = best_fit(p, loads, w, &[t, from], steps) {
+        if let Some(u) = best_fit(p, rules, loads, placement, w, &[t, from], steps) {
             best = Some((w, t, u));
         }
     }

@@ -18,32 +18,51 @@ use serde::{Deserialize, Serialize};
 
 mod exact;
 mod greedy;
+mod headroom;
+pub mod rules;
 
 pub use exact::exact_solver_name;
 pub use greedy::greedy;
+pub use headroom::Headroom;
+pub use rules::{explain, Shortfall};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Host {
     /// CPU the placement may fill: the host's capacity times the overload threshold.
     pub cpu_capacity: f64,
     pub mem_capacity_mib: u64,
+    /// Most VMs it may hold after receiving one ([`rules`]).
+    #[serde(default)]
+    pub max_vms: Option<usize>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Vm {
     pub cpu_demand: f64,
     pub mem_mib: u64,
     /// Index of its current host in [`Problem::hosts`].
     pub host: usize,
-    /// Must stay where it is (e.g. it migrated recently: see [`crate::load::Cooldowns`]).
+    /// Must stay where it is (declared, or it migrated recently: see
+    /// [`crate::load::Cooldowns`]).
     #[serde(default)]
     pub pinned: bool,
+    /// Hosts it may not move to (its ban, or outside its fence), sorted.
+    #[serde(default)]
+    pub excluded: Vec<usize>,
+    /// Its spread and gather groups, as indices in [`Problem::groups`].
+    #[serde(default)]
+    pub spread: Option<usize>,
+    #[serde(default)]
+    pub gather: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 pub struct Problem {
     pub hosts: Vec<Host>,
     pub vms: Vec<Vm>,
+    /// Names of the spread and gather groups its VMs refer to.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +133,8 @@ pub struct Solution {
     /// Fewest migrations any placement needs (VMs that must leave each overloaded host):
     /// how far an answer cut short by its budget may be from the optimum.
     pub lower_bound: usize,
+    /// The CPU room it leaves (see [`SolverConfig::target_utilisation`]).
+    pub headroom: Headroom,
 }
 
 /// Fewest migrations in all, and per overloaded host (host, VMs that must leave, least
@@ -164,6 +185,10 @@ pub struct SolverConfig {
     /// not built and the greedy answer is used (HiGHS's search on a 200,000-variable
     /// model, a whole 2,000-host datacenter, grew past 20 GiB within its time limit).
     pub max_exact_variables: usize,
+    /// Headroom: among plans moving the same VMs, the one that leaves the fewest hosts
+    /// above this share of their schedulable CPU (capacity × the high threshold), then
+    /// the lowest peak share. 1 keeps the solvers' tightest fit.
+    pub target_utilisation: f64,
 }
 
 impl Default for SolverConfig {
@@ -172,6 +197,7 @@ impl Default for SolverConfig {
             budget: None,
             greedy_only: false,
             max_exact_variables: 50_000,
+            target_utilisation: 0.85,
         }
     }
 }
@@ -182,6 +208,10 @@ impl SolverConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        let t = self.target_utilisation;
+        if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+            return Err(format!("solver.target_utilisation {t}: must be in (0, 1]"));
+        }
         match self.budget {
             Some(Budget::TimeMs(0)) | Some(Budget::LpIterations(0)) => {
                 Err("solver.budget must be positive".into())
@@ -204,6 +234,18 @@ pub enum Invalid {
     Cpu { host: usize, used: f64, cap: f64 },
     #[error("host {host} would carry {used} MiB for a capacity of {cap} MiB")]
     Mem { host: usize, used: u64, cap: u64 },
+    #[error("VM {vm} would move to host {host}, which its ban or fence rule excludes")]
+    Excluded { vm: usize, host: usize },
+    #[error("two VMs of spread group {group:?} would share host {host}")]
+    Spread { group: String, host: usize },
+    #[error("gather group {group:?} would be split")]
+    Gather { group: String },
+    #[error("host {host} would receive a VM and hold {count} (max {max})")]
+    MaxVms {
+        host: usize,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// Tolerance on CPU sums (floating point).
@@ -234,7 +276,8 @@ impl Problem {
             .collect()
     }
 
-    /// Checks a placement: every VM on an existing host, no host over capacity.
+    /// Checks a placement: every VM on an existing host, no host over capacity, every
+    /// rule kept ([`rules`]).
     pub fn check(&self, placement: &[usize]) -> Result<(), Invalid> {
         if placement.len() != self.vms.len() {
             return Err(Invalid::Length(placement.len(), self.vms.len()));
@@ -251,6 +294,7 @@ impl Problem {
         {
             return Err(Invalid::Pinned(v));
         }
+        rules::check(self, placement)?;
         for (h, (cpu, mem)) in self.loads(placement).into_iter().enumerate() {
             let host = &self.hosts[h];
             if cpu > host.cpu_capacity + EPS {
@@ -283,20 +327,47 @@ impl Problem {
     }
 
     /// The sub-problem where only the VMs of overloaded hosts may move: the others are
-    /// folded into their hosts' capacities. Returns it and the moved VMs' indices.
+    /// folded into their hosts' capacities, and into the rules (a folded VM of a spread
+    /// group excludes its host for the group; one of a gather group pins the group, which
+    /// is split; it counts toward its host's `max_vms`). Returns it and the moved VMs'
+    /// indices.
     fn movable_only(&self) -> (Problem, Vec<usize>) {
         let over = self.overloaded();
         let movable: Vec<usize> = (0..self.vms.len())
             .filter(|v| over.contains(&self.vms[*v].host))
             .collect();
         let mut hosts = self.hosts.clone();
+        let mut spread_hosts: Vec<Vec<usize>> = vec![Vec::new(); self.groups.len()];
+        let mut gather_split = vec![false; self.groups.len()];
         for v in self.vms.iter().filter(|v| !over.contains(&v.host)) {
             let h = &mut hosts[v.host];
             h.cpu_capacity = (h.cpu_capacity - v.cpu_demand).max(0.0);
             h.mem_capacity_mib = h.mem_capacity_mib.saturating_sub(v.mem_mib);
+            h.max_vms = h.max_vms.map(|m| m.saturating_sub(1));
+            if let Some(list) = v.spread.and_then(|g| spread_hosts.get_mut(g)) {
+                list.push(v.host);
+            }
+            if let Some(split) = v.gather.and_then(|g| gather_split.get_mut(g)) {
+                *split = true;
+            }
         }
-        let vms = movable.iter().map(|v| self.vms[*v].clone()).collect();
-        (Problem { hosts, vms }, movable)
+        let vms = movable
+            .iter()
+            .map(|v| {
+                let mut vm = self.vms[*v].clone();
+                if let Some(list) = vm.spread.and_then(|g| spread_hosts.get(g)) {
+                    vm.excluded.extend(list);
+                    vm.excluded.sort_unstable();
+                    vm.excluded.dedup();
+                }
+                if vm.gather.and_then(|g| gather_split.get(g)) == Some(&true) {
+                    vm.pinned = true;
+                }
+                vm
+            })
+            .collect();
+        let groups = self.groups.clone();
+        (Problem { hosts, vms, groups }, movable)
     }
 
     /// The full placement from a placement of the movable VMs.
@@ -324,6 +395,8 @@ impl Problem {
             optimal,
             method,
             lower_bound,
+            // Measured once the answer is final (`layered`).
+            headroom: Headroom::default(),
         }
     }
 
@@ -399,7 +472,24 @@ pub fn solve_cheap(p: &Problem, cfg: &SolverConfig) -> Answer {
 
 fn layered(p: &Problem, cfg: &SolverConfig, any_cost: bool) -> Answer {
     let mut work = Work::default();
-    let outcome = layered_outcome(p, cfg, any_cost, &mut work);
+    let mut outcome = layered_outcome(p, cfg, any_cost, &mut work);
+    if let Outcome::Solved(s) = &mut outcome {
+        // The same VMs move (so the same migrations and memory): only their destinations
+        // change, for room.
+        let target = cfg.target_utilisation;
+        if s.migrations > 0 && target < 1.0 {
+            headroom::improve(p, &mut s.placement, target, &mut work.greedy_steps);
+        }
+        s.headroom = Headroom::of(p, &s.placement, target);
+    }
+    // What every solver layer returns is checked; this is the last word on it.
+    let broken = match &outcome {
+        Outcome::Solved(s) => p.check(&s.placement).err(),
+        _ => None,
+    };
+    if let Some(e) = broken {
+        outcome = Outcome::Unknown(format!("the solvers' placement is invalid: {e}"));
+    }
     Answer { outcome, work }
 }
 

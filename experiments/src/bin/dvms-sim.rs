@@ -136,6 +136,7 @@ impl Args {
         let load = scenario::Load::default();
         let central = scenario::Centralized::default();
         Scenario {
+            rules: Default::default(),
             name: None,
             seed: 1,
             duration: 3_600_000,
