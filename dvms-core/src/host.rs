@@ -209,6 +209,27 @@ mod tests {
                 ..h.clone()
             },
         ];
+        // Names and rules from a peer are bounded too.
+        let absurd = [
+            absurd.to_vec(),
+            vec![
+                HostState {
+                    name: "h\n1".into(),
+                    ..h.clone()
+                },
+                HostState {
+                    vms: vec![VmState {
+                        rules: crate::rules::VmRules {
+                            ban: (0..17).map(|i| format!("h{i}")).collect(),
+                            ..Default::default()
+                        },
+                        ..vm(1.0)
+                    }],
+                    ..h.clone()
+                },
+            ],
+        ]
+        .concat();
         for (i, a) in absurd.iter().enumerate() {
             assert!(a.validate().is_err(), "absurd state {i} accepted");
         }

@@ -336,4 +336,55 @@ mod tests {
         // A counter that went backwards (domain restarted) is not a negative use.
         assert_eq!(s.push(t0 + Duration::from_secs(5), 10, w), 0.0);
     }
+
+    /// Rules read from real libvirt (its `test:///` driver, domains defined in a file):
+    /// parsed from each domain's metadata; none declared, none; unreadable, pinned.
+    #[test]
+    fn rules_come_from_each_domains_metadata_and_unreadable_ones_pin_the_vm() {
+        let ns = rules::XML_NAMESPACE;
+        let dom = |name: &str, meta: &str| {
+            format!(
+                "<domain type='test'><name>{name}</name><memory>131072</memory><vcpu>1</vcpu>\
+                 <os><type>hvm</type></os><metadata>{meta}</metadata></domain>\n"
+            )
+        };
+        let xml =
+            format!(
+            "<node>\n<cpu><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>\
+             <active>4</active><mhz>2000</mhz><model>x86_64</model></cpu>\n\
+             <memory>8388608</memory>\n{}{}{}</node>\n",
+            dom(
+                "web-1",
+                &format!("<dvms:rules xmlns:dvms=\"{ns}\" spread=\"web\" ban=\"h2,h3\"/>")
+            ),
+            dom("odd", &format!("<dvms:rules xmlns:dvms=\"{ns}\" colour=\"red\"/>")),
+            dom("plain", ""),
+        );
+        let dir = std::env::temp_dir().join(format!("dvms-hv-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("host.xml");
+        std::fs::write(&file, xml).unwrap();
+        let hv = Libvirt::new(
+            &format!("test://{}", file.display()),
+            Capacity::default(),
+            Duration::from_secs(2),
+            false,
+        )
+        .with_host(Some("h1".into()), Some(5));
+        let state = hv.sample().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((state.name.as_str(), state.max_vms), ("h1", Some(5)));
+        let by_name = |n: &str| {
+            let v = state.vms.iter().find(|v| hv.name_of(v.id) == n);
+            v.unwrap_or_else(|| panic!("{n} not sampled: {state:?}"))
+                .rules
+                .clone()
+        };
+        let web = by_name("web-1");
+        assert_eq!(web.spread.as_deref(), Some("web"));
+        assert_eq!(web.ban, ["h2", "h3"]);
+        assert!(!web.pin);
+        assert!(by_name("odd").pin, "unreadable rules must pin the VM");
+        assert!(by_name("plain").is_empty());
+    }
 }
