@@ -99,7 +99,7 @@ pub struct Scheduler {
 pub const DEFAULT_MIGRATION_URI: &str = "qemu+tcp://{host}/system";
 /// The daemon's budget for each exact placement search, unless `scheduler.isp.solver`
 /// says otherwise.
-pub const DEFAULT_SOLVER_BUDGET: Budget = Budget::TimeMs(2_000);
+pub const DEFAULT_SOLVER_BUDGET: Budget = Budget::DAEMON;
 
 impl SchedulerFile {
     fn settle(self) -> anyhow::Result<Option<Scheduler>> {

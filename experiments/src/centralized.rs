@@ -6,6 +6,14 @@
 //! the daemons detect them (same [`Detector`], thresholds and hold time), and migrated
 //! VMs get the same cooldown.
 //!
+//! Two modes. *Periodic* (Entropy's loop; its 30 s period is the seeds' setting): a round
+//! every period. *Reactive* (an event-driven controller in the manner of DRS or Watcher
+//! with alarms): every host's monitoring reaches the scheduler every second, and a round
+//! starts as soon as an overload is detected; overloads detected while a plan is applied
+//! are batched into the round that follows it; the period stays as a safety net. Either
+//! mode solves exactly (the layered solver, time-limited by its deterministic budget,
+//! like Entropy or BtrPlace) or repairs only (the greedy repair, `repair_only`).
+//!
 //! A state machine of its own: the engine feeds it the hosts' monitoring and the ends of
 //! migrations, calls it when [`Central::poll_timeout`] is due, and carries out its
 //! orders on the modelled datacenter.
@@ -21,6 +29,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::SolveCost;
 
+/// When the central scheduler runs a round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CentralMode {
+    /// Every period.
+    #[default]
+    Periodic,
+    /// At every detected overload (and every period).
+    Reactive,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CentralConfig {
@@ -28,6 +47,9 @@ pub struct CentralConfig {
     pub period_ms: Millis,
     /// Budget of each exact search; by default the run's (the daemons') budget.
     pub budget: Option<Budget>,
+    pub mode: CentralMode,
+    /// The greedy repair only, no exact search.
+    pub repair_only: bool,
 }
 
 impl Default for CentralConfig {
@@ -35,6 +57,8 @@ impl Default for CentralConfig {
         CentralConfig {
             period_ms: 30_000,
             budget: None,
+            mode: CentralMode::Periodic,
+            repair_only: false,
         }
     }
 }
@@ -97,6 +121,8 @@ pub struct Central {
     next_round: Millis,
     /// When the current plan's first round starts.
     apply_at: Option<Millis>,
+    /// Reactive: an overload was detected while a plan was applied.
+    detected_meanwhile: bool,
 }
 
 impl Central {
@@ -113,8 +139,14 @@ impl Central {
             cooldowns: Cooldowns::new(thresholds.vm_cooldown_ms),
             thresholds,
             applying: None,
-            delay_ms: (farthest_rtt_ms * 1.5).ceil() as Millis,
+            // Periodic: the state request, the answers, the orders. Reactive: the state
+            // is already there (monitoring), only the orders travel.
+            delay_ms: match cfg.mode {
+                CentralMode::Periodic => (farthest_rtt_ms * 1.5).ceil() as Millis,
+                CentralMode::Reactive => (farthest_rtt_ms * 0.5).ceil() as Millis,
+            },
             apply_at: None,
+            detected_meanwhile: false,
             cfg,
         }
     }
@@ -133,9 +165,22 @@ impl Central {
         self.apply_at.is_some_and(|a| now >= a)
     }
 
-    /// A host's agent reports its load: overload detection as in the daemon.
+    pub fn mode(&self) -> CentralMode {
+        self.cfg.mode
+    }
+
+    /// A host's agent reports its load: overload detection as in the daemon. Reactive: a
+    /// detection makes a round due now (or right after the plan being applied).
     pub fn monitor(&mut self, now: Millis, host: usize, load: f64) -> Option<Change> {
-        self.detectors.get_mut(host)?.update(now, load)
+        let change = self.detectors.get_mut(host)?.update(now, load);
+        if change == Some(Change::Detected) && self.cfg.mode == CentralMode::Reactive {
+            if self.applying.is_some() {
+                self.detected_meanwhile = true;
+            } else {
+                self.next_round = self.next_round.min(now);
+            }
+        }
+        change
     }
 
     /// A fresh detector for a host that came back.
@@ -179,6 +224,7 @@ impl Central {
         }
         let solver = SolverConfig {
             budget: self.cfg.budget.or(solver.budget),
+            greedy_only: solver.greedy_only || self.cfg.repair_only,
             ..solver.clone()
         };
         let answer = placement::solve(p, &solver);
@@ -263,6 +309,13 @@ impl Central {
     pub fn finish_plan(&mut self, now: Millis) -> Option<(Vec<usize>, bool)> {
         let a = self.applying.take()?;
         self.cooldowns.expire(now);
+        // Reactive: what was detected meanwhile, or is still over, gets a round at once.
+        let still_over = self.detectors.iter().any(Detector::is_overloaded);
+        if self.cfg.mode == CentralMode::Reactive
+            && (std::mem::take(&mut self.detected_meanwhile) || still_over)
+        {
+            self.next_round = self.next_round.min(now);
+        }
         Some((a.overloaded, a.failed))
     }
 }

@@ -64,6 +64,16 @@ impl SolveCost {
                 / 1e3
     }
 
+    /// Simplex iterations an exact search on a model of `variables` binaries can make
+    /// within `ms` by this model (at least 1).
+    pub fn iterations_within(&self, ms: f64, variables: u64) -> u64 {
+        let per = self.lp_iteration_variable_ns * variables.max(1) as f64;
+        if per <= 0.0 {
+            return u64::MAX;
+        }
+        ((ms * 1e6 / per).floor() as u64).max(1)
+    }
+
     /// Modelled duration of a solve, whole ms (rounded up: a solve takes at least 1 ms of
     /// virtual time).
     pub fn millis(&self, w: &Work) -> Millis {

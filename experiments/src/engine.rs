@@ -17,13 +17,13 @@ use dvms_core::instance::{HostRule, Instance};
 use dvms_core::isp::{self, Event as IspEvent, Isp};
 use dvms_core::load::Change;
 use dvms_core::node::{Input, Membership, Message, Node, Output};
-use dvms_core::placement::{self, Outcome};
+use dvms_core::placement::{self, Budget, Outcome};
 use overlay::Overlay;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
 
-use crate::centralized::{Central, Round};
+use crate::centralized::{Central, CentralMode, Round};
 use crate::config::{OverlayModel, Scheduler, SimConfig, DEFAULT_SOLVER_BUDGET};
 use crate::model::{Datacenter, Refusal};
 use crate::network::{Network, NodeIx};
@@ -107,6 +107,12 @@ enum Ev {
     MigrationRefused {
         node: NodeIx,
         vm: VmId,
+    },
+    /// A leader's solve is over: its answer, after the virtual time it cost.
+    Solved {
+        node: NodeIx,
+        gen: u64,
+        answer: Box<isp::SolveAnswer<NodeIx>>,
     },
 }
 
@@ -377,16 +383,35 @@ impl Sim {
         self.now = at;
         match ev {
             Ev::Timer { node, gen } => self.timer(node, gen),
+            Ev::Solved { node, gen, answer } => {
+                // A daemon that crashed meanwhile lost the question with its state.
+                if self.live(node, gen) {
+                    self.input(node, Input::Solved(*answer));
+                }
+            }
             Ev::Monitor { host, gen } => {
                 if self.live(host as NodeIx, gen) {
                     let state = self.dc.host_state(host);
                     let now = self.now;
                     match &mut self.central {
-                        Some(c) => match c.monitor(now, host, state.load()) {
-                            Some(Change::Detected) => self.metrics.overload_detected(now, host),
-                            Some(Change::Cleared) => self.metrics.overload_cleared(host),
-                            None => {}
-                        },
+                        Some(c) => {
+                            let reactive = c.mode() == CentralMode::Reactive;
+                            match c.monitor(now, host, state.load()) {
+                                Some(Change::Detected) => {
+                                    self.metrics.overload_detected(now, host);
+                                    if reactive {
+                                        self.arm_central();
+                                    }
+                                }
+                                Some(Change::Cleared) => self.metrics.overload_cleared(host),
+                                None => {}
+                            }
+                            if reactive {
+                                // Every sample goes to the scheduler.
+                                let cross = self.network.site_of[host] != self.network.site_of[0];
+                                self.metrics.scheduler_messages(1, cross);
+                            }
+                        }
                         None => self.input(host as NodeIx, Input::Monitor(state)),
                     }
                     let next = self.now + self.cfg.monitor_ms;
@@ -525,11 +550,29 @@ impl Sim {
                     }
                 }
                 Output::Solve(job) => {
-                    // Answered at once: solver time is not charged in virtual time (yet).
+                    // The answer comes back after the virtual time the solve costs, by
+                    // the same model from the same work counters as the central
+                    // scheduler's: every scheduler pays for its solves. The leader goes
+                    // on meanwhile (gossip, keep-alives, members lost), as the daemon's
+                    // does while its blocking thread solves.
+                    // Each exact search gets what the daemon's wall-clock budget buys on
+                    // a model of this size (by the cost model), at most the run's
+                    // iterations: the simulated leader is held to the daemon's limit.
+                    let job = match job.budget() {
+                        Budget::LpIterations(n) => {
+                            let (h, v) = job.size();
+                            let ms = Budget::DAEMON_TIME_MS as f64;
+                            let within = self.cfg.solve_cost.iterations_within(ms, (h * v) as u64);
+                            job.with_budget(Budget::LpIterations(n.min(within)))
+                        }
+                        Budget::TimeMs(_) => job,
+                    };
                     let answer = job.run();
-                    self.nodes[node as usize]
-                        .node
-                        .handle(now, Input::Solved(answer));
+                    let cost = self.cfg.solve_cost.millis(&answer.work);
+                    self.metrics.compute_ms.push(cost);
+                    let gen = self.nodes[node as usize].gen;
+                    let answer = Box::new(answer);
+                    self.schedule(now + cost, Ev::Solved { node, gen, answer });
                 }
                 Output::Overlay(e) => {
                     let bound = self.cfg.overlay.detection_bound();
@@ -778,7 +821,9 @@ impl Sim {
             let cost = self.cfg.solve_cost.clone();
             let Some(c) = &mut self.central else { return };
             let round = c.round(now, &states, &solver, limits, &cost);
-            if !matches!(round, Round::Skipped) {
+            // Periodic: the state is requested. Reactive: it came with the monitoring.
+            let collects = c.mode() == CentralMode::Periodic;
+            if collects && !matches!(round, Round::Skipped) {
                 // The state request and its answer, to and from every live host.
                 for (h, _) in &states {
                     let cross = self.network.site_of[*h] != self.network.site_of[0];

@@ -56,7 +56,8 @@ pub struct Metrics {
     /// (centralized).
     pub messages_isp: u64,
     pub cross_site_isp_messages: u64,
-    /// Virtual time of each centralized solve, ms (from the solver's work).
+    /// Virtual time each solve cost, ms (from the solver's work, by the run's
+    /// `solve_cost`): the central scheduler's, or every DVMS leader's.
     pub compute_ms: Vec<Millis>,
     pub crashes: u64,
     pub invariant_count: u64,
@@ -337,8 +338,8 @@ pub fn table(runs: &[Summary]) -> String {
         ("  across sites", |s| {
             share(Some(s.cross_site_migrations), Some(s.migrations))
         }),
-        ("central solve, mean (s)", |s| fmt(s.compute_mean_s)),
-        ("central solve, max (s)", |s| fmt(s.compute_max_s)),
+        ("solve (virtual time), mean (s)", |s| fmt(s.compute_mean_s)),
+        ("solve (virtual time), max (s)", |s| fmt(s.compute_max_s)),
         ("scheduling messages", |s| count(s.messages_isp)),
         ("  across sites", |s| {
             share(s.cross_site_isp_messages, s.messages_isp)

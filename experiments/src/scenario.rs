@@ -46,6 +46,11 @@
 //! [centralized]
 //! period = "30s"
 //! # budget_lp_iterations = 20000  # per exact search; default: the daemons' budget
+//! # variants = ["periodic", "reactive-exact", "reactive-repair"]  # default: periodic
+//!
+//! [rules]                   # placement rules drawn from the seed (none by default)
+//! # spread_groups = 60, spread_size = 3, pinned = 0.05, fenced = 0.1, fence_hosts = 8,
+//! # banned = 0.1, max_vms_per_host = 16
 //!
 //! [migration]               # the modelled live migration (defaults: 10 Gbit/s links)
 //! bandwidth_mib_s = 1190.0
@@ -60,7 +65,7 @@ use serde::{Deserialize, Deserializer};
 use dvms_core::host::Millis;
 use dvms_core::placement::Budget;
 
-use crate::centralized::CentralConfig;
+use crate::centralized::{CentralConfig, CentralMode};
 use crate::config::{OverlayModel, Scheduler, SimConfig};
 use crate::model::MigrationModel;
 use crate::network::Network;
@@ -232,6 +237,19 @@ pub struct Centralized {
     pub period: Millis,
     /// Simplex iterations of each exact search (default: the daemons' budget).
     pub budget_lp_iterations: Option<u64>,
+    /// One run per variant (`centralized::CentralMode`): "periodic" (a round every
+    /// period, the run labelled `centralized`), "reactive-exact" and "reactive-repair"
+    /// (a round at every detected overload, exact or greedy repair).
+    pub variants: Vec<CentralVariant>,
+}
+
+/// A centralized scheduler to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CentralVariant {
+    Periodic,
+    ReactiveExact,
+    ReactiveRepair,
 }
 
 impl Default for Centralized {
@@ -240,6 +258,7 @@ impl Default for Centralized {
         Centralized {
             period: d.period_ms,
             budget_lp_iterations: None,
+            variants: vec![CentralVariant::Periodic],
         }
     }
 }
@@ -335,6 +354,10 @@ impl Scenario {
         if self.schedulers.is_empty() {
             return Err("schedulers must name at least one of dvms, centralized".into());
         }
+        if self.schedulers.contains(&Scheduler::Centralized) && self.centralized.variants.is_empty()
+        {
+            return Err("centralized.variants must name at least one variant".into());
+        }
         if self.dvms.modes.is_empty() && self.schedulers.contains(&Scheduler::Dvms) {
             return Err("dvms.modes must name at least one of locality, ring".into());
         }
@@ -376,6 +399,7 @@ impl Scenario {
                     .centralized
                     .budget_lp_iterations
                     .map(Budget::LpIterations),
+                ..CentralConfig::default()
             },
             ..SimConfig::default()
         };
@@ -403,13 +427,31 @@ impl Scenario {
                         });
                     }
                 }
-                Scheduler::Centralized => runs.push(Run {
-                    label: "centralized".into(),
-                    config: SimConfig {
-                        scheduler: Scheduler::Centralized,
-                        ..base.clone()
-                    },
-                }),
+                Scheduler::Centralized => {
+                    for v in &self.centralized.variants {
+                        let (label, mode, repair_only) = match v {
+                            CentralVariant::Periodic => {
+                                ("centralized", CentralMode::Periodic, false)
+                            }
+                            CentralVariant::ReactiveExact => {
+                                ("reactive-exact", CentralMode::Reactive, false)
+                            }
+                            CentralVariant::ReactiveRepair => {
+                                ("reactive-repair", CentralMode::Reactive, true)
+                            }
+                        };
+                        let mut config = SimConfig {
+                            scheduler: Scheduler::Centralized,
+                            ..base.clone()
+                        };
+                        config.centralized.mode = mode;
+                        config.centralized.repair_only = repair_only;
+                        runs.push(Run {
+                            label: label.into(),
+                            config,
+                        });
+                    }
+                }
             }
         }
         for r in &runs {

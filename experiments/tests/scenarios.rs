@@ -488,3 +488,97 @@ fn the_centralized_baseline_solves_at_its_next_round_and_dvms_long_before() {
     assert!(s - d < 5_000, "DVMS took {} ms", s - d);
     assert!((solved - detected) > 4 * (s - d));
 }
+
+/// A DVMS leader pays for its solves in virtual time: its plan comes after the answer,
+/// which comes the modelled cost of the solve after the question, and the same scenario
+/// gives the same run twice.
+#[test]
+fn a_leaders_solve_costs_virtual_time_and_runs_stay_reproducible() {
+    use experiments::cost::SolveCost;
+    let hosts = [(800.0, 32 * GIB); 3];
+    let mut vms: Vec<(f64, u64, usize)> = (0..8).map(|_| (100.0, 2 * GIB, 0)).collect();
+    vms.push((0.0, GIB, 0));
+    vms.extend((0..4).map(|_| (50.0, 2 * GIB, 1)));
+    const OVERLOAD: Millis = 5_000;
+    let run = |cost: SolveCost| {
+        let mut cfg = config(vec![0, 0, 0]);
+        cfg.solve_cost = cost;
+        let mut sim = Sim::with_datacenter(cfg, &hosts, &vms).unwrap();
+        sim.set_load_at(OVERLOAD, 8, 50.0);
+        sim.run_until(60_000);
+        sim.finish();
+        assert_clean(&sim);
+        let planned = events(&sim)
+            .into_iter()
+            .find(|(_, _, e)| matches!(e, Event::Planned { .. }))
+            .map(|(t, _, _)| t)
+            .expect("a plan");
+        (
+            planned,
+            sim.metrics.compute_ms.clone(),
+            format!("{:?}", sim.log),
+        )
+    };
+    let (cheap_at, cheap, log) = run(SolveCost::default());
+    assert!(
+        !cheap.is_empty() && cheap.iter().all(|ms| *ms >= 1),
+        "{cheap:?}"
+    );
+    // Every solve 1.5 s dearer: the plan comes that much later per solve it waited on.
+    let dear = SolveCost {
+        base_us: 1_500_000.0,
+        ..SolveCost::default()
+    };
+    let (dear_at, costs, _) = run(dear);
+    let solves_before_plan = costs.len() as u64;
+    assert!(
+        dear_at >= cheap_at + 1_500,
+        "plan at {dear_at} ms with 1.5 s solves, {cheap_at} ms with the default"
+    );
+    assert!(costs.iter().all(|ms| *ms >= 1_500), "{costs:?}");
+    assert!(solves_before_plan >= 1);
+    let (again_at, again, again_log) = run(SolveCost::default());
+    assert_eq!((again_at, &again), (cheap_at, &cheap));
+    assert_eq!(again_log, log, "the same scenario gave another run");
+}
+
+/// A reactive central scheduler (every host's monitoring reaches it each second) solves
+/// an overload as soon as it is detected, in its exact and its repair-only variants,
+/// where the periodic one waits for its next round.
+#[test]
+fn a_reactive_central_scheduler_solves_at_detection_and_pays_for_its_monitoring() {
+    use experiments::centralized::CentralMode;
+    let hosts = [(800.0, 32 * GIB); 3];
+    let mut vms: Vec<(f64, u64, usize)> = (0..8).map(|_| (100.0, 2 * GIB, 0)).collect();
+    vms.push((0.0, GIB, 0));
+    vms.extend((0..4).map(|_| (50.0, 2 * GIB, 1)));
+    vms.extend((0..4).map(|_| (50.0, 2 * GIB, 2)));
+    const OVERLOAD: Millis = 35_000;
+    const END: Millis = 120_000;
+    for repair_only in [false, true] {
+        let mut cfg = config(vec![0, 0, 0]);
+        cfg.scheduler = Scheduler::Centralized;
+        cfg.centralized.mode = CentralMode::Reactive;
+        cfg.centralized.repair_only = repair_only;
+        let mut sim = Sim::with_datacenter(cfg, &hosts, &vms).unwrap();
+        sim.set_load_at(OVERLOAD, 8, 50.0);
+        sim.run_until(END);
+        sim.finish();
+        assert_clean(&sim);
+        assert_eq!(sim.metrics.solved.len(), 1, "{:?}", sim.metrics.solved);
+        let (host, detected, solved) = sim.metrics.solved[0];
+        assert_eq!(host, 0);
+        assert!(
+            solved - detected < 3_000,
+            "repair_only {repair_only}: detected at {detected}, solved at {solved} ms"
+        );
+        // Three hosts' samples every second (from their first sample on), and the orders.
+        let samples = 3 * END / 1_000;
+        assert!(
+            sim.metrics.messages_isp * 10 >= samples * 9,
+            "{} scheduling messages for {samples} samples",
+            sim.metrics.messages_isp
+        );
+        assert!(sim.overloaded_hosts().is_empty());
+    }
+}

@@ -9,7 +9,7 @@
 //! question, or to a question no longer pending, is not applied: the leader solves again.
 
 use crate::instance::{Instance, NoPlan};
-use crate::placement::{self, Outcome, Solution, SolverConfig, Work};
+use crate::placement::{self, Budget, Outcome, Solution, SolverConfig, Work};
 use crate::plan::{self, Limits, Plan};
 
 /// A placement question and everything needed to answer it away from the node.
@@ -42,6 +42,18 @@ impl<Id: Clone> SolveJob<Id> {
     /// Hosts and VMs of the question.
     pub fn size(&self) -> (usize, usize) {
         (self.instance.hosts.len(), self.instance.vms.len())
+    }
+
+    /// The budget of each exact search of this solve.
+    pub fn budget(&self) -> Budget {
+        self.solver.budget()
+    }
+
+    /// This solve with another budget per exact search (a driver that bounds a solve by
+    /// its size, as the simulator bounds it by what the daemon's time budget buys).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.solver.budget = Some(budget);
+        self
     }
 
     /// Solves and plans. Pure: the same job gives the same answer wherever it runs

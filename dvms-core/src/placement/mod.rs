@@ -91,6 +91,10 @@ pub enum Budget {
 impl Budget {
     /// The budget of a solver configuration that names none: deterministic.
     pub const DETERMINISTIC: Budget = Budget::LpIterations(6_000);
+    /// The daemon's default per exact search (a leader must keep answering its peers);
+    /// the simulator holds its leaders' searches to what this buys by its cost model.
+    pub const DAEMON_TIME_MS: u64 = 2_000;
+    pub const DAEMON: Budget = Budget::TimeMs(Self::DAEMON_TIME_MS);
 }
 
 /// Deterministic counters of what a solve did: the same problem and budget give the same
