@@ -46,7 +46,8 @@ pub fn check_name(what: &str, n: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn xml_escape(s: &str) -> String {
+/// Text escaped for XML content and attribute values (either quote).
+pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

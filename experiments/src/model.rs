@@ -55,6 +55,11 @@ impl MigrationModel {
     }
 }
 
+/// The name a simulated host goes by (in its state, and in VMs' ban and fence rules).
+pub fn host_name(h: usize) -> String {
+    format!("h{h}")
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostModel {
     /// CPU capacity, % of one core.
@@ -63,7 +68,7 @@ pub struct HostModel {
     pub alive: bool,
     /// VMs resident here (a migrating VM stays resident on its source until it ends).
     pub vms: Vec<usize>,
-    /// Most VMs it may run (rules; `crate::rules`).
+    /// Most VMs it may run (a placement rule, drawn by `crate::rules`).
     pub max_vms: Option<u32>,
 }
 
@@ -197,7 +202,7 @@ impl Datacenter {
             });
         }
         HostState {
-            name: crate::rules::host_name(host),
+            name: host_name(host),
             max_vms: h.max_vms,
             cpu_capacity: h.cpu_capacity,
             mem_capacity_mib: h.mem_capacity_mib,

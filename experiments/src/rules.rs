@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Datacenter;
+use crate::model::{host_name, Datacenter};
 
 /// The rules of a run (all off by default).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -27,11 +27,6 @@ pub struct RulesModel {
     pub banned: f64,
     /// Most VMs per host, on every host.
     pub max_vms_per_host: Option<u32>,
-}
-
-/// The name a simulated host has in rules.
-pub fn host_name(h: usize) -> String {
-    format!("h{h}")
 }
 
 impl RulesModel {

@@ -1,6 +1,7 @@
 //! The launcher's use of libvirt: domain XML for DVMS guests, and the few operations it
 //! needs (define, start, list, destroy, migrate), with errors that say which host failed.
 
+use dvms_core::rules::xml_escape as esc;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -31,14 +32,6 @@ pub struct GuestDef<'a> {
     pub extra_args: &'a str,
     /// Placement rules for the daemons (in the domain's metadata).
     pub rules: &'a dvms_core::rules::VmRules,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('\'', "&apos;")
-        .replace('"', "&quot;")
 }
 
 /// Guest kernel arguments for a fast boot under TCG, where boot CPU bounds how fast a

@@ -2,7 +2,7 @@
 //! reaches the lower bound on migrations).
 
 use super::rules::Admission;
-use super::{over, Problem, EPS};
+use super::{fits, move_vm, over, Problem, EPS};
 
 /// Greedy repair: empties each overloaded host of the fewest, smallest VMs that bring it
 /// under capacity, onto the host with the least room that still fits them (best fit).
@@ -69,12 +69,7 @@ pub(super) fn counted(p: &Problem, total_steps: &mut u64) -> Option<Vec<usize>> 
                 };
                 let moves = pick(&direct).or_else(|| pick(&ejected))?;
                 for (v, to) in moves {
-                    let (vm, from) = (&p.vms[v], placement[v]);
-                    loads[from].0 -= vm.cpu_demand;
-                    loads[from].1 -= vm.mem_mib;
-                    loads[to].0 += vm.cpu_demand;
-                    loads[to].1 += vm.mem_mib;
-                    placement[v] = to;
+                    move_vm(p, &mut placement, &mut loads, v, to);
                 }
             }
         }
@@ -82,12 +77,6 @@ pub(super) fn counted(p: &Problem, total_steps: &mut u64) -> Option<Vec<usize>> 
     })();
     *total_steps = steps.get();
     result.map(|()| placement)
-}
-
-fn fits(p: &Problem, loads: &[(f64, u64)], v: usize, h: usize) -> bool {
-    let (cpu, mem) = loads[h];
-    cpu + p.vms[v].cpu_demand <= p.hosts[h].cpu_capacity + EPS
-        && mem.saturating_add(p.vms[v].mem_mib) <= p.hosts[h].mem_capacity_mib
 }
 
 /// The host not in `not` with the least room left after taking `v`, if any fits and

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::rules::Admission;
-use super::{Problem, EPS};
+use super::{fits, move_vm, Problem, EPS};
 
 /// The CPU room a placement leaves on its problem's hosts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -95,12 +95,10 @@ pub(super) fn improve(p: &Problem, placement: &mut [usize], target: f64, steps: 
                     *steps = steps.saturating_add(tried);
                     return;
                 }
-                let (cpu, mem) = loads[to];
-                let fits = cpu + vm.cpu_demand <= p.hosts[to].cpu_capacity + EPS
-                    && mem.saturating_add(vm.mem_mib) <= p.hosts[to].mem_capacity_mib;
-                if !fits || !admission.admits(placement, v, to, None) {
+                if !fits(p, &loads, v, to) || !admission.admits(placement, v, to, None) {
                     continue;
                 }
+                let cpu = loads[to].0;
                 let a = share(loads[from].0 - vm.cpu_demand, p.hosts[from].cpu_capacity);
                 let b = share(cpu + vm.cpu_demand, p.hosts[to].cpu_capacity);
                 let is_over = |x: f64| usize::from(x > target + EPS);
@@ -117,12 +115,7 @@ pub(super) fn improve(p: &Problem, placement: &mut [usize], target: f64, steps: 
             }
         }
         let Some((_, v, to)) = best else { break };
-        let (vm, from) = (&p.vms[v], placement[v]);
-        loads[from].0 -= vm.cpu_demand;
-        loads[from].1 -= vm.mem_mib;
-        loads[to].0 += vm.cpu_demand;
-        loads[to].1 += vm.mem_mib;
-        placement[v] = to;
+        move_vm(p, placement, &mut loads, v, to);
     }
     *steps = steps.saturating_add(tried);
 }

@@ -442,6 +442,23 @@ impl Problem {
     }
 }
 
+/// Whether host `h`, carrying `loads[h]`, has room for VM `v` too.
+fn fits(p: &Problem, loads: &[(f64, u64)], v: usize, h: usize) -> bool {
+    let (cpu, mem) = loads[h];
+    cpu + p.vms[v].cpu_demand <= p.hosts[h].cpu_capacity + EPS
+        && mem.saturating_add(p.vms[v].mem_mib) <= p.hosts[h].mem_capacity_mib
+}
+
+/// Moves VM `v` to host `to` in `placement`, carrying its load along in `loads`.
+fn move_vm(p: &Problem, placement: &mut [usize], loads: &mut [(f64, u64)], v: usize, to: usize) {
+    let (vm, from) = (&p.vms[v], placement[v]);
+    loads[from].0 -= vm.cpu_demand;
+    loads[from].1 -= vm.mem_mib;
+    loads[to].0 += vm.cpu_demand;
+    loads[to].1 += vm.mem_mib;
+    placement[v] = to;
+}
+
 fn over(h: &Host, (cpu, mem): (f64, u64)) -> bool {
     cpu > h.cpu_capacity + EPS || mem > h.mem_capacity_mib
 }

@@ -218,11 +218,8 @@ pub fn explain(p: &Problem) -> Shortfall {
         .hosts
         .iter()
         .fold(0u64, |s, h| s.saturating_add(h.mem_capacity_mib));
-    let members = Members::of(p);
-    let admission = Admission {
-        p,
-        members: Members::of(p),
-    };
+    let admission = Admission::new(p);
+    let members = &admission.members;
     let placement = p.current();
     let loads = p.loads(&placement);
     let mut stuck = Vec::new();
