@@ -27,9 +27,11 @@ cargo run -q -p experiments --bin dvms-sim -- --scenario experiments/scenarios/f
 echo "== simulator: one virtual hour of 500 hosts / 5,000 VMs, DVMS against the centralized baseline (scripts/scales.sh runs up to 8,000 / 80,000)"
 cargo run -q -p experiments --bin dvms-sim -- --scenario experiments/scenarios/scale-0.5k.toml
 
-echo "== benchmarks (run once each, in the test profile)"
+echo "== benchmarks (run once each, in the test profile; the idle daemon in release)"
 cargo test -p overlay --bench neighbours
 cargo test -p dvms-core --bench placement
 cargo test -p experiments --bench solve_cost
 cargo test -p launcher --bench deploy
-cargo test -p dvms-tests --bench idle_daemon
+# The idle daemon's memory and CPU are those of the build users run.
+cargo build -q --release -p dvms-node
+DVMS_NODE_BIN=target/release/dvms-node cargo test -p dvms-tests --bench idle_daemon

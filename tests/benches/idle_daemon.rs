@@ -4,13 +4,18 @@
 //! host's libvirtd measured in the same run as the reference, against the targets
 //! (< 30 MiB RSS, < 1 % of a core).
 //!
-//!     cargo build --workspace && cargo test -p dvms-tests --bench idle_daemon
+//! It measures the daemon users run, the release build, named by `DVMS_NODE_BIN`
+//! (`scripts/test.sh` builds it; relative to the workspace's root); without it, the test profile's build next to
+//! `dvms-launch`, and the table says which:
+//!
+//!     cargo build --release -p dvms-node
+//!     DVMS_NODE_BIN=target/release/dvms-node cargo test -p dvms-tests --bench idle_daemon
 //!
 //! Needs root, like the testbed.
 
 use std::time::{Duration, Instant};
 
-use dvms_tests::{start_daemons, Testbed};
+use dvms_tests::{start_daemons_with, Testbed};
 
 const GUESTS_PER_HOST: usize = 10;
 const WINDOW: Duration = Duration::from_secs(60);
@@ -34,7 +39,18 @@ fn main() {
     let tb = Testbed::up(51, &["--hosts", "2"]);
     let vms = (2 * GUESTS_PER_HOST).to_string();
     tb.ok(&["deploy", "--vms", &vms]);
-    start_daemons(&tb, 2, GUESTS_PER_HOST, "100");
+    // A relative path is taken from the workspace's root (cargo runs benches in tests/).
+    let node_bin = std::env::var("DVMS_NODE_BIN").ok().map(|b| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let p = std::fs::canonicalize(root.join(&b))
+            .unwrap_or_else(|e| panic!("DVMS_NODE_BIN={b}: {e}"));
+        p.to_string_lossy().into_owned()
+    });
+    let mut args = vec!["--capacity-cpu", "100"];
+    if let Some(b) = &node_bin {
+        args.extend(["--binary", b.as_str()]);
+    }
+    start_daemons_with(&tb, 2, GUESTS_PER_HOST, &args);
     std::thread::sleep(Duration::from_secs(10)); // joins, first pings, first samples
     let pid = |file: String| {
         std::fs::read_to_string(tb.dir().join(file))
@@ -65,8 +81,11 @@ fn main() {
         .collect();
     // Still idle: nothing was detected, nothing moved.
     assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));
+    let build = node_bin
+        .as_deref()
+        .unwrap_or("the test profile's build (DVMS_NODE_BIN unset)");
     println!(
-        "idle dvms-node daemons, {GUESTS_PER_HOST} idle guests each, over {secs:.0} s (2 hosts)"
+        "idle dvms-node daemons ({build}), {GUESTS_PER_HOST} idle guests each, over {secs:.0} s (2 hosts)"
     );
     println!("| process | peak RSS | CPU, % of one core |");
     println!("| --- | --- | --- |");

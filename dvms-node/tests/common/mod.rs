@@ -9,9 +9,17 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_dvms-node");
 
 /// The daemon binary the tests start: `DVMS_NODE_BIN` if set (e.g. the release build, to
-/// measure what users run), else the one built with the tests.
+/// measure what users run; a relative path is taken from the workspace's root), else the
+/// one built with the tests.
 pub fn bin() -> String {
-    std::env::var("DVMS_NODE_BIN").unwrap_or_else(|_| BIN.to_owned())
+    match std::env::var("DVMS_NODE_BIN") {
+        Ok(b) => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(b)
+            .to_string_lossy()
+            .into_owned(),
+        Err(_) => BIN.to_owned(),
+    }
 }
 
 /// A directory for one test's keys and logs, removed when dropped.
