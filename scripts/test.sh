@@ -32,6 +32,7 @@ cargo test -p overlay --bench neighbours
 cargo test -p dvms-core --bench placement
 cargo test -p experiments --bench solve_cost
 cargo test -p launcher --bench deploy
+cargo test -p dvms-tests --bench migration_model
 # The idle daemon's memory and CPU are those of the build users run.
 cargo build -q --release -p dvms-node
 DVMS_NODE_BIN=target/release/dvms-node cargo test -p dvms-tests --bench idle_daemon

@@ -82,7 +82,8 @@ pub fn plan(p: &Problem, target: &[usize], limits: Limits) -> Result<Plan, PlanE
         }
         m
     };
-    if let Some(h) = (0..nh).find(|h| mem_of(target)[*h] > p.hosts[*h].mem_capacity_mib) {
+    let target_mem = mem_of(target);
+    if let Some(h) = (0..nh).find(|h| target_mem[*h] > p.hosts[*h].mem_capacity_mib) {
         return Err(PlanError::TargetOverMemory(h));
     }
     let mut at: Vec<usize> = p.current();

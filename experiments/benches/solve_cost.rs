@@ -3,13 +3,16 @@
 //! takes here: random partitions of 4×40 … 64×640 with a quarter of the hosts overloaded,
 //! and whole datacenters as the central scheduler sees them (500×5,000 and 1,000×10,000:
 //! greedy repair only, the exact model is not built). Prints a table, and the coefficients
-//! fitted on this run (least relative error, non-negative) beside the defaults:
+//! fitted on this run (least relative error, non-negative) beside the defaults; then what
+//! receiving one monitoring message costs (`SolveCost::message_us`):
 //!     cargo bench -p experiments --bench solve_cost
 //! (CI runs it with `cargo test -p experiments --bench solve_cost`, in the test profile.)
 
 use std::time::Instant;
 
 use dvms_core::harness::random_partition;
+use dvms_core::host::{HostState, VmId, VmState};
+use dvms_core::load::{Detector, Thresholds};
 use dvms_core::placement::{self, SolverConfig, Work};
 use experiments::config::DEFAULT_SOLVER_BUDGET;
 use experiments::cost::SolveCost;
@@ -141,5 +144,42 @@ fn main() {
         greedy * 1e3,
         var * 1e3,
         lp * 1e3
+    );
+    message_cost(&model, quick);
+}
+
+/// Receiving one monitoring message: decoding a host's state of ten VMs from the
+/// daemon's encoding (bincode) and updating the host's overload detector.
+fn message_cost(model: &SolveCost, quick: bool) {
+    let host = HostState {
+        name: "h17".into(),
+        cpu_capacity: 800.0,
+        mem_capacity_mib: 32_768,
+        vms: (0..10)
+            .map(|i| VmState {
+                id: VmId(1_000 + i),
+                cpu_demand: 37.5 + i as f64,
+                mem_mib: 2_048,
+                pinned: false,
+                rules: Default::default(),
+            })
+            .collect(),
+        ..HostState::default()
+    };
+    let cfg = bincode::config::standard();
+    let bytes = bincode::serde::encode_to_vec(&host, cfg).expect("encodes");
+    let mut detector = Detector::new(Thresholds::default());
+    let n: u64 = if quick { 200_000 } else { 2_000_000 };
+    let t = Instant::now();
+    for i in 0..n {
+        let (h, _): (HostState, usize) =
+            bincode::serde::decode_from_slice(std::hint::black_box(&bytes), cfg).expect("decodes");
+        std::hint::black_box(detector.update(i * 1_000, h.load()));
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "receiving a monitoring message ({} bytes, 10 VMs: decode + detector): measured {us:.2} us, modelled (message_us) {:.2} us",
+        bytes.len(),
+        model.message_us
     );
 }

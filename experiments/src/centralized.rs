@@ -14,6 +14,11 @@
 //! mode solves exactly (the layered solver, time-limited by its deterministic budget,
 //! like Entropy or BtrPlace) or repairs only (the greedy repair, `repair_only`).
 //!
+//! The scheduler's node receives on one thread: monitoring samples and state answers
+//! queue there, each taking `SolveCost::message_us`, and an overload is known to the
+//! scheduler only once its sample is read (the whole state of a periodic round, once all
+//! answers are read). Its solves run beside that thread, one at a time.
+//!
 //! A state machine of its own: the engine feeds it the hosts' monitoring and the ends of
 //! migrations, calls it when [`Central::poll_timeout`] is due, and carries out its
 //! orders on the modelled datacenter.
@@ -115,9 +120,12 @@ pub struct Central {
     detectors: Vec<Detector>,
     cooldowns: Cooldowns<usize>,
     applying: Option<Applying>,
-    /// Collecting the state and sending the orders: the RTT to the farthest host and half
-    /// of it again, ms.
-    delay_ms: Millis,
+    /// RTT from the scheduler to its farthest host, ms.
+    rtt_ms: Millis,
+    /// CPU time the receiving thread spends on one message, µs.
+    message_us: f64,
+    /// When the receiving thread has read everything that arrived so far, µs.
+    receiver_free_us: u64,
     next_round: Millis,
     /// When the current plan's first round starts.
     apply_at: Option<Millis>,
@@ -126,12 +134,14 @@ pub struct Central {
 }
 
 impl Central {
-    /// `farthest_rtt_ms`: the RTT from the scheduler to its farthest host.
+    /// `farthest_rtt_ms`: the RTT from the scheduler to its farthest host; `message_us`:
+    /// what reading one message costs its node.
     pub fn new(
         cfg: CentralConfig,
         hosts: usize,
         thresholds: Thresholds,
         farthest_rtt_ms: f64,
+        message_us: f64,
     ) -> Central {
         Central {
             next_round: cfg.period_ms,
@@ -139,12 +149,9 @@ impl Central {
             cooldowns: Cooldowns::new(thresholds.vm_cooldown_ms),
             thresholds,
             applying: None,
-            // Periodic: the state request, the answers, the orders. Reactive: the state
-            // is already there (monitoring), only the orders travel.
-            delay_ms: match cfg.mode {
-                CentralMode::Periodic => (farthest_rtt_ms * 1.5).ceil() as Millis,
-                CentralMode::Reactive => (farthest_rtt_ms * 0.5).ceil() as Millis,
-            },
+            rtt_ms: farthest_rtt_ms.max(0.0).ceil() as Millis,
+            message_us: message_us.max(0.0),
+            receiver_free_us: 0,
             apply_at: None,
             detected_meanwhile: false,
             cfg,
@@ -169,15 +176,28 @@ impl Central {
         self.cfg.mode
     }
 
-    /// A host's agent reports its load: overload detection as in the daemon. Reactive: a
-    /// detection makes a round due now (or right after the plan being applied).
+    /// `n` messages arrive at `at`: queued behind what the receiving thread has not read
+    /// yet. Returns when the last is read, ms (rounded up).
+    fn receive(&mut self, at: Millis, n: usize) -> Millis {
+        let start = self.receiver_free_us.max(at.saturating_mul(1_000));
+        let busy = (self.message_us * n as f64).ceil() as u64;
+        self.receiver_free_us = start.saturating_add(busy);
+        self.receiver_free_us.div_ceil(1_000)
+    }
+
+    /// A host's agent reports its load: overload detection as in the daemon. Reactive:
+    /// the sample is a message to read, and a detection makes a round due once it is read
+    /// (or right after the plan being applied).
     pub fn monitor(&mut self, now: Millis, host: usize, load: f64) -> Option<Change> {
         let change = self.detectors.get_mut(host)?.update(now, load);
-        if change == Some(Change::Detected) && self.cfg.mode == CentralMode::Reactive {
-            if self.applying.is_some() {
-                self.detected_meanwhile = true;
-            } else {
-                self.next_round = self.next_round.min(now);
+        if self.cfg.mode == CentralMode::Reactive {
+            let read = self.receive(now, 1);
+            if change == Some(Change::Detected) {
+                if self.applying.is_some() {
+                    self.detected_meanwhile = true;
+                } else {
+                    self.next_round = self.next_round.min(read);
+                }
             }
         }
         change
@@ -204,6 +224,12 @@ impl Central {
         if self.applying.is_some() {
             return Round::Skipped;
         }
+        // Periodic: the state requested and every answer read before the solve. Reactive:
+        // the state came with the monitoring. The orders then take half an RTT.
+        let solve_from = match self.cfg.mode {
+            CentralMode::Periodic => self.receive(now + self.rtt_ms, states.len()),
+            CentralMode::Reactive => now,
+        };
         let pinned: Vec<(usize, HostState)> = states
             .iter()
             .map(|(h, s)| {
@@ -262,7 +288,7 @@ impl Central {
             running: 0,
             failed: false,
         });
-        self.apply_at = Some(now + self.delay_ms + compute_ms);
+        self.apply_at = Some(solve_from + compute_ms + self.rtt_ms.div_ceil(2));
         Round::Solved {
             hosts,
             compute_ms,
@@ -317,5 +343,56 @@ impl Central {
             self.next_round = self.next_round.min(now);
         }
         Some((a.overloaded, a.failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reactive scheduler whose node takes 100 µs per message, hearing 1,000 hosts a
+    /// second: an overload is acted on only once the samples queued before its own are
+    /// read, 100 ms after it was sampled.
+    #[test]
+    fn a_detection_waits_behind_the_samples_queued_at_the_central_node() {
+        let thresholds = Thresholds::default();
+        let cfg = CentralConfig {
+            mode: CentralMode::Reactive,
+            ..CentralConfig::default()
+        };
+        let hosts = 1_001;
+        let mut c = Central::new(cfg.clone(), hosts, thresholds.clone(), 10.0, 100.0);
+        let mut detected_at = None;
+        for second in 1..=60 {
+            let now = second * 1_000;
+            for h in 0..hosts - 1 {
+                c.monitor(now, h, 0.1);
+            }
+            if c.monitor(now, hosts - 1, 1.2) == Some(Change::Detected) {
+                detected_at = Some(now);
+                break;
+            }
+        }
+        let t = detected_at.expect("the loaded host is detected");
+        assert!(t >= thresholds.hold_ms, "detected after the hold time");
+        // 1,001 samples of 100 µs from t: read at t + 100.1 ms.
+        assert_eq!(c.poll_timeout(), t + 101);
+        assert!(!c.round_due(t + 100));
+        assert!(c.round_due(t + 101));
+
+        // The same with a free node: the round is due as the sample arrives.
+        let mut free = Central::new(cfg, hosts, thresholds, 10.0, 0.0);
+        for second in 1..=60 {
+            let now = second * 1_000;
+            for h in 0..hosts - 1 {
+                free.monitor(now, h, 0.1);
+            }
+            if free.monitor(now, hosts - 1, 1.2) == Some(Change::Detected) {
+                assert_eq!(now, t);
+                assert!(free.round_due(now));
+                return;
+            }
+        }
+        panic!("not detected without queueing");
     }
 }

@@ -1,6 +1,7 @@
 //! The virtual time a solve costs: a linear model over the solver's deterministic work
 //! counters ([`Work`]), so that a run charges compute time without reading a clock and a
-//! seed gives the same run on any machine. The coefficients were fitted on this project's
+//! seed gives the same run on any machine; and the CPU time a node spends on each
+//! message it receives. The coefficients were fitted on this project's
 //! 2-core machine in the dev/test profile (what the repository's scripts run `dvms-sim`
 //! with: the core, the simulator and all dependencies at opt-level 2) with
 //! `cargo bench -p experiments --bench solve_cost`, which prints the measured and the
@@ -9,6 +10,11 @@
 use dvms_core::host::Millis;
 use dvms_core::placement::Work;
 use serde::{Deserialize, Serialize};
+
+/// Receiving a message: 1.0 µs measured for decoding a host's state and updating its
+/// detector (`solve_cost` bench, 2026-12-06), plus 1 µs for the network stack: a favourable
+/// figure for the central scheduler, which receives the most.
+const MESSAGE_US: f64 = 2.0;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +29,9 @@ pub struct SolveCost {
     pub exact_variable_ns: f64,
     /// Per simplex iteration and variable of the model it ran on, ns.
     pub lp_iteration_variable_ns: f64,
+    /// CPU time a node spends on a message it receives (decoding a host's state of ten
+    /// VMs, the daemon's encoding, and updating its overload detector), µs.
+    pub message_us: f64,
 }
 
 impl Default for SolveCost {
@@ -34,6 +43,7 @@ impl Default for SolveCost {
             exact_search_us: 4_400.0,
             exact_variable_ns: 14_000.0,
             lp_iteration_variable_ns: 76.0,
+            message_us: MESSAGE_US,
         }
     }
 }
@@ -46,6 +56,7 @@ impl SolveCost {
             self.exact_search_us,
             self.exact_variable_ns,
             self.lp_iteration_variable_ns,
+            self.message_us,
         ];
         if all.iter().all(|x| x.is_finite() && *x >= 0.0) {
             Ok(())

@@ -30,6 +30,7 @@ use crate::network::{Network, NodeIx};
 use crate::overlay_stats::{OverlayStats, PEER_ID_BYTES};
 use crate::queue::EventQueue;
 use crate::report::{MessageKind, Metrics};
+use crate::traffic::{wire_bytes, ENVELOPE_BYTES, ORDER_BYTES, REQUEST_BYTES};
 use crate::view::{Nobody, Shared, SharedMember, SharedView};
 use crate::workload::CrashModel;
 
@@ -136,6 +137,9 @@ pub struct Sim {
     pub metrics: Metrics,
     /// Every ISP event, when `keep_log` is on: (time, node, event).
     pub log: Vec<(Millis, NodeIx, IspEvent<NodeIx>)>,
+    /// Every host's load as its daemon sampled it, when `keep_log` is on: (time, host,
+    /// load).
+    pub samples: Vec<(Millis, usize, f64)>,
     drop_rule: Option<DropRule>,
     /// The datacenter changed since the last invariant check.
     dc_changed: bool,
@@ -216,6 +220,7 @@ impl Sim {
                 hosts.len(),
                 cfg.isp.thresholds.clone(),
                 farthest,
+                cfg.solve_cost.message_us,
             )
         });
         let mut sim = Sim {
@@ -233,6 +238,7 @@ impl Sim {
             central_at: None,
             rng,
             log: Vec::new(),
+            samples: Vec::new(),
             drop_rule: None,
             dc_changed: true,
             isp_changed: true,
@@ -393,6 +399,9 @@ impl Sim {
                 if self.live(host as NodeIx, gen) {
                     let state = self.dc.host_state(host);
                     let now = self.now;
+                    if self.cfg.keep_log {
+                        self.samples.push((now, host, state.load()));
+                    }
                     match &mut self.central {
                         Some(c) => {
                             let reactive = c.mode() == CentralMode::Reactive;
@@ -410,6 +419,10 @@ impl Sim {
                                 // Every sample goes to the scheduler.
                                 let cross = self.network.site_of[host] != self.network.site_of[0];
                                 self.metrics.scheduler_messages(1, cross);
+                                let bytes = wire_bytes(&state) + ENVELOPE_BYTES;
+                                let central = self.dc.hosts.len();
+                                let us = self.cfg.solve_cost.message_us;
+                                self.metrics.traffic.message(host, central, bytes, us);
                             }
                         }
                         None => self.input(host as NodeIx, Input::Monitor(state)),
@@ -570,6 +583,9 @@ impl Sim {
                     let answer = job.run();
                     let cost = self.cfg.solve_cost.millis(&answer.work);
                     self.metrics.compute_ms.push(cost);
+                    self.metrics
+                        .traffic
+                        .compute(node as usize, self.cfg.solve_cost.micros(&answer.work));
                     let gen = self.nodes[node as usize].gen;
                     let answer = Box::new(answer);
                     self.schedule(now + cost, Ev::Solved { node, gen, answer });
@@ -675,13 +691,18 @@ impl Sim {
 
     fn send(&mut self, from: NodeIx, to: NodeIx, msg: Message<NodeIx>) {
         let cross = self.network.site_of[from as usize] != self.network.site_of[to as usize];
-        let kind = match &msg {
+        let (kind, bytes) = match &msg {
             Message::Overlay(m) => {
-                self.metrics.overlay.sent(from, m.wire_bytes(PEER_ID_BYTES));
-                MessageKind::Overlay
+                let bytes = m.wire_bytes(PEER_ID_BYTES);
+                self.metrics.overlay.sent(from, bytes);
+                (MessageKind::Overlay, bytes)
             }
-            Message::Isp(_) => MessageKind::Scheduling,
+            Message::Isp(m) => (MessageKind::Scheduling, wire_bytes(m) + ENVELOPE_BYTES),
         };
+        let us = self.cfg.solve_cost.message_us;
+        self.metrics
+            .traffic
+            .message(from as usize, to as usize, bytes, us);
         self.metrics.message(kind, cross);
         if self.cfg.loss > 0.0 && self.rng.random_bool(self.cfg.loss) {
             return;
@@ -825,9 +846,13 @@ impl Sim {
             let collects = c.mode() == CentralMode::Periodic;
             if collects && !matches!(round, Round::Skipped) {
                 // The state request and its answer, to and from every live host.
-                for (h, _) in &states {
+                let (central, us) = (self.dc.hosts.len(), self.cfg.solve_cost.message_us);
+                for (h, state) in &states {
                     let cross = self.network.site_of[*h] != self.network.site_of[0];
                     self.metrics.scheduler_messages(2, cross);
+                    let t = &mut self.metrics.traffic;
+                    t.message(central, *h, REQUEST_BYTES, us);
+                    t.message(*h, central, wire_bytes(state) + ENVELOPE_BYTES, us);
                 }
             }
             if let Round::Solved {
@@ -839,6 +864,10 @@ impl Sim {
                 self.metrics.partitions_started += 1;
                 self.metrics.partition_sizes.push(hosts);
                 self.metrics.compute_ms.push(compute_ms);
+                let central = self.dc.hosts.len();
+                self.metrics
+                    .traffic
+                    .compute(central, compute_ms as f64 * 1e3);
                 if planned {
                     self.metrics.plans += 1;
                 } else {
@@ -866,6 +895,10 @@ impl Sim {
             for m in orders {
                 let cross = self.network.site_of[m.from] != self.network.site_of[0];
                 self.metrics.scheduler_messages(1, cross);
+                let (central, us) = (self.dc.hosts.len(), self.cfg.solve_cost.message_us);
+                self.metrics
+                    .traffic
+                    .message(central, m.from, ORDER_BYTES, us);
                 match self
                     .dc
                     .start_migration(m.vm, m.from, m.to, self.now, &model)

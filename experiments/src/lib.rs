@@ -29,7 +29,9 @@
 pub mod centralized;
 pub mod config;
 pub mod cost;
+pub mod crossover;
 pub mod engine;
+pub mod measure;
 pub mod model;
 pub mod network;
 pub mod overlay_stats;
@@ -39,5 +41,6 @@ pub mod report;
 pub mod rules;
 pub mod scenario;
 pub mod stats;
+pub mod traffic;
 pub mod view;
 pub mod workload;

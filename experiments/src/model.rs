@@ -38,8 +38,17 @@ impl MigrationModel {
     /// Duration of the live migration of a VM of `mem_mib` using `cpu` % of a vCPU when
     /// it gets `share` of the link.
     pub fn duration_ms(&self, mem_mib: u64, cpu: f64, share: f64) -> Millis {
-        let bw = (self.bandwidth_mib_s * share.clamp(1e-3, 1.0)).max(1e-3);
         let dirty = self.dirty_mib_s_at_full_cpu * (cpu / 100.0).max(0.0);
+        self.duration_dirtying_ms(mem_mib, dirty, share)
+    }
+
+    /// Duration of the live migration of a VM of `mem_mib` that dirties `dirty_mib_s`
+    /// of its memory per second, when it gets `share` of the link: pre-copy rounds, each
+    /// sending what the one before left dirty, until at most `stop_copy_mib` is left (or
+    /// `max_rounds`), then stop and copy.
+    pub fn duration_dirtying_ms(&self, mem_mib: u64, dirty_mib_s: f64, share: f64) -> Millis {
+        let bw = (self.bandwidth_mib_s * share.clamp(1e-3, 1.0)).max(1e-3);
+        let dirty = dirty_mib_s.max(0.0);
         let mut left = mem_mib as f64;
         let mut secs = 0.0;
         for _ in 0..self.max_rounds {

@@ -14,6 +14,7 @@ use crate::model::Datacenter;
 use crate::network::NodeIx;
 use crate::overlay_stats::{OverlayStats, OverlaySummary};
 use crate::stats::percentile;
+use crate::traffic::{Traffic, TrafficSummary};
 
 /// What a message between daemons is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct Metrics {
     pub invariant_violations: Vec<String>,
     /// The overlay's cost and quality (see [`OverlayStats`]).
     pub overlay: OverlayStats,
+    /// Messages, bytes and CPU per node; the central scheduler's node is the last.
+    pub traffic: Traffic,
 }
 
 impl Metrics {
@@ -74,6 +77,7 @@ impl Metrics {
             detected_at: vec![None; hosts],
             overlay_messages_counted,
             scheduler_messages_counted: true,
+            traffic: Traffic::new(hosts + 1),
             ..Metrics::default()
         }
     }
@@ -210,6 +214,11 @@ impl Metrics {
             .collect()
     }
 
+    /// Whether `host` has an overload detected and neither solved nor vanished yet.
+    pub fn is_open(&self, host: usize) -> bool {
+        self.detected_at.get(host).is_some_and(Option::is_some)
+    }
+
     /// Overloads detected and neither solved nor vanished yet.
     pub fn open_overloads(&self) -> usize {
         self.detected_at.iter().filter(|d| d.is_some()).count()
@@ -264,6 +273,12 @@ impl Metrics {
             overlay: self
                 .overlay
                 .summary(self.over_since.len(), self.overlay_messages_counted),
+            // Real runs do not trace the daemons' messages.
+            traffic: if self.scheduler_messages_counted {
+                self.traffic.summary(self.overlay.end_ms as f64 / 1e3)
+            } else {
+                TrafficSummary::unknown()
+            },
         }
     }
 }
@@ -310,6 +325,8 @@ pub struct Summary {
     pub invariant_violations: u64,
     #[serde(flatten)]
     pub overlay: OverlaySummary,
+    #[serde(flatten)]
+    pub traffic: TrafficSummary,
 }
 
 /// Runs side by side: one row per measure, one column per run.
@@ -344,6 +361,11 @@ pub fn table(runs: &[Summary]) -> String {
         ("  across sites", |s| {
             share(s.cross_site_isp_messages, s.messages_isp)
         }),
+        ("busiest node: messages per s", |s| {
+            fmt(s.traffic.busiest_node_messages_s)
+        }),
+        ("  bytes per s", |s| fmt(s.traffic.busiest_node_bytes_s)),
+        ("  CPU (cores)", |s| cores(s.traffic.busiest_node_cpu)),
         ("overlay messages", |s| count(s.messages_overlay)),
         ("  bytes per node per s", |s| {
             opt(s.overlay.overlay_bytes_per_node_s)
@@ -583,6 +605,15 @@ fn share_f(x: f64) -> String {
 fn fmt(x: f64) -> String {
     if x.is_finite() {
         format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
+/// CPU in cores, with enough digits for the small shares of one core.
+fn cores(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.4}")
     } else {
         "-".into()
     }

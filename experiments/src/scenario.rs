@@ -33,6 +33,8 @@
 //! mean = 60.0               # % of the VM's vCPUs
 //! std = 30.0
 //! slots = 10                # quantized in 100 / slots % steps
+//! # dirty_area_mib = 48     # real runs: each guest also rewrites this much of its memory
+//! #                         # at the migration model's dirty rate for its load (0: none)
 //!
 //! [crashes]                 # optional: per host, Poisson of this period
 //! period = "2h"
@@ -186,6 +188,11 @@ pub struct Load {
     pub slots: u32,
     #[serde(deserialize_with = "duration")]
     pub start: Millis,
+    /// Real runs (`dvms-replay`): each guest also rewrites this much of its memory, at
+    /// the rate the migration model gives its load (`migration.dirty_mib_s_at_full_cpu`
+    /// at 100 %), with `mem` on its command port; 0: CPU load only. The simulator's VMs
+    /// dirty memory by that model whatever this says.
+    pub dirty_area_mib: u64,
 }
 
 impl Default for Load {
@@ -197,6 +204,7 @@ impl Default for Load {
             std: d.std,
             slots: d.slots,
             start: d.start_ms,
+            dirty_area_mib: 0,
         }
     }
 }

@@ -178,3 +178,83 @@ modes = ["locality"]
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_crossover_runs_every_scheduler_at_every_size_and_writes_its_table_and_plots() {
+    let dir = std::env::temp_dir().join(format!("dvms-sim-crossover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/crossover.toml");
+    let out = sim(&[
+        "--scenario",
+        scenario,
+        "--sizes",
+        "16,32",
+        "--duration",
+        "4m",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One row per size and scheduler, VMs scaled as in the scenario (10 per host).
+    let table = stdout
+        .split("== crossover")
+        .nth(1)
+        .expect("the crossover table");
+    for size in ["| 16 | 160 |", "| 32 | 320 |"] {
+        for label in [
+            "dvms-ring",
+            "dvms-locality",
+            "centralized",
+            "reactive-exact",
+            "reactive-repair",
+        ] {
+            assert!(
+                table.contains(&format!("{size} {label} |")),
+                "{size} {label}: {table}"
+            );
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("crossover.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 5, "{csv}");
+    // The reactive scheduler's node reads every host every second: it is busier than
+    // any DVMS node.
+    let busiest = |label: &str, hosts: &str| -> f64 {
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let col = header
+            .iter()
+            .position(|h| *h == "busiest_node_messages_s")
+            .unwrap();
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{hosts},")) && l.contains(&format!(",{label},")))
+            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+            .unwrap()
+    };
+    assert!(busiest("reactive-repair", "32") > busiest("dvms-locality", "32"));
+    assert!(busiest("reactive-repair", "32") > busiest("reactive-repair", "16"));
+    for f in [
+        "crossover_time_to_solve.svg",
+        "crossover_time_to_solve_p95.svg",
+        "crossover_busiest_node_bytes.svg",
+        "crossover_busiest_node_cpu.svg",
+        "size-16/summary.csv",
+        "size-32/summary.csv",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let svg = std::fs::read_to_string(dir.join("crossover_time_to_solve.svg")).unwrap();
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        5,
+        "one line per scheduler"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let bad = sim(&["--scenario", scenario, "--sizes", "0"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--sizes"));
+}

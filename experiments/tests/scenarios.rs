@@ -579,6 +579,21 @@ fn a_reactive_central_scheduler_solves_at_detection_and_pays_for_its_monitoring(
             "{} scheduling messages for {samples} samples",
             sim.metrics.messages_isp
         );
+        // The busiest node is the scheduler's: it reads every sample (two hosts at 12 and
+        // one at 9 VMs, a few hundred bytes each) and pays its solve.
+        let t = sim.metrics.summary("reactive").traffic;
+        assert!(
+            t.busiest_node_messages_s >= 3.0 * 0.9 && t.busiest_node_messages_s < 3.5,
+            "{t:?}"
+        );
+        assert!(
+            t.busiest_node_bytes_s > 3.0 * 100.0 && t.busiest_node_bytes_s < 3.0 * 1_000.0,
+            "{t:?}"
+        );
+        let cost = experiments::cost::SolveCost::default();
+        let compute_s: f64 = sim.metrics.compute_ms.iter().sum::<Millis>() as f64 / 1e3;
+        let floor = (samples as f64 * cost.message_us / 1e6 + compute_s * 0.5) / (END as f64 / 1e3);
+        assert!(t.busiest_node_cpu >= floor, "{t:?}, at least {floor}");
         assert!(sim.overloaded_hosts().is_empty());
     }
 }

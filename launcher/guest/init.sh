@@ -8,6 +8,10 @@
 # ttyS1 (host side: a unix socket): one command per line, one answer line each:
 #   load <pct>   CPU load inside the guest: a busy loop held to <pct> % by cpulimit
 #                (0 = idle, 100 = unlimited busy loop)
+#   mem <MiB> <MiB/s>  <MiB> of guest memory (a file in the RAM root) filled with random
+#                bytes, then rewritten round and round at <MiB/s> (0: filled once),
+#                in the first part of each second; never zero pages, so that a
+#                migration must send them (mem 0 0 = stop, memory freed)
 #   ping         "pong <uptime> <boot id>"
 # Kernel command line: dvms.name= dvms.tick=<ms> dvms.load=<pct> dvms.balloon=1
 mount -t proc proc /proc
@@ -43,6 +47,44 @@ set_load() {   # a busy loop, held to $1 % of the vCPU by cpulimit (SIGSTOP/SIGC
   echo $LOAD > /dvms.load
 }
 
+DIRTY=; MEM=0; RATE=0
+# Two 4 MiB blocks of random bytes, written in turn: every pass changes the pages' content
+# (what QEMU's dirty-rate sampling sees) and none is a zero page.
+write_area() {  # $1 = offset (MiB), $2 = MiB, $3 = which block
+  dd if=/dvms.src$3 of=/dvms.mem bs=1048576 count=$2 seek=$1 conv=notrunc 2>/dev/null
+}
+set_mem() {    # $1 MiB written once, then rewritten at $2 MiB/s, 4 MiB per write
+  [ -n "$DIRTY" ] && kill $DIRTY 2>/dev/null; DIRTY=; MEM=0; RATE=0
+  rm -f /dvms.mem
+  [ "$1" -gt 0 ] 2>/dev/null || return 0
+  [ "$2" -ge 0 ] 2>/dev/null || return 0
+  MEM=$1; RATE=$2
+  for b in 0 1; do
+    [ -f /dvms.src$b ] || head -c 4194304 /dev/urandom > /dvms.src$b
+  done
+  i=0; while [ $i -lt $MEM ]; do
+    c=$((MEM - i)); [ $c -gt 4 ] && c=4
+    write_area $i $c 0; i=$((i + c))
+  done
+  [ $RATE -gt 0 ] || return 0
+  (
+    i=0; pass=1
+    while :; do
+      read -r a _ < /proc/uptime
+      n=$RATE
+      while [ $n -gt 0 ]; do
+        c=$((MEM - i)); [ $c -gt 4 ] && c=4; [ $c -gt $n ] && c=$n
+        write_area $i $c $pass
+        i=$((i + c)); n=$((n - c))
+        [ $i -ge $MEM ] && { i=0; pass=$((1 - pass)); }
+      done
+      read -r b _ < /proc/uptime
+      left=$(( 100 - (${b%.*}${b#*.} - ${a%.*}${a#*.}) ))   # centiseconds left
+      [ $left -gt 0 ] && usleep $((left * 10000))
+    done
+  ) & DIRTY=$!
+}
+
 read -r up _ < /proc/uptime
 echo "GUEST-UP name=$NAME up=$up boot=$BOOT"
 echo 0 > /dvms.load
@@ -54,6 +96,7 @@ if [ -c /dev/ttyS1 ]; then
       while read -r cmd arg; do
         case "$cmd" in
           load) set_load "${arg:-0}"; echo "ok load $LOAD" ;;
+          mem)  set -- $arg; set_mem "${1:-0}" "${2:-0}"; echo "ok mem $MEM $RATE" ;;
           ping) read -r up _ < /proc/uptime; echo "pong $up $BOOT" ;;
           "")   ;;
           *)    echo "err unknown command: $cmd" ;;

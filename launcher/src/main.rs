@@ -109,9 +109,11 @@ enum Cmd {
     #[command(after_help = "Example:\n  dvms-launch migrate vm-3 h2")]
     Migrate { vm: String, host: String },
     /// Send a command to a guest's own command port: `load PCT` (CPU load held by cpulimit
-    /// inside the guest), `ping` (uptime and boot id).
+    /// inside the guest), `mem MIB RATE` (MIB of the guest's memory filled, then dirtied
+    /// at RATE MiB/s by a writer, what makes live migrations long; `mem 0 0` frees it), `ping` (uptime
+    /// and boot id).
     #[command(
-        after_help = "Examples:\n  dvms-launch guest vm-1 load 60\n  dvms-launch guest vm-1 ping"
+        after_help = "Examples:\n  dvms-launch guest vm-1 load 60\n  dvms-launch guest vm-1 mem 48 16\n  dvms-launch guest vm-1 ping"
     )]
     Guest {
         vm: String,

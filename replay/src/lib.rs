@@ -1,9 +1,12 @@
 //! `dvms-replay`, real runs: a scenario's load replayed on a deployed cluster (the local testbed or SSH
 //! hosts) with its `dvms-node` daemons running. Each load change sets a guest's CPU load
-//! with cpulimit inside the guest (the guest's command port: `load PCT`) at its time; the
-//! daemons' `/status` is sampled every second (host load: violations); at the end every
-//! daemon's event log (from where it stood at the start) is collected and measured with
-//! the simulator's definitions, and every guest's load is set back to 0.
+//! with cpulimit inside the guest (the guest's command port: `load PCT`), and with
+//! `[load] dirty_area_mib` its memory writer (`mem MIB RATE`, at the migration model's
+//! dirty rate for that load), at its time. After the scenario's warm-up the daemons'
+//! `/status` is sampled every second (host loads); at the end every daemon's event log
+//! (from where it stood when the trace started) is collected and measured with the same
+//! code as a simulated run ([`experiments::measure`]), and every guest is set back to
+//! idle. [`simulate`] runs the same trace from the same placement in the simulator.
 //!
 //! The cluster must match the scenario (hosts.count hosts, vms.count VMs of one vCPU);
 //! crashes and message loss are not replayed on real hosts.
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use dvms_core::host::Millis;
-use dvms_core::isp::EndReason;
+use experiments::measure::{Logged, Trace, What};
 use experiments::report::{Metrics, Summary};
 use experiments::scenario::Scenario;
 use experiments::workload::LoadModel;
@@ -96,16 +99,53 @@ pub fn check(cluster: &Cluster, inv: &Inventory, s: &Scenario) -> Result<()> {
     Ok(())
 }
 
-/// Sets `vm`'s load inside the guest, wherever it runs now. A guest caught at the end of
-/// a live migration drops the command port of its source: the command (idempotent) is
-/// sent again, up to three times, to wherever the guest runs then.
-fn set_load(cluster: &Cluster, vm: &str, pct: f64) -> Result<()> {
+/// What guests do with their memory beside their CPU load (`[load] dirty_area_mib`).
+#[derive(Clone, Copy, Debug)]
+enum Memory {
+    /// Nothing (CPU load only).
+    Untouched,
+    /// `area_mib` rewritten at `mib_s_at_full` × load (the migration model's rate).
+    Dirtied { area_mib: u64, mib_s_at_full: f64 },
+    /// The writer stopped and its memory freed (the end of a run).
+    Freed,
+}
+
+impl Memory {
+    /// The guest command for a guest at `pct` % of its vCPU, and its answer.
+    fn command(self, pct: u32) -> Option<(String, String)> {
+        let (area, rate) = match self {
+            Memory::Untouched => return None,
+            Memory::Dirtied {
+                area_mib,
+                mib_s_at_full,
+            } => (
+                area_mib,
+                (mib_s_at_full * f64::from(pct) / 100.0).round() as u64,
+            ),
+            Memory::Freed => (0, 0),
+        };
+        Some((
+            format!("mem {area} {rate}"),
+            format!("ok mem {area} {rate}"),
+        ))
+    }
+}
+
+/// Sets `vm`'s load inside the guest (and its memory writer), wherever it runs now. A
+/// guest caught at the end of a live migration drops the command port of its source: the
+/// commands (idempotent) are sent again, up to three times, to wherever the guest runs
+/// then.
+fn set_load(cluster: &Cluster, vm: &str, pct: f64, memory: Memory) -> Result<()> {
     let pct = pct.clamp(0.0, 100.0).round() as u32;
+    let mut commands = vec![(format!("load {pct}"), format!("ok load {pct}"))];
+    commands.extend(memory.command(pct));
     let attempt = || -> Result<()> {
         let host = libvirt::find_vm(cluster, vm)?;
-        let answer = hosts::guest_command(cluster.host(&host)?, vm, &format!("load {pct}"))?;
-        if answer != format!("ok load {pct}") {
-            bail!("{vm} answered {answer:?} to 'load {pct}'");
+        for (cmd, expected) in &commands {
+            let answer = hosts::guest_command(cluster.host(&host)?, vm, cmd)?;
+            if answer != *expected {
+                bail!("{vm} answered {answer:?} to '{cmd}'");
+            }
         }
         Ok(())
     };
@@ -121,7 +161,7 @@ fn set_load(cluster: &Cluster, vm: &str, pct: f64) -> Result<()> {
 }
 
 /// Sets many loads with a few threads; returns the failures.
-fn set_loads(cluster: &Cluster, loads: &[(String, f64)]) -> Vec<(String, String)> {
+fn set_loads(cluster: &Cluster, loads: &[(String, f64)], memory: Memory) -> Vec<(String, String)> {
     let chunks: Vec<&[(String, f64)]> = loads.chunks(loads.len().div_ceil(8).max(1)).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = chunks
@@ -131,7 +171,7 @@ fn set_loads(cluster: &Cluster, loads: &[(String, f64)]) -> Vec<(String, String)
                     chunk
                         .iter()
                         .filter_map(|(vm, pct)| {
-                            set_load(cluster, vm, *pct)
+                            set_load(cluster, vm, *pct, memory)
                                 .err()
                                 .map(|e| (vm.clone(), format!("{e:#}")))
                         })
@@ -168,6 +208,30 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         .enumerate()
         .map(|(i, h)| (h.name.as_str(), i))
         .collect();
+    let initial_load = initial.clone();
+    let initial: Vec<(String, f64)> = vm_names.iter().cloned().zip(initial).collect();
+    let memory = match s.load.dirty_area_mib {
+        0 => Memory::Untouched,
+        area_mib => Memory::Dirtied {
+            area_mib,
+            mib_s_at_full: s.migration.dirty_mib_s_at_full_cpu,
+        },
+    };
+    let mut failed = set_loads(cluster, &initial, memory);
+    progress(&format!(
+        "initial loads set on {} guests; {} load changes over {} s",
+        initial.len() - failed.len(),
+        changes.len(),
+        s.duration / 1000
+    ));
+    if s.warmup > 0 {
+        // The daemons settle on the initial loads (and repair what they overload) before
+        // the trace starts; none of it is measured. The simulated run does the same.
+        progress(&format!("warm-up: {} s", s.warmup / 1000));
+        std::thread::sleep(Duration::from_millis(s.warmup));
+    }
+    // Where the trace starts: each VM's host (the simulated run starts there too), and
+    // where each daemon's event log stands (only what follows is this run's).
     let mut start = Vec::new();
     for name in &vm_names {
         let host = libvirt::find_vm(cluster, name)?;
@@ -178,8 +242,6 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
             .map_or(0, |v| v.memory_mib);
         start.push((host_ix[host.as_str()], mem));
     }
-    let initial_load = initial.clone();
-    // Where each daemon's event log stands now: only what follows is this run's.
     let mut offsets = BTreeMap::new();
     let mut node_host: BTreeMap<String, String> = BTreeMap::new();
     for d in daemons::status(cluster) {
@@ -190,14 +252,6 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
             node_host.insert(id.to_owned(), d.host.clone());
         }
     }
-    let initial: Vec<(String, f64)> = vm_names.iter().cloned().zip(initial).collect();
-    let mut failed = set_loads(cluster, &initial);
-    progress(&format!(
-        "initial loads set on {} guests; {} load changes over {} s",
-        initial.len() - failed.len(),
-        changes.len(),
-        s.duration / 1000
-    ));
     let t0 = Instant::now();
     let wall_start_ms = now_ms();
     let stop = AtomicBool::new(false);
@@ -225,7 +279,7 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
             let wait = Duration::from_millis(*at).saturating_sub(t0.elapsed());
             std::thread::sleep(wait);
             let name = &vm_names[*vm];
-            match set_load(cluster, name, *pct) {
+            match set_load(cluster, name, *pct, memory) {
                 Ok(()) => progress(&format!(
                     "{:>7.1} s  {name} load {pct:.0} %",
                     *at as f64 / 1e3
@@ -245,7 +299,11 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
     let end_ms = t0.elapsed().as_millis() as Millis;
     // Leave the guests idle, as they were before the run.
     let idle: Vec<(String, f64)> = vm_names.iter().map(|v| (v.clone(), 0.0)).collect();
-    failed.extend(set_loads(cluster, &idle));
+    let freed = match memory {
+        Memory::Untouched => Memory::Untouched,
+        _ => Memory::Freed,
+    };
+    failed.extend(set_loads(cluster, &idle, freed));
     let mut events = Vec::new();
     for (host, offset) in &offsets {
         let h = cluster.host(host)?;
@@ -263,8 +321,11 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         }
     }
     events.sort_by_key(|e| e["t_ms"].as_u64().unwrap_or(0));
-    let site_of = |host: &str| cluster.host(host).map(|h| h.site.clone()).ok();
-    let metrics = measure(&events, &samples, &host_ix, &node_host, &site_of, end_ms);
+    let site_of = site_indices(cluster);
+    let high = dvms_core::load::Thresholds::default().high;
+    let metrics = measure(
+        &events, &samples, &host_ix, &node_host, &site_of, high, end_ms,
+    );
     let summary = metrics.summary("real");
     Ok(Replay {
         metrics,
@@ -291,6 +352,8 @@ pub fn simulate(s: &Scenario, r: &Replay) -> Result<(Summary, Metrics)> {
         .context("the scenario runs no DVMS")?;
     let mut cfg = run.config;
     cfg.load.stop_ms = Some(0); // the replayed trace instead
+    cfg.keep_log = true; // measured from its events and samples, as the real run
+    let high = cfg.isp.thresholds.high;
     let hosts = vec![(cfg.host_cpu, cfg.host_mem); s.hosts.count];
     let vms: Vec<(f64, u64, usize)> = r
         .start
@@ -300,13 +363,17 @@ pub fn simulate(s: &Scenario, r: &Replay) -> Result<(Summary, Metrics)> {
         .collect();
     let mut sim =
         experiments::engine::Sim::with_datacenter(cfg, &hosts, &vms).map_err(anyhow::Error::msg)?;
+    // The warm-up as on the real side: the same loads, nothing measured; the trace
+    // starts after it (no host is monitored before: the overlays settle).
+    let warmup = s.warmup;
     for (at, vm, pct) in &r.changes {
-        sim.set_load_at(*at, *vm, *pct);
+        sim.set_load_at(warmup + *at, *vm, *pct);
     }
-    sim.run_until(s.duration);
+    sim.run_until(warmup + s.duration);
     sim.finish();
-    let summary = sim.metrics.summary("simulated");
-    Ok((summary, sim.metrics))
+    let metrics = experiments::measure::of_simulation(&sim, high, warmup);
+    let summary = metrics.summary("simulated");
+    Ok((summary, metrics))
 }
 
 /// One line comparing the real run with its simulation: mean time to solve and
@@ -330,125 +397,203 @@ pub fn compare_line(real: &Summary, sim: &Summary) -> String {
     )
 }
 
+/// Mean and sample standard deviation (0 for one value; NaN for none).
+pub fn mean_sd(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = x.iter().sum::<f64>() / n;
+    if x.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+/// Each side's mean and spread over repeated runs (overloads, mean time to solve,
+/// migrations), and how far the simulated means are from the real ones.
+pub fn spread_lines(real: &[Summary], simulated: &[Summary]) -> String {
+    type Measure = fn(&Summary) -> f64;
+    let measures: [(&str, Measure); 3] = [
+        ("overloads detected", |s| s.overloads_detected as f64),
+        ("mean time to solve (s)", |s| s.solve_mean_s),
+        ("migrations", |s| s.migrations as f64),
+    ];
+    let mut o = String::new();
+    for (name, f) in measures {
+        let side = |runs: &[Summary]| {
+            let v: Vec<f64> = runs.iter().map(f).filter(|x| x.is_finite()).collect();
+            (mean_sd(&v), v.len())
+        };
+        let ((rm, rs), rn) = side(real);
+        o += &format!("{name}: real {rm:.2} ± {rs:.2} ({rn} runs)");
+        if !simulated.is_empty() {
+            let ((sm, ss), sn) = side(simulated);
+            let diff = if rm.is_finite() && rm > 0.0 {
+                format!("{:+.0} %", 100.0 * (sm - rm) / rm)
+            } else {
+                "-".into()
+            };
+            o += &format!(", simulated {sm:.2} ± {ss:.2} ({sn} runs), simulated vs real {diff}");
+        }
+        o.push('\n');
+    }
+    o
+}
+
 fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
-/// Whether a partition with `cleared`'s node among its members ends solved within a
-/// second of `t`, before that node detects another overload.
-fn solved_soon_after(later: &[serde_json::Value], cleared: &serde_json::Value, t: Millis) -> bool {
-    let node = &cleared["node"];
-    for e in later {
-        if e["t_ms"].as_u64().unwrap_or(0) > t + 1_000 {
-            break;
-        }
-        match e["event"].as_str().unwrap_or("") {
-            "overloaded" if e["node"] == *node => return false,
-            "dissolved"
-                if e["reason"] == "solved"
-                    && e["members"].as_array().is_some_and(|m| m.contains(node)) =>
-            {
-                return true;
+/// Every host's site, as an index (sites numbered in order of first appearance).
+fn site_indices(cluster: &Cluster) -> Vec<usize> {
+    let mut names: Vec<&str> = Vec::new();
+    cluster
+        .hosts
+        .iter()
+        .map(|h| match names.iter().position(|s| *s == h.site) {
+            Some(i) => i,
+            None => {
+                names.push(&h.site);
+                names.len() - 1
             }
-            _ => {}
-        }
-    }
-    false
+        })
+        .collect()
 }
 
-/// The simulator's measures from the daemons' events and the load samples: violations
-/// (sampled host load over 1), detections, time to solve (detection to the end of the
-/// partition that the host initiated or joined, ended solved), migrations, partitions.
+/// A recorded real run (`events.jsonl` and `host_loads.csv` in `dir`, as `--out` writes
+/// them) measured again, on the cluster that ran it (its hosts, sites, and the daemons'
+/// peer ids, which must still be the same): for runs recorded before a fix to the
+/// measures. `end_ms`: the trace's length.
+pub fn remeasure(cluster: &Cluster, dir: &Path, end_ms: Millis) -> Result<Metrics> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let events: Vec<serde_json::Value> = read("events.jsonl")?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let samples: Vec<(Millis, String, f64)> = read("host_loads.csv")?
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let t: f64 = f.next()?.parse().ok()?;
+            let host = f.next()?.to_owned();
+            let load: f64 = f.next()?.parse().ok()?;
+            Some(((t * 1e3).round() as Millis, host, load))
+        })
+        .collect();
+    let host_ix: BTreeMap<&str, usize> = cluster
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
+        .collect();
+    let node_host: BTreeMap<String, String> = daemons::status(cluster)
+        .into_iter()
+        .filter_map(|d| {
+            let id = d.status.as_ref()?["id"].as_str()?.to_owned();
+            Some((id, d.host))
+        })
+        .collect();
+    if node_host.len() != cluster.hosts.len() {
+        bail!(
+            "{} of {} daemons answered with their id: start them as they ran the recorded runs",
+            node_host.len(),
+            cluster.hosts.len()
+        );
+    }
+    let high = dvms_core::load::Thresholds::default().high;
+    Ok(measure(
+        &events,
+        &samples,
+        &host_ix,
+        &node_host,
+        &site_indices(cluster),
+        high,
+        end_ms,
+    ))
+}
+
+/// The daemons' event lines as the shared measures read them: hosts by index (the
+/// logging host from `host`, peers' ids through `node_host`); lines of other kinds, or
+/// naming an unknown host, are left out.
+pub fn logged(
+    events: &[serde_json::Value],
+    host_ix: &BTreeMap<&str, usize>,
+    node_host: &BTreeMap<String, String>,
+) -> Vec<Logged> {
+    let peer = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|n| node_host.get(n))
+            .and_then(|h| host_ix.get(h.as_str()))
+            .copied()
+    };
+    // The daemon writes VM ids (128 bits) as strings; smaller ones may come as numbers.
+    let vm = |e: &serde_json::Value| match &e["vm"] {
+        serde_json::Value::String(s) => s.parse::<u128>().ok(),
+        v => v.as_u64().map(u128::from),
+    };
+    events
+        .iter()
+        .filter_map(|e| {
+            let t_ms = e["t_ms"].as_u64()?;
+            let host = *host_ix.get(e["host"].as_str()?)?;
+            let what = match e["event"].as_str()? {
+                "overloaded" => What::Overloaded,
+                "cleared" => What::Cleared,
+                "started" => What::Started,
+                "planned" => What::Planned,
+                "migration_started" => What::MigrationStarted {
+                    vm: vm(e)?,
+                    to: peer(&e["to"])?,
+                },
+                "migration_ended" => What::MigrationEnded {
+                    vm: vm(e)?,
+                    ok: e["ok"].as_bool().unwrap_or(false),
+                },
+                "dissolved" => What::Dissolved {
+                    members: e["members"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(peer).collect())
+                        .unwrap_or_default(),
+                    solved: e["reason"] == "solved",
+                },
+                _ => return None,
+            };
+            Some(Logged { t_ms, host, what })
+        })
+        .collect()
+}
+
+/// A real run's measures, by the definitions the simulated run is measured with
+/// ([`experiments::measure`]): from the daemons' events and the sampled host loads.
 pub fn measure(
     events: &[serde_json::Value],
     samples: &[(Millis, String, f64)],
     host_ix: &BTreeMap<&str, usize>,
     node_host: &BTreeMap<String, String>,
-    site_of: &dyn Fn(&str) -> Option<String>,
+    site_of: &[usize],
+    high: f64,
     end_ms: Millis,
 ) -> Metrics {
-    let mut m = Metrics::new(host_ix.len(), false);
-    m.scheduler_messages_counted = false;
-    // Violations: runs of samples over capacity.
-    let mut over_since: BTreeMap<&str, Millis> = BTreeMap::new();
-    for (t, host, load) in samples {
-        let Some(&h) = host_ix.get(host.as_str()) else {
-            continue;
-        };
-        match (over_since.get(host.as_str()).copied(), *load > 1.0) {
-            (None, true) => {
-                over_since.insert(host, *t);
-                m.violations += 1;
-            }
-            (Some(start), false) => {
-                over_since.remove(host.as_str());
-                m.violation_spans.push((h, start, *t));
-            }
-            _ => {}
-        }
-    }
-    for (host, start) in over_since {
-        m.violation_spans.push((host_ix[host], start, end_ms));
-    }
-    let mut started: BTreeMap<(String, String), (Millis, String)> = BTreeMap::new();
-    for (i, e) in events.iter().enumerate() {
-        let t = e["t_ms"].as_u64().unwrap_or(0);
-        let Some(host) = e["host"].as_str() else {
-            continue;
-        };
-        let Some(&h) = host_ix.get(host) else {
-            continue;
-        };
-        match e["event"].as_str().unwrap_or("") {
-            "overloaded" => m.overload_detected(t, h),
-            // The source samples its load as soon as its last migration ends, often
-            // before its leader logs the end of the plan: that overload was solved.
-            "cleared" if !solved_soon_after(&events[i + 1..], e, t) => m.overload_cleared(h),
-            "started" => m.partitions_started += 1,
-            "planned" => m.plans += 1,
-            "migration_started" => {
-                let vm = e["vm"].to_string();
-                let to = e["to"]
-                    .as_str()
-                    .and_then(|n| node_host.get(n))
-                    .cloned()
-                    .unwrap_or_default();
-                started.insert((host.to_owned(), vm), (t, to));
-            }
-            "migration_ended" => {
-                let vm = e["vm"].to_string();
-                if let Some((t0, to)) = started.remove(&(host.to_owned(), vm)) {
-                    let cross = site_of(host) != site_of(&to);
-                    m.migration(t0, t, e["ok"].as_bool().unwrap_or(false), cross);
-                }
-            }
-            "dissolved" => {
-                let members: Vec<&str> = e["members"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-                    .unwrap_or_default();
-                m.partition_sizes.push(members.len());
-                let reason = e["reason"].as_str().unwrap_or("");
-                let end = match reason {
-                    "solved" => EndReason::Solved,
-                    _ => EndReason::Abandoned,
-                };
-                *m.ended.entry(end).or_default() += 1;
-                if reason == "solved" {
-                    for n in members {
-                        if let Some(&mh) = node_host.get(n).and_then(|x| host_ix.get(x.as_str())) {
-                            m.overload_solved(t, mh);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    m.finish(end_ms);
-    m
+    let logged = logged(events, host_ix, node_host);
+    let samples: Vec<(Millis, usize, f64)> = samples
+        .iter()
+        .filter_map(|(t, h, l)| host_ix.get(h.as_str()).map(|i| (*t, *i, *l)))
+        .collect();
+    experiments::measure::measure(&Trace {
+        events: &logged,
+        samples: &samples,
+        site_of,
+        high,
+        end_ms,
+    })
 }
 
 /// Writes the replay's files into `dir`: the simulator's result files (with the
@@ -492,7 +637,7 @@ mod tests {
             .into_iter()
             .map(|(n, h)| (n.to_owned(), h.to_owned()))
             .collect();
-        measure(events, &[], &host_ix, &node_host, &|_| None, 60_000)
+        measure(events, &[], &host_ix, &node_host, &[0, 0], 1.0, 60_000)
     }
 
     #[test]
@@ -505,6 +650,47 @@ mod tests {
         ]);
         assert_eq!(m.solved, vec![(0, 1_000, 3_420)]);
         assert_eq!(m.vanished, 0);
+    }
+
+    #[test]
+    fn migrations_are_read_as_the_daemon_logs_them() {
+        let vm = "37006428068294368606953281080714205266";
+        let m = measure_log(&[
+            json!({"event": "migration_started", "host": "h1", "node": "n1", "t_ms": 1_000,
+                   "vm": vm, "vm_name": "vm-7", "to": "n2", "leader": "n2"}),
+            json!({"event": "migration_ended", "host": "h1", "node": "n1", "t_ms": 3_500,
+                   "vm": vm, "ok": true}),
+            json!({"event": "migration_started", "host": "h2", "node": "n2", "t_ms": 4_000,
+                   "vm": 12, "to": "n1"}),
+            json!({"event": "migration_ended", "host": "h2", "node": "n2", "t_ms": 5_000,
+                   "vm": 12, "ok": false}),
+        ]);
+        assert_eq!(
+            m.migration_spans,
+            vec![(1_000, 3_500, true, false), (4_000, 5_000, false, false)]
+        );
+        assert_eq!((m.migrations_ok, m.migrations_failed), (1, 1));
+    }
+
+    #[test]
+    fn repeated_runs_are_summed_up_as_mean_and_spread() {
+        assert_eq!(mean_sd(&[2.0, 4.0, 6.0]), (4.0, 2.0));
+        assert_eq!(mean_sd(&[3.0]), (3.0, 0.0));
+        let run = |label: &str, solve: f64, migrations: u64| {
+            let mut m = Metrics::new(1, false);
+            m.migrations_ok = migrations;
+            let mut s = m.summary(label);
+            s.solve_mean_s = solve;
+            s
+        };
+        let real = [run("real-1", 2.0, 10), run("real-2", 4.0, 14)];
+        let sim = [run("simulated-1", 3.0, 12), run("simulated-2", 3.0, 12)];
+        let text = spread_lines(&real, &sim);
+        assert!(
+            text.contains("mean time to solve (s): real 3.00 ± 1.41 (2 runs), simulated 3.00 ± 0.00 (2 runs), simulated vs real +0 %"),
+            "{text}"
+        );
+        assert!(text.contains("migrations: real 12.00 ± 2.83"), "{text}");
     }
 
     #[test]

@@ -45,8 +45,19 @@ struct Args {
     quiet: bool,
     /// Also run the same scenario in the simulator (same placement, same load trace) and
     /// print both side by side, with the differences in time to solve and migrations.
+    /// Both sides are measured by the same code from their events and host loads.
     #[arg(long)]
     compare: bool,
+    /// Replay the scenario this many times, one after the other (each from where the
+    /// previous left the VMs; with --compare each simulated from the same start), and
+    /// report each side's mean and spread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Run nothing: measure again recorded real runs (each DIR as --out wrote it, with
+    /// events.jsonl and host_loads.csv) on the cluster that ran them, with this version's
+    /// measures; prints their table and, for several, their mean and spread.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["compare", "out"])]
+    recorded: Vec<PathBuf>,
 }
 
 fn main() {
@@ -74,35 +85,88 @@ fn run(args: Args) -> Result<()> {
             dir.display()
         )
     })?;
+    if !args.recorded.is_empty() {
+        let mut runs = Vec::new();
+        for (i, dir) in args.recorded.iter().enumerate() {
+            let m = replay::remeasure(&cluster, dir, scenario.duration)?;
+            runs.push(m.summary(&format!("recorded-{}", i + 1)));
+        }
+        let mut t = table(&runs);
+        if runs.len() > 1 {
+            t += &replay::spread_lines(&runs, &[]);
+        }
+        print!("{t}");
+        return Ok(());
+    }
     let quiet = args.quiet;
-    let r = replay::run(&cluster, &scenario, |line| {
-        if !quiet {
-            eprintln!("{line}");
+    let n = args.repeat as usize;
+    let mut columns = Vec::new();
+    let mut real_runs = Vec::new();
+    let mut simulated_runs = Vec::new();
+    let mut text = String::new();
+    for i in 0..n {
+        if n > 1 && !quiet {
+            eprintln!("== run {} of {n}", i + 1);
         }
-    })?;
-    let simulated = if args.compare {
-        Some(replay::simulate(&scenario, &r)?)
-    } else {
-        None
-    };
-    let mut columns = vec![r.summary.clone()];
-    columns.extend(simulated.as_ref().map(|s| s.0.clone()));
+        let mut r = replay::run(&cluster, &scenario, |line| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        })?;
+        let mut simulated = if args.compare {
+            Some(replay::simulate(&scenario, &r)?)
+        } else {
+            None
+        };
+        if n > 1 {
+            r.summary.label = format!("real-{}", i + 1);
+            if let Some((s, _)) = &mut simulated {
+                s.label = format!("simulated-{}", i + 1);
+            }
+        }
+        columns.push(r.summary.clone());
+        columns.extend(simulated.as_ref().map(|s| s.0.clone()));
+        let mut run_text = String::new();
+        if let Some((sim, _)) = &simulated {
+            run_text += &replay::compare_line(&r.summary, sim);
+            run_text.push('\n');
+        }
+        run_text += &format!("wall time of the real run: {:.1} s\n", r.wall_s);
+        if !r.failed_commands.is_empty() {
+            run_text += &format!("{} load command(s) failed:\n", r.failed_commands.len());
+            for (vm, e) in &r.failed_commands {
+                run_text += &format!("  {vm}: {e}\n");
+            }
+        }
+        if let Some(out) = &args.out {
+            let dir = if n > 1 {
+                out.join(format!("run-{}", i + 1))
+            } else {
+                out.clone()
+            };
+            let t = table(
+                &[r.summary.clone()]
+                    .into_iter()
+                    .chain(simulated.as_ref().map(|s| s.0.clone()))
+                    .collect::<Vec<_>>(),
+            ) + &run_text;
+            replay::write(&dir, &r, simulated.as_ref().map(|(s, m)| (s, m)), &t)?;
+        }
+        text += &run_text;
+        real_runs.push(r.summary);
+        simulated_runs.extend(simulated.map(|s| s.0));
+    }
     let mut t = table(&columns);
-    if let Some((sim, _)) = &simulated {
-        t += &replay::compare_line(&r.summary, sim);
-        t.push('\n');
+    t += &text;
+    if n > 1 {
+        t += &replay::spread_lines(&real_runs, &simulated_runs);
     }
-    t += &format!("wall time of the real run: {:.1} s\n", r.wall_s);
     print!("{t}");
-    if !r.failed_commands.is_empty() {
-        println!("{} load command(s) failed:", r.failed_commands.len());
-        for (vm, e) in &r.failed_commands {
-            println!("  {vm}: {e}");
-        }
-    }
     if let Some(out) = &args.out {
-        let files = replay::write(out, &r, simulated.as_ref().map(|(s, m)| (s, m)), &t)?;
-        println!("results: {} files in {}", files.len(), out.display());
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("table.txt"), &t)
+            .with_context(|| format!("cannot write into {}", out.display()))?;
+        println!("results in {}", out.display());
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser};
 use experiments::config::{OverlayModel, Scheduler};
+use experiments::crossover;
 use experiments::engine::Sim;
 use experiments::report::{table, write_results, Metrics, Summary};
 use experiments::scenario::{self, Scenario};
@@ -32,6 +33,7 @@ use overlay::Mode;
 ///   dvms-sim --scenario experiments/scenarios/four-countries.toml --out results/
 ///   dvms-sim --hosts 64 --vms 640 --sites 4 --latency data/country_rtt.csv.gz
 ///   dvms-sim --hosts 64 --vms 640 --crash-period 2h --json results.json
+///   dvms-sim --scenario experiments/scenarios/crossover.toml --sizes 64,500,2000,8000 --out results/crossover
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 #[command(group(ArgGroup::new("inline").multiple(true)))]
@@ -109,6 +111,13 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The crossover: run the scenario at each of these numbers of hosts (VMs scaled
+    /// with them as in the scenario, e.g. 64,500,2000,8000), every scheduler of the
+    /// scenario at each; print each size's table, then one table of time to solve and
+    /// the busiest node's messages, bytes and CPU per size and scheduler. With --out:
+    /// each size's results in size-N/, and crossover.csv and crossover_*.svg plots.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    sizes: Vec<usize>,
     /// Write every ISP event (detections, partitions, plans, migrations, ends) as JSON
     /// lines to this file: {"run", "t_ms", "node", "event", ...}.
     #[arg(long)]
@@ -195,13 +204,89 @@ fn main() -> Result<()> {
     if let Some(d) = args.duration {
         scenario.duration = d;
     }
-    let plan = scenario.runs().map_err(anyhow::Error::msg)?;
     let mut events = match &args.events {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
         None => None,
     };
+    if args.sizes.is_empty() {
+        let runs = run_scenario(&scenario, &args, args.out.as_deref(), &mut events)?;
+        if let Some(path) = &args.json {
+            let summaries: Vec<&Summary> = runs.iter().map(|r| &r.0).collect();
+            std::fs::write(path, serde_json::to_string_pretty(&summaries)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        return check(runs.iter().map(|r| &r.0));
+    }
+    // The crossover: the same scenario at every size, VMs per host as in the scenario.
+    if args.sizes.contains(&0) {
+        bail!("--sizes: every size must be at least one host");
+    }
+    let vms_per_host = scenario.vms.count as f64 / scenario.hosts.count.max(1) as f64;
+    let mut points: Vec<crossover::Point> = Vec::new();
+    for &hosts in &args.sizes {
+        let mut at_size = scenario.clone();
+        at_size.hosts.count = hosts;
+        at_size.vms.count = ((hosts as f64 * vms_per_host).round() as usize).max(1);
+        println!("== {hosts} hosts, {} VMs", at_size.vms.count);
+        let out = args.out.as_ref().map(|d| d.join(format!("size-{hosts}")));
+        let runs = run_scenario(&at_size, &args, out.as_deref(), &mut events)?;
+        for (summary, wall_s) in runs {
+            points.push(crossover::Point {
+                hosts,
+                vms: at_size.vms.count,
+                summary,
+                wall_s,
+            });
+        }
+    }
+    println!("== crossover");
+    print!("{}", crossover::table(&points));
+    if let Some(dir) = &args.out {
+        let mut files = vec![("crossover.csv", crossover::csv(&points))];
+        files.extend(crossover::plots(&points));
+        for (name, text) in &files {
+            write_aside(&dir.join(name), text)?;
+        }
+        println!("crossover: {} files in {}", files.len(), dir.display());
+    }
+    if let Some(path) = &args.json {
+        let summaries: Vec<&Summary> = points.iter().map(|p| &p.summary).collect();
+        std::fs::write(path, serde_json::to_string_pretty(&summaries)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    check(points.iter().map(|p| &p.summary))
+}
+
+/// Fails the command if a run broke an invariant.
+fn check<'a>(mut runs: impl Iterator<Item = &'a Summary>) -> Result<()> {
+    if runs.any(|r| r.invariant_violations > 0) {
+        bail!("invariants were violated (see above)");
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` through a file beside it: an interrupted run leaves no half
+/// file.
+fn write_aside(path: &std::path::Path, text: &str) -> Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs every scheduler of `scenario`, prints its table (and writes its results into
+/// `out`); returns each run's summary and wall time.
+fn run_scenario(
+    scenario: &Scenario,
+    args: &Args,
+    out: Option<&std::path::Path>,
+    events: &mut Option<std::io::BufWriter<std::fs::File>>,
+) -> Result<Vec<(Summary, f64)>> {
+    let plan = scenario.runs().map_err(anyhow::Error::msg)?;
     let sites = plan
         .first()
         .and_then(|r| r.config.network.as_ref())
@@ -228,7 +313,7 @@ fn main() -> Result<()> {
     for run in plan {
         let mut cfg = run.config;
         cfg.check_invariants = args.check;
-        cfg.keep_log = args.events.is_some();
+        cfg.keep_log = events.is_some();
         let label = run.label;
         let started = Instant::now();
         let mut sim = Sim::new(cfg).map_err(anyhow::Error::msg)?;
@@ -239,11 +324,12 @@ fn main() -> Result<()> {
         for v in &sim.metrics.invariant_violations {
             eprintln!("{label}: INVARIANT VIOLATED: {v}");
         }
-        if let Some(w) = &mut events {
+        if let Some(w) = events {
             for (t, node, e) in &sim.log {
                 let mut line = serde_json::to_value(e)?;
                 if let Some(o) = line.as_object_mut() {
                     o.insert("run".into(), label.clone().into());
+                    o.insert("hosts".into(), scenario.hosts.count.into());
                     o.insert("t_ms".into(), (*t).into());
                     o.insert("node".into(), (*node).into());
                 }
@@ -262,20 +348,16 @@ fn main() -> Result<()> {
     if let Some(hwm) = peak_memory_mib() {
         println!("peak memory: {hwm:.0} MiB");
     }
-    if let Some(dir) = &args.out {
+    if let Some(dir) = out {
         let pairs: Vec<(&Summary, &Metrics)> = runs.iter().zip(&measured).collect();
         let files = write_results(dir, &pairs)
             .with_context(|| format!("cannot write the results into {}", dir.display()))?;
         println!("results: {} files in {}", files.len(), dir.display());
     }
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&runs)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if runs.iter().any(|r| r.invariant_violations > 0) {
-        bail!("invariants were violated (see above)");
-    }
-    Ok(())
+    Ok(runs
+        .into_iter()
+        .zip(walls.into_iter().map(|w| w.1))
+        .collect())
 }
 
 /// The process's peak resident memory (VmHWM), MiB.
