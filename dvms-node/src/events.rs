@@ -52,7 +52,9 @@ pub fn event_line(e: &isp::Event<NodeId>, name_of: &dyn Fn(VmId) -> String) -> s
 }
 
 pub struct EventLog {
-    w: std::io::LineWriter<std::fs::File>,
+    // A plain file, each line handed to one `write_all`: a buffered writer would flush a
+    // line longer than its buffer in pieces, and a reader would see half an event.
+    w: std::fs::File,
     node: String,
 }
 
@@ -65,7 +67,7 @@ impl EventLog {
             .open(path)
             .with_context(|| format!("cannot open event log {}", path.display()))?;
         Ok(EventLog {
-            w: std::io::LineWriter::new(f),
+            w: f,
             node: node.to_owned(),
         })
     }
@@ -81,7 +83,9 @@ impl EventLog {
             o.insert("ts_ms".into(), ts.into());
             o.insert("node".into(), self.node.clone().into());
         }
-        if let Err(e) = writeln!(self.w, "{line}") {
+        let mut text = line.to_string();
+        text.push('\n');
+        if let Err(e) = self.w.write_all(text.as_bytes()) {
             warn!("cannot write the event log: {e}");
         }
     }

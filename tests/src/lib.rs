@@ -178,10 +178,10 @@ impl Testbed {
             if !name.ends_with(".events.jsonl") {
                 continue;
             }
-            for l in std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-            {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            // The daemon may be writing its last line right now: only whole lines count.
+            let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+            for l in whole.lines() {
                 match serde_json::from_str::<serde_json::Value>(l) {
                     Ok(v) if v.is_object() && v["ts_ms"].is_u64() => all.push(v),
                     _ => panic!("{name}: bad event log line {l:?}"),
