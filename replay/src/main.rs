@@ -50,7 +50,8 @@ struct Args {
     compare: bool,
     /// Replay the scenario this many times, one after the other (each from where the
     /// previous left the VMs; with --compare each simulated from the same start), and
-    /// report each side's mean and spread.
+    /// report each side's mean and spread. A run that cannot start (a guest lost) ends
+    /// the repetitions: the runs done are still reported, and the exit status is an error.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
     /// Run nothing: measure again recorded real runs (each DIR as --out wrote it, with
@@ -104,15 +105,29 @@ fn run(args: Args) -> Result<()> {
     let mut real_runs = Vec::new();
     let mut simulated_runs = Vec::new();
     let mut text = String::new();
+    // A run that cannot go on (a guest lost, a host unreachable) ends the repetitions, but
+    // the runs already done are still reported and written.
+    let mut stopped = None;
     for i in 0..n {
         if n > 1 && !quiet {
             eprintln!("== run {} of {n}", i + 1);
         }
-        let mut r = replay::run(&cluster, &scenario, |line| {
+        let run = replay::run(&cluster, &scenario, |line| {
             if !quiet {
                 eprintln!("{line}");
             }
-        })?;
+        });
+        let mut r = match run {
+            Ok(r) => r,
+            Err(e) if i > 0 => {
+                stopped = Some(e.context(format!(
+                    "run {} of {n} failed; the table above holds the {i} run(s) done",
+                    i + 1
+                )));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let mut simulated = if args.compare {
             Some(replay::simulate(&scenario, &r)?)
         } else {
@@ -168,5 +183,8 @@ fn run(args: Args) -> Result<()> {
             .with_context(|| format!("cannot write into {}", out.display()))?;
         println!("results in {}", out.display());
     }
-    Ok(())
+    match stopped {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
