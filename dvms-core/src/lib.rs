@@ -22,6 +22,9 @@
 //! - [`isp`]: the iterative scheduling procedure: partitions that grow by the overlay's
 //!   best node outside them until a plan exists, block, merge, time out, apply plans.
 //!   Split by role: `leader`, `follower`; wire messages, events and settings apart.
+//! - [`ha`]: high availability: hosts lease from their ring successors (guardians),
+//!   fence themselves when they lose their lease, and a quorum of guardians restarts a
+//!   dead host's VMs elsewhere, exactly once (not yet wired into [`node`]).
 //! - [`node`]: [`node::Node`], one node's overlay and ISP wired together:
 //!   `handle(now, input)`, `handle_timeout(now)`, `poll_output()`, `poll_timeout()`.
 //! - [`harness`]: a few nodes exchanging messages in virtual time, for tests.
@@ -34,6 +37,7 @@
 //! (`plan.rs`); the source node's `Node` outputs `Migrate`, which the daemon's runtime
 //! turns into a libvirt live migration (`dvms-node/src/runtime.rs`).
 
+pub mod ha;
 pub mod harness;
 pub mod host;
 pub mod instance;

@@ -1,0 +1,316 @@
+//! The guardian's side: acknowledging its wards' leases, keeping their catalogs, giving
+//! up on a ward, and confirming to one coordinator once the ward's lease is surely over.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use super::{Catalog, Config, Cx, Event, Message, Term};
+use crate::host::Millis;
+
+/// Most wards a guardian keeps (it guards about `guardians` hosts; more come only while
+/// the ring changes).
+const MAX_WARDS: usize = 64;
+
+/// A term this guardian gave up on, with what it knew of it then (a newer term of the
+/// same host may be acknowledged meanwhile).
+struct Suspicion<Id> {
+    term: Term,
+    last_ack: Millis,
+    lease_ms: Millis,
+    sets: Vec<Vec<Id>>,
+    catalog: Option<Catalog>,
+    /// The host said it destroyed everything of this term.
+    fenced: bool,
+    confirmed_to: Option<Id>,
+    finished: bool,
+    stall_reported: bool,
+}
+
+struct Ward<Id> {
+    /// The latest term acknowledged.
+    term: Term,
+    lease_ms: Millis,
+    /// The guardian sets the ward last declared: its set, then the one it is leaving.
+    sets: Vec<Vec<Id>>,
+    catalog: Option<Catalog>,
+    /// When this guardian last acknowledged it.
+    last_ack: Millis,
+    /// Terms up to this one are never acknowledged again.
+    revoked: Option<Term>,
+    /// An older term is being recovered: the host must fence before leasing again.
+    needs_fence: bool,
+    suspicion: Option<Suspicion<Id>>,
+}
+
+pub(super) struct Guard<Id> {
+    wards: BTreeMap<Id, Ward<Id>>,
+    next_tick: Millis,
+}
+
+impl<Id> Default for Guard<Id> {
+    fn default() -> Self {
+        Guard {
+            wards: BTreeMap::new(),
+            next_tick: 0,
+        }
+    }
+}
+
+impl<Id: Clone> Ward<Id> {
+    fn suspect(&mut self, fenced: bool) {
+        self.suspicion = Some(Suspicion {
+            term: self.term,
+            last_ack: self.last_ack,
+            lease_ms: self.lease_ms,
+            sets: self.sets.clone(),
+            catalog: self.catalog.clone(),
+            fenced,
+            confirmed_to: None,
+            finished: false,
+            stall_reported: false,
+        });
+    }
+}
+
+impl<Id: Clone + Ord + Debug> Guard<Id> {
+    pub(super) fn wards(&self) -> Vec<Id> {
+        self.wards.keys().cloned().collect()
+    }
+
+    pub(super) fn next_due(&self, _cfg: &Config) -> Option<Millis> {
+        (!self.wards.is_empty()).then_some(self.next_tick)
+    }
+
+    pub(super) fn on_message(&mut self, cx: &mut Cx<'_, Id>, from: Id, msg: Message<Id>) {
+        match msg {
+            Message::Lease {
+                term,
+                seq,
+                lease_ms,
+                guardians,
+                previous,
+                catalog,
+            } => {
+                if !guardians.contains(cx.id) && !previous.contains(cx.id) {
+                    return; // not (or no longer) one of its guardians
+                }
+                if !self.wards.contains_key(&from) && !self.make_room() {
+                    cx.event(Event::Dropped {
+                        from,
+                        why: format!("more than {MAX_WARDS} wards"),
+                    });
+                    return;
+                }
+                let w = self.wards.entry(from.clone()).or_insert_with(|| Ward {
+                    term,
+                    lease_ms,
+                    sets: Vec::new(),
+                    catalog: None,
+                    last_ack: cx.now,
+                    revoked: None,
+                    needs_fence: false,
+                    suspicion: None,
+                });
+                if w.revoked.is_some_and(|r| term <= r) {
+                    cx.send(from, Message::Revoked { term });
+                    return;
+                }
+                if w.needs_fence {
+                    cx.send(from, Message::MustFence { term });
+                    return;
+                }
+                if term < w.term {
+                    return; // a late request of an older term
+                }
+                if term > w.term {
+                    // A new daemon on a host whose last term this guardian still held:
+                    // what the old term ran and the new one does not is gone (the host
+                    // rebooted, or VMs died with it) and is recovered, with no lease
+                    // to wait for: the old daemon is no more.
+                    let gone = match (&w.catalog, &catalog) {
+                        (Some(old), Some(new))
+                            if term.0 > w.term.0 && w.revoked.is_none_or(|r| r < w.term) =>
+                        {
+                            let mut old = old.clone();
+                            old.host
+                                .vms
+                                .retain(|v| !new.host.vms.iter().any(|n| n.id == v.id));
+                            old.definitions
+                                .retain(|(v, _)| old.host.vms.iter().any(|x| x.id == *v));
+                            (!old.host.vms.is_empty()).then_some(old)
+                        }
+                        _ => None,
+                    };
+                    if let Some(gone) = gone {
+                        w.catalog = Some(gone);
+                        w.suspect(true);
+                        w.revoked = Some(w.term);
+                        cx.event(Event::Suspected {
+                            ward: from.clone(),
+                            term: w.term,
+                        });
+                    }
+                    w.term = term;
+                    w.catalog = None;
+                }
+                w.lease_ms = lease_ms;
+                w.sets = std::iter::once(guardians)
+                    .chain((!previous.is_empty()).then_some(previous))
+                    .collect();
+                if let Some(c) = catalog {
+                    if w.catalog.as_ref().is_none_or(|old| c.version > old.version) {
+                        w.catalog = Some(*c);
+                    }
+                }
+                w.last_ack = cx.now;
+                let catalog_version = w.catalog.as_ref().map_or(0, |c| c.version);
+                cx.send(
+                    from,
+                    Message::LeaseAck {
+                        term,
+                        seq,
+                        catalog_version,
+                    },
+                );
+            }
+            Message::Fenced { term } => {
+                let Some(w) = self.wards.get_mut(&from) else {
+                    return;
+                };
+                match &mut w.suspicion {
+                    Some(s) if s.term == term => s.fenced = true,
+                    // It fenced a term this guardian still held: its VMs are gone and
+                    // must be restarted, with no lease to wait for.
+                    _ if term == w.term && w.revoked.is_none_or(|r| r < term) => {
+                        w.suspect(true);
+                        cx.event(Event::Suspected {
+                            ward: from.clone(),
+                            term,
+                        });
+                    }
+                    _ => {}
+                }
+                if term >= w.term || w.revoked.is_some_and(|r| term >= r) {
+                    w.needs_fence = false;
+                    w.revoked = Some(w.revoked.map_or(term, |r| r.max(term)));
+                }
+                self.tick(cx);
+            }
+            Message::Release { term } => {
+                let drop = self
+                    .wards
+                    .get(&from)
+                    .is_some_and(|w| w.term == term && w.suspicion.is_none() && !w.needs_fence);
+                if drop {
+                    self.wards.remove(&from);
+                }
+            }
+            Message::Recovered { ward, term, .. } => {
+                if let Some(s) = self
+                    .wards
+                    .get_mut(&ward)
+                    .and_then(|w| w.suspicion.as_mut())
+                    .filter(|s| s.term == term && s.confirmed_to.as_ref() == Some(&from))
+                {
+                    s.finished = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes room for one more ward: drops one whose recovery is over and that needs
+    /// no fence, else says no.
+    fn make_room(&mut self) -> bool {
+        if self.wards.len() < MAX_WARDS {
+            return true;
+        }
+        let done = self
+            .wards
+            .iter()
+            .find(|(_, w)| w.suspicion.as_ref().is_some_and(|s| s.finished) && !w.needs_fence)
+            .map(|(id, _)| id.clone());
+        done.is_some_and(|id| self.wards.remove(&id).is_some())
+    }
+
+    pub(super) fn tick(&mut self, cx: &mut Cx<'_, Id>) {
+        let now = cx.now;
+        self.next_tick = now.saturating_add(cx.cfg.renew_ms.min(cx.cfg.margin_ms));
+        for (id, w) in &mut self.wards {
+            let wait_for = |lease_ms: Millis| {
+                lease_ms
+                    .max(cx.cfg.lease_ms)
+                    .saturating_add(cx.cfg.margin_ms)
+            };
+            let open = w
+                .suspicion
+                .as_ref()
+                .is_none_or(|s| s.term < w.term && s.finished);
+            let silent = now > w.last_ack.saturating_add(wait_for(w.lease_ms));
+            // A guardian that lost most of the ward's other guardians is more likely cut
+            // off itself: it gives up on nobody (as Lifeguard's local health).
+            let mut members: Vec<&Id> = w.sets.iter().flatten().collect();
+            members.sort();
+            members.dedup();
+            let reachable = members
+                .iter()
+                .filter(|g| **g == cx.id || !cx.ring.is_failed(g))
+                .count();
+            let healthy = reachable * 2 > members.len();
+            if open
+                && healthy
+                && w.revoked.is_none_or(|r| r < w.term)
+                && (cx.ring.is_failed(id) || silent)
+            {
+                w.revoked = Some(w.term);
+                w.needs_fence = true;
+                w.suspect(false);
+                cx.event(Event::Suspected {
+                    ward: id.clone(),
+                    term: w.term,
+                });
+            }
+            let Some(s) = &mut w.suspicion else { continue };
+            if s.finished {
+                continue;
+            }
+            match &s.confirmed_to {
+                None if s.fenced || now >= s.last_ack.saturating_add(wait_for(s.lease_ms)) => {
+                    // The first guardian of the newest set it does not believe failed.
+                    let Some(c) = s
+                        .sets
+                        .iter()
+                        .flatten()
+                        .find(|g| *g == cx.id || !cx.ring.is_failed(g))
+                        .cloned()
+                    else {
+                        continue;
+                    };
+                    s.confirmed_to = Some(c.clone());
+                    cx.event(Event::Confirmed {
+                        ward: id.clone(),
+                        term: s.term,
+                        coordinator: c.clone(),
+                    });
+                    cx.send(
+                        c,
+                        Message::Confirm {
+                            ward: id.clone(),
+                            term: s.term,
+                            sets: s.sets.clone(),
+                            catalog: s.catalog.clone().map(Box::new),
+                        },
+                    );
+                }
+                Some(c) if c != cx.id && !s.stall_reported && cx.ring.is_failed(c) => {
+                    s.stall_reported = true;
+                    cx.event(Event::RecoveryStalled {
+                        ward: id.clone(),
+                        coordinator: c.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The host's side: its lease, its catalog, fencing itself, and the VMs it is asked to
+//! start for a recovery.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+
+use super::{majority, Catalog, Cx, Event, Fence, Message, Output, Term};
+use crate::host::{HostState, Millis, VmId};
+
+/// Most recovery starts remembered (to answer a repeated `Start` without starting twice).
+const MAX_STARTS: usize = 4096;
+
+/// A recovery start: (ward, term, VM).
+type StartKey<Id> = (Id, Term, VmId);
+
+enum StartState<Id> {
+    Pending { coordinator: Id },
+    Done { ok: bool },
+}
+
+pub(super) struct Holder<Id> {
+    incarnation: u64,
+    epoch: u64,
+    seq: u64,
+    /// What the guardians keep; `None` until the first state after a start or a fence.
+    catalog: Option<Catalog>,
+    /// The host's latest state (fresh demands, for recovery queries).
+    state: Option<HostState>,
+    set: Vec<Id>,
+    /// The set being left (non-empty while changing sets).
+    previous: Vec<Id>,
+    /// The first request that named `set` while `previous` was being left.
+    switch_seq: u64,
+    /// (seq, when sent) of requests recent enough to hold a lease.
+    sent: VecDeque<(u64, Millis)>,
+    /// Each guardian's latest acknowledgement: (seq, catalog version it holds).
+    acks: BTreeMap<Id, (u64, u64)>,
+    /// Guardians that gave up on this term: their acknowledgements no longer count.
+    revoked: Vec<Id>,
+    held: bool,
+    /// Held under this term: losing it now means fencing.
+    ever_held: bool,
+    /// A destroy asked, of this term, not yet reported.
+    fencing: Option<Term>,
+    next_renew: Millis,
+    starts: BTreeMap<StartKey<Id>, StartState<Id>>,
+    start_order: VecDeque<StartKey<Id>>,
+}
+
+impl<Id: Clone + Ord + Debug> Holder<Id> {
+    pub(super) fn new(incarnation: u64) -> Self {
+        Holder {
+            incarnation,
+            epoch: 0,
+            seq: 0,
+            catalog: None,
+            state: None,
+            set: Vec::new(),
+            previous: Vec::new(),
+            switch_seq: 0,
+            sent: VecDeque::new(),
+            acks: BTreeMap::new(),
+            revoked: Vec::new(),
+            held: false,
+            ever_held: false,
+            fencing: None,
+            next_renew: 0,
+            starts: BTreeMap::new(),
+            start_order: VecDeque::new(),
+        }
+    }
+
+    fn term(&self) -> Term {
+        (self.incarnation, self.epoch)
+    }
+
+    pub(super) fn state(&self) -> Option<&HostState> {
+        self.state.as_ref()
+    }
+
+    fn guardians(&self) -> impl Iterator<Item = &Id> {
+        self.set
+            .iter()
+            .chain(self.previous.iter().filter(|g| !self.set.contains(g)))
+    }
+
+    /// When the lease of `set` ends, from the latest request a majority acknowledged.
+    fn expiry(&self, set: &[Id], since_seq: u64, lease_ms: Millis) -> Option<Millis> {
+        let mut acked: Vec<u64> = set
+            .iter()
+            .filter_map(|g| self.acks.get(g).map(|a| a.0))
+            .filter(|s| *s >= since_seq.max(1))
+            .collect();
+        let need = set.len() / 2 + 1;
+        if set.is_empty() || acked.len() < need {
+            return None;
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let seq = acked[need - 1];
+        let sent = self.sent.iter().find(|(s, _)| *s == seq)?.1;
+        Some(sent.saturating_add(lease_ms))
+    }
+
+    fn lease_end(&self, lease_ms: Millis) -> Option<Millis> {
+        let now_set = self.expiry(&self.set, 0, lease_ms)?;
+        if self.previous.is_empty() {
+            Some(now_set)
+        } else {
+            Some(now_set.min(self.expiry(&self.previous, 0, lease_ms)?))
+        }
+    }
+
+    pub(super) fn holds(&self, now: Millis, cfg: &super::Config) -> bool {
+        self.fencing.is_none() && self.lease_end(cfg.lease_ms).is_some_and(|e| now < e)
+    }
+
+    pub(super) fn next_due(&self) -> Option<Millis> {
+        if self.fencing.is_some() {
+            return None;
+        }
+        Some(self.next_renew)
+    }
+
+    pub(super) fn on_catalog(
+        &mut self,
+        cx: &mut Cx<'_, Id>,
+        host: HostState,
+        definitions: Vec<(VmId, String)>,
+    ) {
+        if self.fencing.is_some() {
+            return; // a sample from before the destroy
+        }
+        let candidate = Catalog {
+            version: 0,
+            host: host.clone(),
+            definitions,
+        };
+        if let Err(why) = candidate.validate() {
+            cx.event(Event::Dropped {
+                from: cx.id.clone(),
+                why: format!("own catalog: {why}"),
+            });
+            return;
+        }
+        self.state = Some(host);
+        // Demands change every sample; only what a restart needs bumps the version (and
+        // is sent again): the VMs, their memory and rules, their definitions.
+        let same = self.catalog.as_ref().is_some_and(|c| {
+            c.definitions == candidate.definitions
+                && c.host.vms.len() == candidate.host.vms.len()
+                && c.host
+                    .vms
+                    .iter()
+                    .zip(&candidate.host.vms)
+                    .all(|(a, b)| a.id == b.id && a.mem_mib == b.mem_mib && a.rules == b.rules)
+        });
+        if !same {
+            let version = self.catalog.as_ref().map_or(1, |c| c.version + 1);
+            self.catalog = Some(Catalog {
+                version,
+                ..candidate
+            });
+        }
+    }
+
+    pub(super) fn tick(&mut self, cx: &mut Cx<'_, Id>) {
+        if self.fencing.is_some() {
+            return;
+        }
+        let now = cx.now;
+        if now >= self.next_renew {
+            self.renew(cx);
+        }
+        self.check(cx);
+    }
+
+    fn renew(&mut self, cx: &mut Cx<'_, Id>) {
+        let now = cx.now;
+        self.next_renew = now.saturating_add(cx.cfg.renew_ms);
+        let desired: Vec<Id> = cx
+            .ring
+            .successors(cx.cfg.guardians)
+            .into_iter()
+            .filter(|g| g != cx.id)
+            .collect();
+        if !self.ever_held {
+            if desired != self.set {
+                self.set = desired;
+                self.previous.clear();
+            }
+        } else if self.previous.is_empty() && desired != self.set && !desired.is_empty() {
+            self.previous = std::mem::replace(&mut self.set, desired);
+            self.switch_seq = self.seq + 1;
+        }
+        // No lease before the host knows what it runs.
+        if self.set.is_empty() || self.catalog.is_none() {
+            return;
+        }
+        self.seq += 1;
+        self.sent.push_back((self.seq, now));
+        while self
+            .sent
+            .front()
+            .is_some_and(|(_, t)| t.saturating_add(cx.cfg.lease_ms) < now)
+        {
+            self.sent.pop_front();
+        }
+        let version = self.catalog.as_ref().map_or(0, |c| c.version);
+        let to: Vec<Id> = self.guardians().cloned().collect();
+        for g in to {
+            let stale = self.acks.get(&g).is_none_or(|a| a.1 < version);
+            cx.send(
+                g,
+                Message::Lease {
+                    term: self.term(),
+                    seq: self.seq,
+                    lease_ms: cx.cfg.lease_ms,
+                    guardians: self.set.clone(),
+                    previous: self.previous.clone(),
+                    catalog: self
+                        .catalog
+                        .as_ref()
+                        .filter(|_| stale)
+                        .map(|c| Box::new(c.clone())),
+                },
+            );
+        }
+    }
+
+    /// Holding, losing, or finishing a change of sets.
+    fn check(&mut self, cx: &mut Cx<'_, Id>) {
+        let holds = self.holds(cx.now, cx.cfg);
+        if holds && !self.held {
+            self.ever_held = true;
+            cx.event(Event::LeaseHeld {
+                guardians: self.set.clone(),
+            });
+        }
+        self.held = holds;
+        if !holds && self.ever_held {
+            self.fence(cx, Fence::SelfFence);
+            return;
+        }
+        if !self.previous.is_empty() {
+            let acked = |g: &Id| self.acks.get(g).is_some_and(|a| a.0 >= self.switch_seq);
+            if majority(&self.previous, acked) && majority(&self.set, acked) {
+                let left: Vec<Id> = self
+                    .previous
+                    .iter()
+                    .filter(|g| !self.set.contains(g))
+                    .cloned()
+                    .collect();
+                for g in left {
+                    self.acks.remove(&g);
+                    cx.send(g, Message::Release { term: self.term() });
+                }
+                self.previous.clear();
+            }
+        }
+    }
+
+    fn fence(&mut self, cx: &mut Cx<'_, Id>, reason: Fence) {
+        let term = self.term();
+        self.fencing = Some(term);
+        self.held = false;
+        self.ever_held = false;
+        cx.event(Event::Fencing { reason, term });
+        cx.out.push_back(Output::DestroyAll { reason });
+    }
+
+    pub(super) fn on_destroyed(&mut self, cx: &mut Cx<'_, Id>) {
+        let Some(term) = self.fencing.take() else {
+            return;
+        };
+        let to: Vec<Id> = self.guardians().cloned().collect();
+        for g in to {
+            cx.send(g, Message::Fenced { term });
+        }
+        // A new term, with nothing in it until the hypervisor is read again.
+        self.epoch += 1;
+        self.catalog = None;
+        self.acks.clear();
+        self.revoked.clear();
+        self.sent.clear();
+        self.previous.clear();
+        self.next_renew = cx.now;
+    }
+
+    pub(super) fn on_message(&mut self, cx: &mut Cx<'_, Id>, from: Id, msg: Message<Id>) {
+        let ours = self.guardians().any(|g| *g == from);
+        match msg {
+            Message::LeaseAck {
+                term,
+                seq,
+                catalog_version,
+            } if ours
+                && term == self.term()
+                && seq <= self.seq
+                && !self.revoked.contains(&from) =>
+            {
+                let a = self.acks.entry(from).or_insert((0, 0));
+                *a = (a.0.max(seq), catalog_version);
+                if self.fencing.is_none() {
+                    self.check(cx);
+                }
+            }
+            // That guardian will not count again for this term.
+            Message::Revoked { term } if ours && term == self.term() => {
+                if !self.revoked.contains(&from) {
+                    self.revoked.push(from.clone());
+                }
+                self.acks.remove(&from);
+                if self.fencing.is_none() {
+                    self.check(cx);
+                }
+            }
+            Message::MustFence { term }
+                if ours && term == self.term() && self.fencing.is_none() =>
+            {
+                self.fence(cx, Fence::Revoked);
+            }
+            _ => {} // stale, or not from a guardian
+        }
+    }
+
+    pub(super) fn on_start(
+        &mut self,
+        cx: &mut Cx<'_, Id>,
+        from: Id,
+        key: StartKey<Id>,
+        definition: String,
+    ) {
+        let (ward, term, vm) = key.clone();
+        match self.starts.get(&key) {
+            Some(StartState::Done { ok }) => {
+                let ok = *ok;
+                cx.send(from, Message::StartDone { ward, term, vm, ok });
+                return;
+            }
+            Some(StartState::Pending { .. }) => return,
+            None => {}
+        }
+        if self.fencing.is_some() {
+            cx.send(
+                from,
+                Message::StartDone {
+                    ward,
+                    term,
+                    vm,
+                    ok: false,
+                },
+            );
+            return;
+        }
+        if self.start_order.len() >= MAX_STARTS {
+            if let Some(old) = self.start_order.pop_front() {
+                self.starts.remove(&old);
+            }
+        }
+        self.start_order.push_back(key.clone());
+        self.starts
+            .insert(key, StartState::Pending { coordinator: from });
+        cx.out.push_back(Output::Start {
+            ward,
+            term,
+            vm,
+            definition,
+        });
+    }
+
+    pub(super) fn on_started(&mut self, cx: &mut Cx<'_, Id>, key: StartKey<Id>, ok: bool) {
+        if let Some(StartState::Pending { coordinator }) = self.starts.get(&key) {
+            let to = coordinator.clone();
+            let (ward, term, vm) = key.clone();
+            self.starts.insert(key, StartState::Done { ok });
+            cx.send(to, Message::StartDone { ward, term, vm, ok });
+        }
+    }
+}
