@@ -37,6 +37,9 @@ pub struct Replay {
     pub samples: Vec<(Millis, String, f64)>,
     /// Load commands that failed (VM, error).
     pub failed_commands: Vec<(String, String)>,
+    /// Daemon event-log lines that were not JSON (none expected: the daemon writes whole
+    /// lines; a count above 0 means the logs of this run were damaged).
+    pub unparsable_event_lines: usize,
     /// The run's input, for the same run in the simulator: every VM (sorted by name) as
     /// its host index and memory at the start, its initial load, and the load changes.
     pub start: Vec<(usize, u64)>,
@@ -305,12 +308,14 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
     };
     failed.extend(set_loads(cluster, &idle, freed));
     let mut events = Vec::new();
+    let mut unparsable_event_lines = 0;
     for (host, offset) in &offsets {
         let h = cluster.host(host)?;
         let text = daemons::read_event_log(cluster, h, *offset)?;
         for line in text.lines() {
             let Ok(mut e) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue; // a line cut by the daemon's last write: ignore it
+                unparsable_event_lines += 1;
+                continue;
             };
             let ts = e["ts_ms"].as_u64().unwrap_or(0);
             if let Some(o) = e.as_object_mut() {
@@ -333,11 +338,82 @@ pub fn run(cluster: &Cluster, s: &Scenario, mut progress: impl FnMut(&str)) -> R
         events,
         samples,
         failed_commands: failed,
+        unparsable_event_lines,
         start,
         initial_load,
         changes,
         wall_s: end_ms as f64 / 1e3,
     })
+}
+
+impl Replay {
+    /// Why this run cannot stand for the real side, or `None` if it can: a guest that
+    /// stopped answering its command port during the run (a crashed guest: its host is
+    /// left with less load than the trace says and the run with fewer or other
+    /// overloads), or damaged event logs.
+    pub fn fault(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.failed_commands.is_empty() {
+            let mut vms: Vec<&str> = self.failed_commands.iter().map(|(v, _)| v.as_str()).collect();
+            vms.sort_by_key(|n| (n.len(), *n));
+            vms.dedup();
+            why.push(format!(
+                "{} load command(s) failed, on {}",
+                self.failed_commands.len(),
+                vms.join(", ")
+            ));
+        }
+        if self.unparsable_event_lines > 0 {
+            why.push(format!(
+                "{} event-log line(s) were not JSON",
+                self.unparsable_event_lines
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Starts again every guest of the cluster that runs nowhere (a guest that crashed is
+/// destroyed and stays defined where it last ran), first keeping the end of its console
+/// (the crash) as `<keep>/<vm>.console` when `keep` is given, and waits until each
+/// answers its command port. Returns one line per guest started.
+pub fn revive(cluster: &Cluster, keep: Option<&Path>) -> Result<Vec<String>> {
+    let inv = Inventory::load(cluster)?;
+    let mut started = Vec::new();
+    for vm in &inv.vms {
+        let Some(h) = libvirt::stopped_on(cluster, &vm.name)? else {
+            continue;
+        };
+        if let Some(dir) = keep {
+            if let Ok(console) = hosts::console_tail(cluster, h, &vm.name, 16 * 1024) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::write(dir.join(format!("{}.console", vm.name)), console)
+                    .with_context(|| format!("cannot write into {}", dir.display()))?;
+            }
+        }
+        libvirt::start(h, &vm.name)?;
+        started.push((vm.name.clone(), h));
+    }
+    let mut lines = Vec::new();
+    for (vm, h) in started {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match hosts::guest_command(h, &vm, "ping") {
+                Ok(a) if a.starts_with("pong ") => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+                Ok(a) => bail!("{vm} started again on {} but answered {a:?}", h.name),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "{vm} started again on {} but does not answer after 120 s",
+                        h.name
+                    )))
+                }
+            }
+        }
+        lines.push(format!("{vm} ran nowhere: started again on {}", h.name));
+    }
+    Ok(lines)
 }
 
 /// The same run in the simulator: the cluster's hosts (the scenario's capacities, their
@@ -691,6 +767,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("migrations: real 12.00 ± 2.83"), "{text}");
+    }
+
+    #[test]
+    fn a_run_where_a_guest_stopped_answering_is_not_comparable() {
+        let m = Metrics::new(1, false);
+        let mut r = Replay {
+            summary: m.summary("real"),
+            metrics: m,
+            events: Vec::new(),
+            samples: Vec::new(),
+            failed_commands: Vec::new(),
+            unparsable_event_lines: 0,
+            start: Vec::new(),
+            initial_load: Vec::new(),
+            changes: Vec::new(),
+            wall_s: 600.0,
+        };
+        assert_eq!(r.fault(), None);
+        r.failed_commands = vec![
+            ("vm-20".into(), "no answer".into()),
+            ("vm-3".into(), "no answer".into()),
+            ("vm-20".into(), "no answer".into()),
+        ];
+        assert_eq!(
+            r.fault().as_deref(),
+            Some("3 load command(s) failed, on vm-3, vm-20")
+        );
+        r.failed_commands.clear();
+        r.unparsable_event_lines = 2;
+        assert_eq!(r.fault().as_deref(), Some("2 event-log line(s) were not JSON"));
     }
 
     #[test]

@@ -48,12 +48,19 @@ struct Args {
     /// Both sides are measured by the same code from their events and host loads.
     #[arg(long)]
     compare: bool,
-    /// Replay the scenario this many times, one after the other (each from where the
-    /// previous left the VMs; with --compare each simulated from the same start), and
-    /// report each side's mean and spread. A run that cannot start (a guest lost) ends
-    /// the repetitions: the runs done are still reported, and the exit status is an error.
+    /// Replay the scenario until this many runs are comparable, one after the other (each
+    /// from where the previous left the VMs; with --compare each simulated from the same
+    /// start), and report each side's mean and spread. A run during which a guest stopped
+    /// answering (it crashed) is not comparable: it is reported as discarded, with why,
+    /// its files go to OUT/discarded-K, and it is not simulated. Before every run, guests
+    /// that run nowhere are started again (their console's end kept in OUT/crashed-K).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
+    /// At most this many runs in all, discarded ones included (default: --repeat + 2).
+    /// If fewer than --repeat runs were comparable by then, the ones done are reported
+    /// and the exit status is an error.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
+    attempts: Option<u32>,
     /// Run nothing: measure again recorded real runs (each DIR as --out wrote it, with
     /// events.jsonl and host_loads.csv) on the cluster that ran them, with this version's
     /// measures; prints their table and, for several, their mean and spread.
@@ -101,33 +108,81 @@ fn run(args: Args) -> Result<()> {
     }
     let quiet = args.quiet;
     let n = args.repeat as usize;
+    let attempts = args.attempts.map_or(n + 2, |a| a as usize);
+    if attempts < n {
+        anyhow::bail!("--attempts {attempts} is fewer than --repeat {n}");
+    }
     let mut columns = Vec::new();
     let mut real_runs = Vec::new();
     let mut simulated_runs = Vec::new();
     let mut text = String::new();
-    // A run that cannot go on (a guest lost, a host unreachable) ends the repetitions, but
-    // the runs already done are still reported and written.
+    let mut discarded = 0;
+    // A run that cannot go on (a guest that cannot be started again, a host unreachable)
+    // ends the repetitions, but the runs already done are still reported and written.
     let mut stopped = None;
-    for i in 0..n {
-        if n > 1 && !quiet {
-            eprintln!("== run {} of {n}", i + 1);
+    for attempt in 1..=attempts {
+        let i = real_runs.len();
+        if i == n {
+            break;
         }
-        let run = replay::run(&cluster, &scenario, |line| {
-            if !quiet {
-                eprintln!("{line}");
+        if attempts > 1 && !quiet {
+            eprintln!("== run {attempt} (comparable so far: {i} of {n})");
+        }
+        let keep = args.out.as_ref().map(|o| o.join(format!("crashed-{attempt}")));
+        let run = replay::revive(&cluster, keep.as_deref()).and_then(|started| {
+            for line in &started {
+                text += &format!("before run {attempt}: {line}\n");
+                if !quiet {
+                    eprintln!("{line}");
+                }
             }
+            replay::run(&cluster, &scenario, |line| {
+                if !quiet {
+                    eprintln!("{line}");
+                }
+            })
         });
         let mut r = match run {
             Ok(r) => r,
-            Err(e) if i > 0 => {
+            // The cluster does not match the scenario, or is not up: nothing to retry.
+            Err(e) if attempt == 1 => return Err(e),
+            // A guest lost in the warm-up, a host that did not answer: the next attempt
+            // starts lost guests again.
+            Err(e) => {
+                discarded += 1;
+                let line = format!("run {attempt} failed: {e:#}\n");
+                if !quiet {
+                    eprint!("{line}");
+                }
+                text += &line;
                 stopped = Some(e.context(format!(
-                    "run {} of {n} failed; the table above holds the {i} run(s) done",
-                    i + 1
+                    "run {attempt} failed; the table above holds the {i} comparable run(s) done"
                 )));
-                break;
+                continue;
             }
-            Err(e) => return Err(e),
         };
+        stopped = None;
+        let mut run_text = format!("wall time of the real run: {:.1} s\n", r.wall_s);
+        if !r.failed_commands.is_empty() {
+            run_text += &format!("{} load command(s) failed:\n", r.failed_commands.len());
+            for (vm, e) in &r.failed_commands {
+                run_text += &format!("  {vm}: {e}\n");
+            }
+        }
+        if let Some(why) = r.fault() {
+            discarded += 1;
+            let line = format!("run {attempt} discarded: {why}\n");
+            if !quiet {
+                eprint!("{line}");
+            }
+            text += &line;
+            if let Some(out) = &args.out {
+                r.summary.label = format!("discarded-{attempt}");
+                let t = table(std::slice::from_ref(&r.summary)) + &line + &run_text;
+                replay::write(&out.join(format!("discarded-{attempt}")), &r, None, &t)?;
+            }
+            continue;
+        }
         let mut simulated = if args.compare {
             Some(replay::simulate(&scenario, &r)?)
         } else {
@@ -141,17 +196,8 @@ fn run(args: Args) -> Result<()> {
         }
         columns.push(r.summary.clone());
         columns.extend(simulated.as_ref().map(|s| s.0.clone()));
-        let mut run_text = String::new();
         if let Some((sim, _)) = &simulated {
-            run_text += &replay::compare_line(&r.summary, sim);
-            run_text.push('\n');
-        }
-        run_text += &format!("wall time of the real run: {:.1} s\n", r.wall_s);
-        if !r.failed_commands.is_empty() {
-            run_text += &format!("{} load command(s) failed:\n", r.failed_commands.len());
-            for (vm, e) in &r.failed_commands {
-                run_text += &format!("  {vm}: {e}\n");
-            }
+            run_text = replay::compare_line(&r.summary, sim) + "\n" + &run_text;
         }
         if let Some(out) = &args.out {
             let dir = if n > 1 {
@@ -171,6 +217,20 @@ fn run(args: Args) -> Result<()> {
         real_runs.push(r.summary);
         simulated_runs.extend(simulated.map(|s| s.0));
     }
+    if discarded > 0 {
+        text += &format!(
+            "{discarded} run(s) discarded, {} comparable\n",
+            real_runs.len()
+        );
+    }
+    stopped = match stopped {
+        _ if real_runs.len() == n => None,
+        Some(e) => Some(e),
+        None => Some(anyhow::anyhow!(
+            "only {} of {n} runs were comparable in {attempts} attempts (--attempts)",
+            real_runs.len()
+        )),
+    };
     let mut t = table(&columns);
     t += &text;
     if n > 1 {
