@@ -8,8 +8,20 @@
 //! use dvms_core::harness::{FixedNeighbours, Harness};
 //! use dvms_core::host::{HostState, VmId, VmState};
 //!
-//! let vm = |id, cpu_demand| VmState { id: VmId(id), cpu_demand, mem_mib: 1024, pinned: false };
-//! let host = |vms| HostState { cpu_capacity: 100.0, mem_capacity_mib: 8192, vms };
+//! let vm = |id, cpu_demand| VmState {
+//!     id: VmId(id),
+//!     cpu_demand,
+//!     mem_mib: 1024,
+//!     pinned: false,
+//!     rules: Default::default(),
+//! };
+//! let host = |vms| HostState {
+//!     name: String::new(),
+//!     max_vms: None,
+//!     cpu_capacity: 100.0,
+//!     mem_capacity_mib: 8192,
+//!     vms,
+//! };
 //! let mut h = Harness::new();
 //! h.add(1, FixedNeighbours::new(vec![2]), host(vec![vm(1, 60.0), vm(2, 60.0)]));
 //! h.add(2, FixedNeighbours::new(vec![1]), host(vec![vm(3, 10.0)]));
@@ -24,18 +36,21 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::host::{HostState, Millis, VmId};
+use crate::ha;
+use crate::host::{HostState, Millis, VmId, VmState};
 use crate::isp::{self, Neighbours};
 use crate::node::{Input, Membership, Message, Node, Output};
 use crate::placement::{self, Host, Problem, Vm};
 
 /// A membership layer that knows a fixed list of nodes and grows partitions in its
 /// order, for tests that need to say who joins next; it declares a node failed when the
-/// test says so ([`Harness::declare_failed`]).
+/// test says so ([`Harness::declare_failed`]). Its ring successors (HA's guardians) are
+/// the same list, less the nodes declared failed.
 #[derive(Clone, Debug)]
 pub struct FixedNeighbours {
     order: Vec<u32>,
     to_declare_failed: Vec<u32>,
+    failed: BTreeSet<u32>,
 }
 
 impl FixedNeighbours {
@@ -44,6 +59,7 @@ impl FixedNeighbours {
         FixedNeighbours {
             order,
             to_declare_failed: Vec::new(),
+            failed: BTreeSet::new(),
         }
     }
 }
@@ -67,11 +83,14 @@ impl Membership<u32> for FixedNeighbours {
         _rng: &mut StdRng,
     ) -> Vec<overlay::Output<u32>> {
         match input {
-            overlay::Input::Tick => self
-                .to_declare_failed
-                .drain(..)
-                .map(|p| overlay::Output::Event(overlay::Event::Failed(p)))
-                .collect(),
+            overlay::Input::Tick => {
+                let failed: Vec<u32> = self.to_declare_failed.drain(..).collect();
+                self.failed.extend(failed.iter().copied());
+                failed
+                    .into_iter()
+                    .map(|p| overlay::Output::Event(overlay::Event::Failed(p)))
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -79,6 +98,22 @@ impl Membership<u32> for FixedNeighbours {
     /// Due at once while a failure is to be declared; otherwise never.
     fn poll_timeout(&self) -> Option<Millis> {
         (!self.to_declare_failed.is_empty()).then_some(0)
+    }
+
+    fn successors(&self) -> Vec<u32> {
+        self.order
+            .iter()
+            .copied()
+            .filter(|n| !self.failed.contains(n))
+            .collect()
+    }
+
+    fn is_failed(&self, id: &u32) -> bool {
+        self.failed.contains(id)
+    }
+
+    fn near_peers(&self) -> Vec<u32> {
+        self.successors()
     }
 }
 
@@ -118,6 +153,11 @@ enum Pending {
         node: u32,
         answer: isp::SolveAnswer<u32>,
     },
+    /// The outcome of an HA order.
+    Ha {
+        node: u32,
+        input: ha::Input<u32>,
+    },
 }
 
 /// A rule that drops matching messages: (time, sender, receiver, message) → drop.
@@ -144,6 +184,8 @@ pub struct Harness<M> {
     /// Migrations into these hosts fail (their hypervisor is gone).
     pub failing_destinations: BTreeSet<u32>,
     drop_rule: Option<DropRule>,
+    /// Every VM a modelled host ever ran (HA restarts one from its id).
+    known_vms: BTreeMap<VmId, VmState>,
     pub log: Vec<Record>,
 }
 
@@ -170,6 +212,7 @@ impl<M: Membership<u32>> Harness<M> {
             silenced: BTreeSet::new(),
             failing_destinations: BTreeSet::new(),
             drop_rule: None,
+            known_vms: BTreeMap::new(),
             log: Vec::new(),
         };
         h.schedule(0, Pending::Monitor);
@@ -185,7 +228,31 @@ impl<M: Membership<u32>> Harness<M> {
         let rng = StdRng::seed_from_u64(u64::from(id));
         let node = Node::with_membership(id, 0, cfg, membership, rng);
         self.nodes.insert(id, node);
+        for v in &host.vms {
+            self.known_vms.insert(v.id, v.clone());
+        }
         self.hosts.insert(id, host);
+    }
+
+    /// Turns HA on at every node (with `cfg`, `enabled` set) and gives each the
+    /// definitions of its VMs.
+    pub fn enable_ha(&mut self, cfg: ha::Config) {
+        let cfg = ha::Config {
+            enabled: true,
+            ..cfg
+        };
+        let ids: Vec<u32> = self.nodes.keys().copied().collect();
+        for id in ids {
+            if let Some(n) = self.nodes.remove(&id) {
+                self.nodes.insert(id, n.with_ha(0, cfg.clone()));
+            }
+            let defs = self.hosts[&id]
+                .vms
+                .iter()
+                .map(|v| (v.id, format!("<domain><name>{:?}</name></domain>", v.id)))
+                .collect();
+            self.input(id, Input::Definitions(defs));
+        }
     }
 
     pub fn now(&self) -> Millis {
@@ -342,7 +409,50 @@ impl<M: Membership<u32>> Harness<M> {
                     self.input(node, Input::Solved(answer));
                 }
             }
+            Pending::Ha { node, input } => {
+                if !self.silenced.contains(&node) {
+                    self.input(node, Input::Ha(input));
+                }
+            }
         }
+    }
+
+    /// Carries out an HA order on the modelled hosts. A silenced node's hypervisor still
+    /// answers (its daemon died, not its host): a remote fence destroys its VMs.
+    fn ha_order(&mut self, id: u32, order: &ha::Output<u32>) {
+        let input = match order {
+            ha::Output::DestroyAll { .. } => {
+                self.host_mut(id).vms.clear();
+                ha::Input::Destroyed
+            }
+            ha::Output::FenceRemote { ward, term, vms } => {
+                let destroyed = self.hosts.contains_key(ward);
+                if let Some(h) = self.hosts.get_mut(ward) {
+                    h.vms.retain(|v| !vms.contains(&v.id));
+                }
+                ha::Input::RemoteFenced {
+                    ward: *ward,
+                    term: *term,
+                    destroyed,
+                }
+            }
+            ha::Output::Start { ward, term, vm, .. } => {
+                let known = self.known_vms.get(vm).cloned();
+                let ok = known.is_some();
+                if let Some(v) = known {
+                    self.host_mut(id).vms.push(v);
+                }
+                ha::Input::Started {
+                    ward: *ward,
+                    term: *term,
+                    vm: *vm,
+                    ok,
+                }
+            }
+            ha::Output::Event(_) | ha::Output::Send { .. } => return,
+        };
+        let at = self.now + self.latency_ms;
+        self.schedule(at, Pending::Ha { node: id, input });
     }
 
     /// Carries out what node `id` asked for.
@@ -378,6 +488,10 @@ impl<M: Membership<u32>> Harness<M> {
                     let answer = job.clone().run();
                     let at = self.now + self.solve_ms;
                     self.schedule(at, Pending::Solved { node: id, answer });
+                }
+                Output::Ha(order) => {
+                    let order = order.clone();
+                    self.ha_order(id, &order);
                 }
                 Output::Overlay(_) | Output::Isp(_) => {}
             }

@@ -42,6 +42,7 @@ use overlay::{Contact, Overlay, OverlayId};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use crate::ha::{self, Ha};
 use crate::host::{HostState, Millis, VmId};
 use crate::isp::{self, Isp, Neighbours};
 
@@ -63,6 +64,43 @@ pub trait Membership<Id>: Neighbours<Id> {
     fn listed(&self) -> Vec<Id> {
         Vec::new()
     }
+
+    /// This node's live ring successors, nearest first (its HA guardians).
+    fn successors(&self) -> Vec<Id> {
+        Vec::new()
+    }
+
+    /// Whether `id` is not, or no longer, a live member (declared failed, left, or never
+    /// known).
+    fn is_failed(&self, _id: &Id) -> bool {
+        false
+    }
+
+    /// Live peers near this node, nearest first (HA restart candidates).
+    fn near_peers(&self) -> Vec<Id> {
+        Vec::new()
+    }
+}
+
+/// The membership as HA sees it.
+struct RingView<'a, M>(&'a M);
+
+impl<Id, M: Membership<Id>> ha::Ring<Id> for RingView<'_, M> {
+    fn successors(&self, n: usize) -> Vec<Id> {
+        let mut s = self.0.successors();
+        s.truncate(n);
+        s
+    }
+
+    fn is_failed(&self, id: &Id) -> bool {
+        self.0.is_failed(id)
+    }
+
+    fn near(&self, n: usize) -> Vec<Id> {
+        let mut s = self.0.near_peers();
+        s.truncate(n);
+        s
+    }
 }
 
 impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
@@ -81,6 +119,18 @@ impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
 
     fn listed(&self) -> Vec<Id> {
         Overlay::listed(self).cloned().collect()
+    }
+
+    fn successors(&self) -> Vec<Id> {
+        Overlay::successors(self).to_vec()
+    }
+
+    fn is_failed(&self, id: &Id) -> bool {
+        !Overlay::lists(self, id)
+    }
+
+    fn near_peers(&self) -> Vec<Id> {
+        Overlay::near(self).to_vec()
     }
 }
 
@@ -131,6 +181,18 @@ impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
     fn listed(&self) -> Vec<Id> {
         (**self).listed()
     }
+
+    fn successors(&self) -> Vec<Id> {
+        (**self).successors()
+    }
+
+    fn is_failed(&self, id: &Id) -> bool {
+        (**self).is_failed(id)
+    }
+
+    fn near_peers(&self) -> Vec<Id> {
+        (**self).near_peers()
+    }
 }
 
 /// A message between two nodes.
@@ -138,6 +200,7 @@ impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
 pub enum Message<Id> {
     Overlay(overlay::Message<Id>),
     Isp(isp::Message<Id>),
+    Ha(ha::Message<Id>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -167,6 +230,12 @@ pub enum Input<Id> {
     Shutdown,
     /// The answer to an [`Output::Solve`].
     Solved(isp::SolveAnswer<Id>),
+    /// The definitions of this host's VMs (libvirt domain XML), for HA: kept, and sent
+    /// to the guardians with the next [`Input::Monitor`]'s VMs.
+    Definitions(Vec<(VmId, String)>),
+    /// The outcome of an [`Output::Ha`] order: [`ha::Input::Destroyed`],
+    /// [`ha::Input::RemoteFenced`] or [`ha::Input::Started`].
+    Ha(ha::Input<Id>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -188,6 +257,9 @@ pub enum Output<Id> {
     /// Run this solve ([`isp::SolveJob::run`]; the daemon does it on a blocking thread)
     /// and hand the answer back as [`Input::Solved`].
     Solve(isp::SolveJob<Id>),
+    /// HA: destroy this host's VMs, fence another host's, start a VM of a dead host's
+    /// (report each with [`Input::Ha`]), or an event to record. Never a `Send`.
+    Ha(ha::Output<Id>),
 }
 
 /// The settings of a node's two state machines.
@@ -196,12 +268,35 @@ pub enum Output<Id> {
 pub struct NodeConfig {
     pub overlay: overlay::Config,
     pub isp: isp::Config,
+    /// Off by default.
+    pub ha: ha::Config,
+}
+
+impl NodeConfig {
+    /// HA's settings, and what HA needs of the overlay (enough ring successors to lease
+    /// from).
+    pub fn validate_ha(&self) -> Result<(), String> {
+        if !self.ha.enabled {
+            return Ok(());
+        }
+        self.ha.validate()?;
+        if self.overlay.ring < self.ha.guardians {
+            return Err(format!(
+                "ha.guardians = {} needs overlay.ring >= {} (it is {})",
+                self.ha.guardians, self.ha.guardians, self.overlay.ring
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One node: membership `M` (the overlay by default) and the ISP.
 pub struct Node<Id, M = Overlay<Id>> {
     membership: M,
     isp: Isp<Id>,
+    ha: Ha<Id>,
+    /// The latest VM definitions the driver gave (for HA catalogs).
+    definitions: Vec<(VmId, String)>,
     rng: StdRng,
     out: VecDeque<Output<Id>>,
 }
@@ -212,6 +307,7 @@ impl<Id: OverlayId> Node<Id, Overlay<Id>> {
     pub fn new(id: Id, incarnation: u64, cfg: &NodeConfig, rng: StdRng) -> Self {
         let overlay = Overlay::new(id.clone(), incarnation, cfg.overlay.clone());
         Node::with_membership(id, incarnation, cfg.isp.clone(), overlay, rng)
+            .with_ha(incarnation, cfg.ha.clone())
     }
 }
 
@@ -225,10 +321,22 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
     ) -> Self {
         Node {
             membership,
+            ha: Ha::new(id.clone(), incarnation, ha::Config::default()),
+            definitions: Vec::new(),
             isp: Isp::new(id, incarnation, isp),
             rng,
             out: VecDeque::new(),
         }
+    }
+
+    /// The node with HA set as `cfg` says (off by default).
+    pub fn with_ha(mut self, incarnation: u64, cfg: ha::Config) -> Self {
+        self.ha = Ha::new(self.id().clone(), incarnation, cfg);
+        self
+    }
+
+    pub fn ha(&self) -> &Ha<Id> {
+        &self.ha
     }
 
     pub fn id(&self) -> &Id {
@@ -262,7 +370,25 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
             Input::Rtt { peer, rtt_ms } => {
                 self.feed_overlay(now, overlay::Input::Rtt { peer, rtt_ms })
             }
-            Input::Monitor(h) => self.feed_isp(now, isp::Input::Monitor(h)),
+            Input::Message {
+                from,
+                msg: Message::Ha(msg),
+            } => self.feed_ha(now, ha::Input::Message { from, msg }),
+            Input::Monitor(h) => {
+                if self.ha.config().enabled {
+                    let definitions = self
+                        .definitions
+                        .iter()
+                        .filter(|(vm, _)| h.vms.iter().any(|v| v.id == *vm))
+                        .cloned()
+                        .collect();
+                    let host = h.clone();
+                    self.feed_ha(now, ha::Input::Catalog { host, definitions });
+                }
+                self.feed_isp(now, isp::Input::Monitor(h))
+            }
+            Input::Definitions(d) => self.definitions = d,
+            Input::Ha(i) => self.feed_ha(now, i),
             Input::HypervisorDown => self.feed_isp(now, isp::Input::HypervisorDown),
             Input::MigrationDone { vm, ok } => {
                 self.feed_isp(now, isp::Input::MigrationDone { vm, ok })
@@ -277,10 +403,14 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
 
     /// When [`Node::handle_timeout`] next has something to do, if no input comes first.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        match (self.membership.poll_timeout(), self.isp.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.membership.poll_timeout(),
+            self.isp.poll_timeout(),
+            self.ha.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Does what is due at `now`: the overlay's round and health checks first (a peer it
@@ -292,6 +422,10 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
         if self.isp.poll_timeout().is_some_and(|t| t <= now) {
             let outs = self.isp.handle_timeout(now, &self.membership);
             self.route_isp(outs);
+        }
+        if self.ha.poll_timeout().is_some_and(|t| t <= now) {
+            self.ha.handle_timeout(now, &RingView(&self.membership));
+            self.route_ha();
         }
     }
 
@@ -325,6 +459,23 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
     fn feed_isp(&mut self, now: Millis, input: isp::Input<Id>) {
         let outs = self.isp.handle(now, input, &self.membership);
         self.route_isp(outs);
+    }
+
+    fn feed_ha(&mut self, now: Millis, input: ha::Input<Id>) {
+        self.ha.handle(now, input, &RingView(&self.membership));
+        self.route_ha();
+    }
+
+    fn route_ha(&mut self) {
+        while let Some(o) = self.ha.poll_output() {
+            self.out.push_back(match o {
+                ha::Output::Send { to, msg } => Output::Send {
+                    to,
+                    msg: Message::Ha(msg),
+                },
+                o => Output::Ha(o),
+            });
+        }
     }
 
     fn route_isp(&mut self, outs: Vec<isp::Output<Id>>) {
@@ -424,5 +575,56 @@ mod tests {
             .expect("removed from the partition");
         assert_eq!(lost_at, failed_at);
         assert!(lost_at <= t0 + 4_500, "{lost_at} vs silence at {t0}");
+    }
+
+    /// HA through the node: five nodes whose guardians are their ring successors; node
+    /// 3's daemon goes silent and is declared failed; its guardians wait out its lease,
+    /// fence it through its hypervisor and restart its VMs on the others, once each.
+    #[test]
+    fn ha_through_the_node_restarts_a_dead_daemons_vms_once() {
+        use crate::harness::FixedNeighbours;
+        let mut h: Harness<FixedNeighbours> = Harness::new();
+        let ring = |id: u32| -> Vec<u32> { (1..5).map(|k| (id - 1 + k) % 5 + 1).collect() };
+        for id in 1..=5u32 {
+            let vms: Vec<(u128, f64)> = (0..3).map(|k| (u128::from(id * 10 + k), 5.0)).collect();
+            h.add(id, FixedNeighbours::new(ring(id)), host(&vms));
+        }
+        h.enable_ha(ha::Config::default());
+        h.run_until(15_000);
+        for id in 1..=5 {
+            assert!(
+                h.node(id).ha().holds_lease(h.now()),
+                "node {id} holds its lease"
+            );
+        }
+        h.silence(3);
+        let t0 = h.now();
+        h.run_until(t0 + 4_000);
+        for id in [1, 2, 4, 5] {
+            h.declare_failed(id, 3);
+        }
+        h.run_until(t0 + 40_000);
+        assert!(h.host(3).vms.is_empty(), "fenced at its hypervisor");
+        let mut running: Vec<u128> = [1, 2, 4, 5]
+            .iter()
+            .flat_map(|id| h.host(*id).vms.iter().map(|v| v.id.0))
+            .collect();
+        running.sort_unstable();
+        let mut want: Vec<u128> = (1..=5u32)
+            .flat_map(|id| (0..3).map(move |k| u128::from(id * 10 + k)))
+            .collect();
+        want.sort_unstable();
+        assert_eq!(running, want, "every VM runs, once");
+        let restarted = h
+            .log
+            .iter()
+            .filter(|r| {
+                matches!(
+                    &r.output,
+                    Output::Ha(ha::Output::Event(ha::Event::Restarted { ward: 3, .. }))
+                )
+            })
+            .count();
+        assert_eq!(restarted, 3);
     }
 }

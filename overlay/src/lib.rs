@@ -457,6 +457,11 @@ impl<Id: OverlayId> Overlay<Id> {
         (self.succ.first(), self.pred.first())
     }
 
+    /// The successors on the ring this node knows, nearest first (up to `ring`).
+    pub fn successors(&self) -> &[Id] {
+        &self.succ
+    }
+
     /// The peers closest by coordinates, closest first.
     pub fn near(&self) -> &[Id] {
         &self.near

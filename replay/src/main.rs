@@ -50,10 +50,12 @@ struct Args {
     compare: bool,
     /// Replay the scenario until this many runs are comparable, one after the other (each
     /// from where the previous left the VMs; with --compare each simulated from the same
-    /// start), and report each side's mean and spread. A run during which a guest stopped
-    /// answering (it crashed) is not comparable: it is reported as discarded, with why,
+    /// start), and report each side's mean and spread. A run at the end of which a guest does not
+    /// answer (it crashed or hangs), or with more than 1 % of its load changes failed, is
+    /// not comparable: it is reported as discarded, with why,
     /// its files go to OUT/discarded-K, and it is not simulated. Before every run, guests
-    /// that run nowhere are started again (their console's end kept in OUT/crashed-K).
+    /// that run nowhere or do not answer (hung) are started afresh (their console's end
+    /// kept in OUT/crashed-K).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
     /// At most this many runs in all, discarded ones included (default: --repeat + 2).
@@ -128,7 +130,10 @@ fn run(args: Args) -> Result<()> {
         if attempts > 1 && !quiet {
             eprintln!("== run {attempt} (comparable so far: {i} of {n})");
         }
-        let keep = args.out.as_ref().map(|o| o.join(format!("crashed-{attempt}")));
+        let keep = args
+            .out
+            .as_ref()
+            .map(|o| o.join(format!("crashed-{attempt}")));
         let run = replay::revive(&cluster, keep.as_deref()).and_then(|started| {
             for line in &started {
                 text += &format!("before run {attempt}: {line}\n");
@@ -163,10 +168,15 @@ fn run(args: Args) -> Result<()> {
         };
         stopped = None;
         let mut run_text = format!("wall time of the real run: {:.1} s\n", r.wall_s);
-        if !r.failed_commands.is_empty() {
-            run_text += &format!("{} load command(s) failed:\n", r.failed_commands.len());
-            for (vm, e) in &r.failed_commands {
-                run_text += &format!("  {vm}: {e}\n");
+        for (what, list) in [
+            ("load command(s) failed", &r.failed_commands),
+            ("guest(s) did not answer at the end", &r.failed_at_end),
+        ] {
+            if !list.is_empty() {
+                run_text += &format!("{} {what}:\n", list.len());
+                for (vm, e) in list {
+                    run_text += &format!("  {vm}: {e}\n");
+                }
             }
         }
         if let Some(why) = r.fault() {

@@ -35,6 +35,9 @@ struct Ward<Id> {
     catalog: Option<Catalog>,
     /// When this guardian last acknowledged it.
     last_ack: Millis,
+    /// When this guardian last could not judge it (it had lost most of the ward's other
+    /// guardians: it was the one cut off); silence before that does not count.
+    blind_at: Millis,
     /// Terms up to this one are never acknowledged again.
     revoked: Option<Term>,
     /// An older term is being recovered: the host must fence before leasing again.
@@ -107,6 +110,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     sets: Vec::new(),
                     catalog: None,
                     last_ack: cx.now,
+                    blind_at: 0,
                     revoked: None,
                     needs_fence: false,
                     suspicion: None,
@@ -246,7 +250,6 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 .suspicion
                 .as_ref()
                 .is_none_or(|s| s.term < w.term && s.finished);
-            let silent = now > w.last_ack.saturating_add(wait_for(w.lease_ms));
             // A guardian that lost most of the ward's other guardians is more likely cut
             // off itself: it gives up on nobody (as Lifeguard's local health).
             let mut members: Vec<&Id> = w.sets.iter().flatten().collect();
@@ -257,6 +260,13 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 .filter(|g| **g == cx.id || !cx.ring.is_failed(g))
                 .count();
             let healthy = reachable * 2 > members.len();
+            if !healthy {
+                w.blind_at = now;
+            }
+            let silent = now
+                > w.last_ack
+                    .max(w.blind_at)
+                    .saturating_add(wait_for(w.lease_ms));
             if open
                 && healthy
                 && w.revoked.is_none_or(|r| r < w.term)

@@ -425,6 +425,17 @@ impl World {
             .collect()
     }
 
+    /// The VMs some coordinator reported lost.
+    fn lost(&self) -> BTreeSet<VmId> {
+        self.events
+            .iter()
+            .filter_map(|(_, _, e)| match e {
+                Event::VmLost { vm, .. } => Some(*vm),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn first(&self, f: impl Fn(&Event<u32>) -> bool) -> Option<(Millis, u32)> {
         self.events
             .iter()
@@ -563,14 +574,7 @@ fn a_vm_with_no_room_anywhere_is_reported_lost() {
     w.crash(1);
     w.run_until(60_000);
     assert!(w.running().len() >= 6);
-    let lost: Vec<VmId> = w
-        .events
-        .iter()
-        .filter_map(|(_, _, e)| match e {
-            Event::VmLost { vm, .. } => Some(*vm),
-            _ => None,
-        })
-        .collect();
+    let lost = w.lost();
     let running = w.running();
     for vm in [VmId(100), VmId(101), big] {
         assert!(
@@ -658,14 +662,7 @@ fn random_failures_never_run_a_vm_twice_and_lose_none_silently() {
             w.run_until(t);
         }
         let running = w.running();
-        let reported: BTreeSet<VmId> = w
-            .events
-            .iter()
-            .filter_map(|(_, _, e)| match e {
-                Event::VmLost { vm, .. } => Some(*vm),
-                _ => None,
-            })
-            .collect();
+        let reported = w.lost();
         let stalled = w
             .events
             .iter()
@@ -684,8 +681,15 @@ fn random_failures_never_run_a_vm_twice_and_lose_none_silently() {
         }
         if vms.iter().all(|vm| running.contains_key(vm)) {
             all_running += 1;
+        } else {
+            eprintln!(
+                "seed {seed}: {} VM(s) down; reported lost {}, a recovery stalled: {stalled}",
+                vms.iter().filter(|vm| !running.contains_key(vm)).count(),
+                reported.len()
+            );
         }
     }
+    eprintln!("{all_running} of {seeds} runs end with every VM running");
     // One incident at a time, room everywhere: recovery finishes in (nearly) every run.
     assert!(
         all_running * 100 >= seeds * 95,

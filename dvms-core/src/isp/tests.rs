@@ -39,7 +39,7 @@ fn isp_sent(h: &H, from: u32, to: u32) -> Vec<(Millis, Message<u32>)> {
         .filter(|(_, f, t, _)| *f == from && *t == to)
         .filter_map(|(at, _, _, m)| match m {
             NodeMessage::Isp(m) => Some((at, m.clone())),
-            NodeMessage::Overlay(_) => None,
+            NodeMessage::Overlay(_) | NodeMessage::Ha(_) => None,
         })
         .collect()
 }
