@@ -249,12 +249,17 @@ pub fn stopped_on<'c>(c: &'c crate::cluster::Cluster, vm: &str) -> Result<Option
     }
 }
 
-/// Starts the defined guest `vm` on `h` (a fresh boot).
+/// Starts the defined guest `vm` on `h` afresh (a new boot): destroyed first if it runs
+/// (a guest that hangs).
 pub fn start(h: &Host, vm: &str) -> Result<()> {
     let conn = connect(h)?;
     let dom = conn
         .lookup_domain_by_name(vm)
         .with_context(|| format!("no guest {vm} on {}", h.name))?;
+    if dom.is_active().unwrap_or(false) {
+        dom.destroy()
+            .with_context(|| format!("destroy {vm} on {}", h.name))?;
+    }
     dom.create()
         .with_context(|| format!("start {vm} on {}", h.name))?;
     Ok(())
