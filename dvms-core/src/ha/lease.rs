@@ -101,12 +101,14 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         Some(sent.saturating_add(lease_ms))
     }
 
+    /// While changing sets the lease rests on the set being left: every recovery must
+    /// then gather a majority of it too (each guardian that saw the change reports both
+    /// sets), and the new guardians may not have answered yet.
     fn lease_end(&self, lease_ms: Millis) -> Option<Millis> {
-        let now_set = self.expiry(&self.set, 0, lease_ms)?;
         if self.previous.is_empty() {
-            Some(now_set)
+            self.expiry(&self.set, 0, lease_ms)
         } else {
-            Some(now_set.min(self.expiry(&self.previous, 0, lease_ms)?))
+            self.expiry(&self.previous, 0, lease_ms)
         }
     }
 

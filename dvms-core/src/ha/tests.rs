@@ -395,6 +395,23 @@ impl World {
         self.update_reachability();
     }
 
+    /// A new host, with no VMs, joins the ring.
+    fn join(&mut self, id: u32) {
+        self.hosts.insert(
+            id,
+            Host {
+                ha: Ha::new(id, 1, self.cfg.clone()),
+                incarnation: 1,
+                daemon: true,
+                hypervisor: true,
+                cut: false,
+                vms: BTreeMap::new(),
+                unreachable_since: BTreeMap::new(),
+            },
+        );
+        self.update_reachability();
+    }
+
     /// The daemon starts again (a new incarnation); a host that was down boots empty.
     fn restart(&mut self, id: u32) {
         let cfg = self.cfg.clone();
@@ -540,6 +557,28 @@ fn vms_of_a_host_whose_daemon_died_are_destroyed_at_its_hypervisor_before_restar
         .is_some());
     assert!(w.hosts[&4].ha.holds_lease(w.now));
     assert_eq!(w.running().len(), 15);
+}
+
+/// Two hosts join between host 5 and its guardians at once: its guardian set changes by
+/// two; it keeps its lease on the set it leaves until both sets acknowledged the change.
+#[test]
+fn a_host_whose_guardians_change_by_two_at_once_keeps_its_lease() {
+    let mut w = World::new(5, 2, cfg());
+    w.run_until(15_000);
+    w.join(6);
+    w.join(7);
+    w.run_until(40_000);
+    assert!(w.first(|e| matches!(e, Event::Fencing { .. })).is_none());
+    assert!(w.hosts[&5].ha.holds_lease(w.now));
+    assert_eq!(w.running().len(), 10);
+    // Host 5 now leases from 6, 7 and 1: a crash of it is recovered by them.
+    w.crash(5);
+    w.run_until(70_000);
+    assert_eq!(w.running().len(), 10);
+    let (_, coordinator) = w
+        .first(|e| matches!(e, Event::Recovering { ward: 5, .. }))
+        .expect("recovered");
+    assert!([6, 7, 1].contains(&coordinator));
 }
 
 #[test]
