@@ -15,6 +15,8 @@ scripts/check-layout.sh
 echo "== tests (unit, and integration on real libvirt/QEMU testbeds)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
+  # nextest runs no documentation examples.
+  cargo test --workspace --doc
 else
   cargo test --workspace --no-fail-fast
 fi

@@ -5,8 +5,8 @@
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use dvms_core::isp;
 use dvms_core::node::Message;
+use dvms_core::{ha, isp};
 
 use crate::NodeId;
 
@@ -28,6 +28,7 @@ pub enum Body {
     /// [`overlay::Message`] with peer ids as bytes (checked when decoded).
     Overlay(Box<overlay::Message<Vec<u8>>>),
     Isp(Box<isp::Message<NodeId>>),
+    Ha(Box<ha::Message<NodeId>>),
 }
 
 /// The answer to every request: the message was taken (or why not).
@@ -51,6 +52,8 @@ pub enum WireError {
     Member(String),
     #[error("invalid scheduling message: {0}")]
     Isp(String),
+    #[error("invalid HA message: {0}")]
+    Ha(String),
 }
 
 fn config() -> impl bincode::config::Config {
@@ -113,6 +116,10 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message<NodeId>, WireError> {
             m.validate().map_err(WireError::Isp)?;
             Ok(Message::Isp(*m))
         }
+        Body::Ha(m) => {
+            m.validate().map_err(WireError::Ha)?;
+            Ok(Message::Ha(*m))
+        }
     }
 }
 
@@ -125,6 +132,7 @@ pub fn encode_message(msg: &Message<NodeId>) -> Result<Vec<u8>, WireError> {
                 .unwrap_or_else(|e| match e {}),
         )),
         Message::Isp(m) => Body::Isp(Box::new(m.clone())),
+        Message::Ha(m) => Body::Ha(Box::new(m.clone())),
     };
     encode(&Envelope {
         version: PROTOCOL_VERSION,
@@ -201,6 +209,37 @@ mod tests {
                 }],
             },
         })
+    }
+
+    fn lease(definition_bytes: usize) -> Message<NodeId> {
+        let Message::Isp(isp::Message::Joined { host, .. }) = joined(10.0) else {
+            unreachable!()
+        };
+        let vm = host.vms[0].id;
+        Message::Ha(ha::Message::Lease {
+            term: (1_764_000_000_000, 0),
+            seq: 9,
+            lease_ms: 10_000,
+            guardians: vec![NodeId(PeerId::random()), NodeId(PeerId::random())],
+            previous: vec![],
+            catalog: Some(Box::new(ha::Catalog {
+                version: 3,
+                host,
+                definitions: vec![(vm, "x".repeat(definition_bytes))],
+            })),
+        })
+    }
+
+    #[test]
+    fn ha_messages_survive_the_round_trip_and_oversized_definitions_are_refused() {
+        let msg = lease(4_000);
+        let bytes = encode_message(&msg).unwrap();
+        assert_eq!(decode_message(&bytes).unwrap(), msg);
+        let bytes = encode_message(&lease(ha::MAX_DEFINITION_BYTES + 1)).unwrap();
+        match decode_message(&bytes) {
+            Err(WireError::Ha(reason)) => assert!(reason.contains("definition"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

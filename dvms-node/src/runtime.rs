@@ -199,6 +199,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             })
         }
     };
+    // HA stays off: the daemon does not yet carry out its orders (issue 17).
     let node_cfg = NodeConfig {
         overlay: cfg.overlay.clone(),
         isp: cfg
@@ -206,6 +207,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             .as_ref()
             .map(|s| s.isp.clone())
             .unwrap_or_default(),
+        ha: Default::default(),
     };
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let peer_cache_file = peer_cache::path(&cfg.identity_file);
@@ -302,6 +304,7 @@ impl Daemon {
                 Output::Overlay(e) => self.on_overlay_event(e),
                 Output::Isp(e) => self.on_isp_event(e),
                 Output::Solve(job) => self.start_solve(job),
+                Output::Ha(_) => {} // HA is off in the daemon (above)
             }
         }
     }
@@ -606,6 +609,10 @@ impl Daemon {
             Ok(Message::Isp(_)) if self.sched.is_none() => {
                 self.dropped("not_scheduling");
                 Ack::Rejected("this daemon does not schedule".into())
+            }
+            Ok(Message::Ha(_)) => {
+                self.dropped("ha_off");
+                Ack::Rejected("this daemon does not run HA".into())
             }
             Ok(msg) => {
                 self.metrics.received.inc();

@@ -590,6 +590,7 @@ impl Sim {
                     let answer = Box::new(answer);
                     self.schedule(now + cost, Ev::Solved { node, gen, answer });
                 }
+                Output::Ha(_) => {} // HA is off in the simulator (issue 17)
                 Output::Overlay(e) => {
                     let bound = self.cfg.overlay.detection_bound();
                     let nodes = &self.nodes;
@@ -698,6 +699,7 @@ impl Sim {
                 (MessageKind::Overlay, bytes)
             }
             Message::Isp(m) => (MessageKind::Scheduling, wire_bytes(m) + ENVELOPE_BYTES),
+            Message::Ha(m) => (MessageKind::Scheduling, wire_bytes(m) + ENVELOPE_BYTES),
         };
         let us = self.cfg.solve_cost.message_us;
         self.metrics

@@ -9,9 +9,10 @@
 //! while a majority of its guardians acknowledged a request it sent less than
 //! `lease_ms` ago. A host that held a lease and loses it (cut off from its guardians, or
 //! they gave up on it) destroys every VM it runs: it fences itself. While the ring
-//! changes, the host leases from its old and new guardian sets at once and needs a
-//! majority of both; it leaves the old set only once a majority of each acknowledged the
-//! change.
+//! changes, the host leases from its old and new guardian sets at once; its lease rests
+//! on the old set's majority (every guardian that saw the change reports both sets, so a
+//! recovery needs a majority of the old set too) until a majority of each acknowledged
+//! the change, and only then on the new set.
 //!
 //! **Confirmation.** A guardian suspects its ward when the membership layer declares it
 //! failed, or when no renewal came for `lease_ms + margin_ms`. From then on it never
