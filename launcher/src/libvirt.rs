@@ -228,27 +228,6 @@ pub fn find_vm(c: &crate::cluster::Cluster, vm: &str) -> Result<String> {
     anyhow::bail!("VM {vm} runs on no reachable host")
 }
 
-/// Where `vm` is defined but runs nowhere: a guest that crashed is destroyed
-/// (`on_crash`) and stays defined on the host it last ran on. `None` if it runs; an error
-/// if it is defined on no reachable host.
-pub fn stopped_on<'c>(c: &'c crate::cluster::Cluster, vm: &str) -> Result<Option<&'c Host>> {
-    let mut stopped = None;
-    for h in &c.hosts {
-        let Ok(conn) = connect(h) else { continue };
-        let Ok(d) = conn.lookup_domain_by_name(vm) else {
-            continue;
-        };
-        if d.is_active().unwrap_or(false) {
-            return Ok(None);
-        }
-        stopped.get_or_insert(h);
-    }
-    match stopped {
-        Some(h) => Ok(Some(h)),
-        None => anyhow::bail!("VM {vm} is defined on no reachable host"),
-    }
-}
-
 /// Starts the defined guest `vm` on `h` afresh (a new boot): destroyed first if it runs
 /// (a guest that hangs).
 pub fn start(h: &Host, vm: &str) -> Result<()> {

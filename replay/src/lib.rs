@@ -410,18 +410,30 @@ impl Replay {
 /// line per guest started.
 pub fn revive(cluster: &Cluster, keep: Option<&Path>) -> Result<Vec<String>> {
     let inv = Inventory::load(cluster)?;
+    // Where each guest runs, and where it is defined: one listing per host.
+    let mut running: BTreeMap<String, &launcher::cluster::Host> = BTreeMap::new();
+    let mut defined: BTreeMap<String, &launcher::cluster::Host> = BTreeMap::new();
+    for h in &cluster.hosts {
+        let Ok(conn) = libvirt::connect(h) else {
+            continue;
+        };
+        for d in libvirt::list_domains(&conn)? {
+            if d.running {
+                running.insert(d.name.clone(), h);
+            }
+            defined.entry(d.name).or_insert(h);
+        }
+    }
     let mut started = Vec::new();
     for vm in &inv.vms {
-        let h = match libvirt::stopped_on(cluster, &vm.name)? {
-            Some(h) => h,
-            None => {
-                let host = libvirt::find_vm(cluster, &vm.name)?;
-                let h = cluster.host(&host)?;
-                match hosts::guest_command(h, &vm.name, "ping") {
-                    Ok(a) if a.starts_with("pong ") => continue,
-                    _ => h, // hangs: started afresh below
-                }
-            }
+        let h = match running.get(&vm.name) {
+            Some(h) => match hosts::guest_command(h, &vm.name, "ping") {
+                Ok(a) if a.starts_with("pong ") => continue,
+                _ => *h, // hangs: started afresh below
+            },
+            None => *defined
+                .get(&vm.name)
+                .with_context(|| format!("VM {} is defined on no reachable host", vm.name))?,
         };
         if let Some(dir) = keep {
             if let Ok(console) = hosts::console_tail(cluster, h, &vm.name, 16 * 1024) {

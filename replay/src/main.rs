@@ -136,10 +136,7 @@ fn run(args: Args) -> Result<()> {
             .map(|o| o.join(format!("crashed-{attempt}")));
         let run = replay::revive(&cluster, keep.as_deref()).and_then(|started| {
             for line in &started {
-                text += &format!("before run {attempt}: {line}\n");
-                if !quiet {
-                    eprintln!("{line}");
-                }
+                report(&mut text, quiet, &format!("before run {attempt}: {line}\n"));
             }
             replay::run(&cluster, &scenario, |line| {
                 if !quiet {
@@ -155,11 +152,7 @@ fn run(args: Args) -> Result<()> {
             // starts lost guests again.
             Err(e) => {
                 discarded += 1;
-                let line = format!("run {attempt} failed: {e:#}\n");
-                if !quiet {
-                    eprint!("{line}");
-                }
-                text += &line;
+                report(&mut text, quiet, &format!("run {attempt} failed: {e:#}\n"));
                 stopped = Some(e.context(format!(
                     "run {attempt} failed; the table above holds the {i} comparable run(s) done"
                 )));
@@ -182,10 +175,7 @@ fn run(args: Args) -> Result<()> {
         if let Some(why) = r.fault() {
             discarded += 1;
             let line = format!("run {attempt} discarded: {why}\n");
-            if !quiet {
-                eprint!("{line}");
-            }
-            text += &line;
+            report(&mut text, quiet, &line);
             if let Some(out) = &args.out {
                 r.summary.label = format!("discarded-{attempt}");
                 let t = table(std::slice::from_ref(&r.summary)) + &line + &run_text;
@@ -257,4 +247,12 @@ fn run(args: Args) -> Result<()> {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A line for the table's text, shown as it happens too.
+fn report(text: &mut String, quiet: bool, line: &str) {
+    if !quiet {
+        eprint!("{line}");
+    }
+    text.push_str(line);
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
-use super::{Catalog, Config, Cx, Event, Message, Term};
+use super::{Catalog, Cx, Event, Message, Term};
 use crate::host::Millis;
 
 /// Most wards a guardian keeps (it guards about `guardians` hosts; more come only while
@@ -60,7 +60,13 @@ impl<Id> Default for Guard<Id> {
 }
 
 impl<Id: Clone> Ward<Id> {
-    fn suspect(&mut self, fenced: bool) {
+    /// Gives up on the current term (never acknowledged again) and says so.
+    fn suspect(&mut self, cx: &mut Cx<'_, Id>, ward: &Id, fenced: bool) {
+        self.revoked = Some(self.term);
+        cx.event(Event::Suspected {
+            ward: ward.clone(),
+            term: self.term,
+        });
         self.suspicion = Some(Suspicion {
             term: self.term,
             last_ack: self.last_ack,
@@ -80,7 +86,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
         self.wards.keys().cloned().collect()
     }
 
-    pub(super) fn next_due(&self, _cfg: &Config) -> Option<Millis> {
+    pub(super) fn next_due(&self) -> Option<Millis> {
         (!self.wards.is_empty()).then_some(self.next_tick)
     }
 
@@ -147,12 +153,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     };
                     if let Some(gone) = gone {
                         w.catalog = Some(gone);
-                        w.suspect(true);
-                        w.revoked = Some(w.term);
-                        cx.event(Event::Suspected {
-                            ward: from.clone(),
-                            term: w.term,
-                        });
+                        w.suspect(cx, &from, true);
                     }
                     w.term = term;
                     w.catalog = None;
@@ -186,11 +187,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     // It fenced a term this guardian still held: its VMs are gone and
                     // must be restarted, with no lease to wait for.
                     _ if term == w.term && w.revoked.is_none_or(|r| r < term) => {
-                        w.suspect(true);
-                        cx.event(Event::Suspected {
-                            ward: from.clone(),
-                            term,
-                        });
+                        w.suspect(cx, &from, true);
                     }
                     _ => {}
                 }
@@ -241,11 +238,6 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
         let now = cx.now;
         self.next_tick = now.saturating_add(cx.cfg.renew_ms.min(cx.cfg.margin_ms));
         for (id, w) in &mut self.wards {
-            let wait_for = |lease_ms: Millis| {
-                lease_ms
-                    .max(cx.cfg.lease_ms)
-                    .saturating_add(cx.cfg.margin_ms)
-            };
             let open = w
                 .suspicion
                 .as_ref()
@@ -266,61 +258,72 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
             let silent = now
                 > w.last_ack
                     .max(w.blind_at)
-                    .saturating_add(wait_for(w.lease_ms));
+                    .saturating_add(wait(cx, w.lease_ms));
             if open
                 && healthy
                 && w.revoked.is_none_or(|r| r < w.term)
                 && (cx.ring.is_failed(id) || silent)
             {
-                w.revoked = Some(w.term);
                 w.needs_fence = true;
-                w.suspect(false);
-                cx.event(Event::Suspected {
-                    ward: id.clone(),
-                    term: w.term,
+                w.suspect(cx, id, false);
+            }
+            if let Some(s) = w.suspicion.as_mut().filter(|s| !s.finished) {
+                s.step(cx, id);
+            }
+        }
+    }
+}
+
+/// How long after its last acknowledgement a guardian counts a ward's lease as over:
+/// the longer of both leases, plus the margin.
+fn wait<Id>(cx: &Cx<'_, Id>, ward_lease_ms: Millis) -> Millis {
+    ward_lease_ms
+        .max(cx.cfg.lease_ms)
+        .saturating_add(cx.cfg.margin_ms)
+}
+
+impl<Id: Clone + Ord + Debug> Suspicion<Id> {
+    /// Confirms to a coordinator once the lease is surely over (or the host said it
+    /// fenced); reports a coordinator that failed before finishing.
+    fn step(&mut self, cx: &mut Cx<'_, Id>, ward: &Id) {
+        match &self.confirmed_to {
+            None if self.fenced
+                || cx.now >= self.last_ack.saturating_add(wait(cx, self.lease_ms)) =>
+            {
+                // The first guardian of the newest set it does not believe failed.
+                let Some(c) = self
+                    .sets
+                    .iter()
+                    .flatten()
+                    .find(|g| *g == cx.id || !cx.ring.is_failed(g))
+                    .cloned()
+                else {
+                    return;
+                };
+                self.confirmed_to = Some(c.clone());
+                cx.event(Event::Confirmed {
+                    ward: ward.clone(),
+                    term: self.term,
+                    coordinator: c.clone(),
+                });
+                cx.send(
+                    c,
+                    Message::Confirm {
+                        ward: ward.clone(),
+                        term: self.term,
+                        sets: self.sets.clone(),
+                        catalog: self.catalog.clone().map(Box::new),
+                    },
+                );
+            }
+            Some(c) if c != cx.id && !self.stall_reported && cx.ring.is_failed(c) => {
+                self.stall_reported = true;
+                cx.event(Event::RecoveryStalled {
+                    ward: ward.clone(),
+                    coordinator: c.clone(),
                 });
             }
-            let Some(s) = &mut w.suspicion else { continue };
-            if s.finished {
-                continue;
-            }
-            match &s.confirmed_to {
-                None if s.fenced || now >= s.last_ack.saturating_add(wait_for(s.lease_ms)) => {
-                    // The first guardian of the newest set it does not believe failed.
-                    let Some(c) = s
-                        .sets
-                        .iter()
-                        .flatten()
-                        .find(|g| *g == cx.id || !cx.ring.is_failed(g))
-                        .cloned()
-                    else {
-                        continue;
-                    };
-                    s.confirmed_to = Some(c.clone());
-                    cx.event(Event::Confirmed {
-                        ward: id.clone(),
-                        term: s.term,
-                        coordinator: c.clone(),
-                    });
-                    cx.send(
-                        c,
-                        Message::Confirm {
-                            ward: id.clone(),
-                            term: s.term,
-                            sets: s.sets.clone(),
-                            catalog: s.catalog.clone().map(Box::new),
-                        },
-                    );
-                }
-                Some(c) if c != cx.id && !s.stall_reported && cx.ring.is_failed(c) => {
-                    s.stall_reported = true;
-                    cx.event(Event::RecoveryStalled {
-                        ward: id.clone(),
-                        coordinator: c.clone(),
-                    });
-                }
-                _ => {}
-            }
+            _ => {}
         }
     }
 }

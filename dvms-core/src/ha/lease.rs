@@ -85,11 +85,11 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     }
 
     /// When the lease of `set` ends, from the latest request a majority acknowledged.
-    fn expiry(&self, set: &[Id], since_seq: u64, lease_ms: Millis) -> Option<Millis> {
+    fn expiry(&self, set: &[Id], lease_ms: Millis) -> Option<Millis> {
         let mut acked: Vec<u64> = set
             .iter()
             .filter_map(|g| self.acks.get(g).map(|a| a.0))
-            .filter(|s| *s >= since_seq.max(1))
+            .filter(|s| *s >= 1)
             .collect();
         let need = set.len() / 2 + 1;
         if set.is_empty() || acked.len() < need {
@@ -106,9 +106,9 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     /// sets), and the new guardians may not have answered yet.
     fn lease_end(&self, lease_ms: Millis) -> Option<Millis> {
         if self.previous.is_empty() {
-            self.expiry(&self.set, 0, lease_ms)
+            self.expiry(&self.set, lease_ms)
         } else {
-            self.expiry(&self.previous, 0, lease_ms)
+            self.expiry(&self.previous, lease_ms)
         }
     }
 

@@ -324,14 +324,29 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         self.route_self(now, ring);
     }
 
-    fn dispatch(&mut self, now: Millis, input: Input<Id>, ring: &dyn Ring<Id>) {
-        let mut cx = Cx {
+    /// The context of one step, beside the three parts it is handed to.
+    fn split<'a>(
+        &'a mut self,
+        now: Millis,
+        ring: &'a dyn Ring<Id>,
+    ) -> (
+        Cx<'a, Id>,
+        &'a mut lease::Holder<Id>,
+        &'a mut guard::Guard<Id>,
+        &'a mut recover::Coordinator<Id>,
+    ) {
+        let cx = Cx {
             id: &self.id,
             cfg: &self.cfg,
             now,
             ring,
             out: &mut self.out,
         };
+        (cx, &mut self.holder, &mut self.guard, &mut self.recover)
+    }
+
+    fn dispatch(&mut self, now: Millis, input: Input<Id>, ring: &dyn Ring<Id>) {
+        let (mut cx, holder, guard, recover) = self.split(now, ring);
         match input {
             Input::Message { from, msg } => {
                 if let Err(why) = msg.validate() {
@@ -341,16 +356,16 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
                 match msg {
                     Message::LeaseAck { .. }
                     | Message::Revoked { .. }
-                    | Message::MustFence { .. } => self.holder.on_message(&mut cx, from, msg),
+                    | Message::MustFence { .. } => holder.on_message(&mut cx, from, msg),
                     Message::Lease { .. }
                     | Message::Fenced { .. }
                     | Message::Release { .. }
-                    | Message::Recovered { .. } => self.guard.on_message(&mut cx, from, msg),
+                    | Message::Recovered { .. } => guard.on_message(&mut cx, from, msg),
                     Message::Confirm { .. }
                     | Message::StateReply { .. }
-                    | Message::StartDone { .. } => self.recover.on_message(&mut cx, from, msg),
+                    | Message::StartDone { .. } => recover.on_message(&mut cx, from, msg),
                     Message::StateQuery { ward, term } => {
-                        let state = self.holder.state().cloned().unwrap_or_default();
+                        let state = holder.state().cloned().unwrap_or_default();
                         cx.send(
                             from,
                             Message::StateReply {
@@ -365,24 +380,18 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
                         term,
                         vm,
                         definition,
-                    } => self
-                        .holder
-                        .on_start(&mut cx, from, (ward, term, vm), definition),
+                    } => holder.on_start(&mut cx, from, (ward, term, vm), definition),
                 }
             }
-            Input::Catalog { host, definitions } => {
-                self.holder.on_catalog(&mut cx, host, definitions)
+            Input::Catalog { host, definitions } => holder.on_catalog(&mut cx, host, definitions),
+            Input::Destroyed => holder.on_destroyed(&mut cx),
+            // Destroyed or not (its hypervisor unreachable), the lease quorum already
+            // holds: the host fenced itself or is down.
+            Input::RemoteFenced { ward, term, .. } => {
+                recover.on_remote_fenced(&mut cx, (ward, term))
             }
-            Input::Destroyed => self.holder.on_destroyed(&mut cx),
-            Input::RemoteFenced {
-                ward,
-                term,
-                destroyed,
-            } => self
-                .recover
-                .on_remote_fenced(&mut cx, (ward, term), destroyed),
             Input::Started { ward, term, vm, ok } => {
-                self.holder.on_started(&mut cx, (ward, term, vm), ok)
+                holder.on_started(&mut cx, (ward, term, vm), ok)
             }
         }
     }
@@ -391,16 +400,10 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         if !self.cfg.enabled {
             return;
         }
-        let mut cx = Cx {
-            id: &self.id,
-            cfg: &self.cfg,
-            now,
-            ring,
-            out: &mut self.out,
-        };
-        self.holder.tick(&mut cx);
-        self.guard.tick(&mut cx);
-        self.recover.tick(&mut cx);
+        let (mut cx, holder, guard, recover) = self.split(now, ring);
+        holder.tick(&mut cx);
+        guard.tick(&mut cx);
+        recover.tick(&mut cx);
         self.route_self(now, ring);
     }
 
@@ -411,7 +414,7 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         }
         [
             self.holder.next_due(),
-            self.guard.next_due(&self.cfg),
+            self.guard.next_due(),
             self.recover.next_due(),
         ]
         .into_iter()

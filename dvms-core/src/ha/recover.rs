@@ -20,7 +20,6 @@ enum Phase {
 }
 
 struct Recovery<Id> {
-    term: Term,
     /// Who confirmed, with the guardian sets each knew.
     confirms: BTreeMap<Id, Vec<Vec<Id>>>,
     catalog: Option<Catalog>,
@@ -33,6 +32,23 @@ struct Recovery<Id> {
     tried: BTreeMap<VmId, Vec<Id>>,
     restarted: Vec<(VmId, Id)>,
     lost: Vec<(VmId, String)>,
+}
+
+// By hand: a derive would ask `Id: Default`.
+impl<Id> Default for Recovery<Id> {
+    fn default() -> Self {
+        Recovery {
+            confirms: BTreeMap::new(),
+            catalog: None,
+            phase: Phase::Collect,
+            asked: Vec::new(),
+            states: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            tried: BTreeMap::new(),
+            restarted: Vec::new(),
+            lost: Vec::new(),
+        }
+    }
 }
 
 /// A recovery: the ward and the term given up on.
@@ -127,42 +143,16 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
             });
             return;
         }
-        let fresh = |term| Recovery {
-            term,
-            confirms: BTreeMap::new(),
-            catalog: None,
-            phase: Phase::Collect,
-            asked: Vec::new(),
-            states: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            tried: BTreeMap::new(),
-            restarted: Vec::new(),
-            lost: Vec::new(),
-        };
         let key = (ward.clone(), term);
         if !self.recoveries.contains_key(&key) {
-            {
-                if self.recoveries.len() >= MAX_RECOVERIES {
-                    let done = self
-                        .recoveries
-                        .iter()
-                        .find(|(_, r)| r.phase == Phase::Done)
-                        .map(|(w, _)| w.clone());
-                    match done {
-                        Some(w) => {
-                            self.recoveries.remove(&w);
-                        }
-                        None => {
-                            cx.event(Event::Dropped {
-                                from,
-                                why: format!("more than {MAX_RECOVERIES} recoveries at once"),
-                            });
-                            return;
-                        }
-                    }
-                }
-                self.recoveries.insert(key.clone(), fresh(term));
+            if !self.make_room() {
+                cx.event(Event::Dropped {
+                    from,
+                    why: format!("more than {MAX_RECOVERIES} recoveries at once"),
+                });
+                return;
             }
+            self.recoveries.insert(key.clone(), Recovery::default());
         }
         let Some(r) = self.recoveries.get_mut(&key) else {
             return;
@@ -204,9 +194,20 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         cx.out.push_back(Output::FenceRemote { ward, term, vms });
     }
 
-    pub(super) fn on_remote_fenced(&mut self, cx: &mut Cx<'_, Id>, key: Key<Id>, _destroyed: bool) {
-        // Destroyed or not (its hypervisor unreachable), the lease quorum already holds:
-        // the host fenced itself or is down.
+    /// Makes room for one more recovery: drops one that is over, else says no.
+    fn make_room(&mut self) -> bool {
+        if self.recoveries.len() < MAX_RECOVERIES {
+            return true;
+        }
+        let done = self
+            .recoveries
+            .iter()
+            .find(|(_, r)| r.phase == Phase::Done)
+            .map(|(k, _)| k.clone());
+        done.is_some_and(|k| self.recoveries.remove(&k).is_some())
+    }
+
+    pub(super) fn on_remote_fenced(&mut self, cx: &mut Cx<'_, Id>, key: Key<Id>) {
         let Some(r) = self.recoveries.get_mut(&key) else {
             return;
         };
@@ -384,7 +385,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         }
         cx.event(Event::Recovered {
             ward: ward.clone(),
-            term: r.term,
+            term: key.1,
             restarted: r.restarted.len(),
             lost: r.lost.len(),
         });
@@ -396,7 +397,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                 g,
                 Message::Recovered {
                     ward: ward.clone(),
-                    term: r.term,
+                    term: key.1,
                     restarted: r.restarted.clone(),
                     lost: r.lost.iter().map(|(v, _)| *v).collect(),
                 },

@@ -60,6 +60,21 @@ struct Host {
     unreachable_since: BTreeMap<u32, Millis>,
 }
 
+impl Host {
+    /// A host up, reachable, in its first incarnation, running `vms`.
+    fn new(id: u32, cfg: &Config, vms: BTreeMap<VmId, String>) -> Host {
+        Host {
+            ha: Ha::new(id, 1, cfg.clone()),
+            incarnation: 1,
+            daemon: true,
+            hypervisor: true,
+            cut: false,
+            vms,
+            unreachable_since: BTreeMap::new(),
+        }
+    }
+}
+
 enum Pending {
     Msg {
         from: u32,
@@ -112,18 +127,7 @@ impl World {
                     (vm, def(vm))
                 })
                 .collect();
-            w.hosts.insert(
-                id,
-                Host {
-                    ha: Ha::new(id, 1, w.cfg.clone()),
-                    incarnation: 1,
-                    daemon: true,
-                    hypervisor: true,
-                    cut: false,
-                    vms,
-                    unreachable_since: BTreeMap::new(),
-                },
-            );
+            w.hosts.insert(id, Host::new(id, &w.cfg, vms));
         }
         w
     }
@@ -397,18 +401,8 @@ impl World {
 
     /// A new host, with no VMs, joins the ring.
     fn join(&mut self, id: u32) {
-        self.hosts.insert(
-            id,
-            Host {
-                ha: Ha::new(id, 1, self.cfg.clone()),
-                incarnation: 1,
-                daemon: true,
-                hypervisor: true,
-                cut: false,
-                vms: BTreeMap::new(),
-                unreachable_since: BTreeMap::new(),
-            },
-        );
+        self.hosts
+            .insert(id, Host::new(id, &self.cfg, BTreeMap::new()));
         self.update_reachability();
     }
 
