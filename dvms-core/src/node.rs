@@ -395,6 +395,9 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
             }
             Input::Solved(answer) => self.feed_isp(now, isp::Input::Solved(answer)),
             Input::Shutdown => {
+                // Its guardians first: the overlay's leave would make them suspect it.
+                self.ha.leave(now, &RingView(&self.membership));
+                self.route_ha();
                 self.feed_isp(now, isp::Input::Shutdown);
                 self.feed_overlay(now, overlay::Input::Leave);
             }

@@ -44,6 +44,10 @@ pub struct FileConfig {
     /// The scheduler; without `libvirt_uri` the daemon only runs the overlay.
     #[serde(default)]
     pub scheduler: Option<SchedulerFile>,
+    /// High availability: the VMs of a host that dies are restarted elsewhere, once.
+    /// Needs the scheduler, and VM disks every host can reach.
+    #[serde(default)]
+    pub ha: Option<dvms_core::ha::Config>,
 }
 
 /// The `[scheduler]` section.
@@ -168,6 +172,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub overlay: overlay::Config,
     pub scheduler: Option<Scheduler>,
+    pub ha: dvms_core::ha::Config,
 }
 
 pub const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/7070";
@@ -222,13 +227,23 @@ impl FileConfig {
         let Some(identity_file) = self.identity_file else {
             bail!("no identity file: set identity_file (or --identity-file); it is created if missing")
         };
-        let overlay = self.overlay.unwrap_or_default();
+        let mut overlay = self.overlay.unwrap_or_default();
         overlay
             .validate()
             .map_err(|e| anyhow::anyhow!("overlay: {e}"))?;
         // Vivaldi's samples: libp2p ping on the connections the overlay keeps (its views,
         // about 20 peers), so about two pings a second per daemon.
         let ping_interval = Duration::from_millis(self.ping_interval_ms.unwrap_or(10_000));
+        let scheduler = self.scheduler.unwrap_or_default().settle()?;
+        let ha = self.ha.unwrap_or_default();
+        if ha.enabled {
+            ha.validate().map_err(anyhow::Error::msg)?;
+            if scheduler.is_none() {
+                bail!("ha.enabled needs the scheduler: set scheduler.libvirt_uri (HA restarts VMs through libvirt)");
+            }
+            // A host leases from its next ring successors: the overlay keeps that many.
+            overlay.ring = overlay.ring.max(ha.guardians);
+        }
         if ping_interval.is_zero() {
             bail!("ping_interval_ms must be > 0");
         }
@@ -244,8 +259,9 @@ impl FileConfig {
             ping_interval,
             // Connections to one-off partners (a shuffle, a relayed probe) close soon.
             idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(30)),
+            scheduler,
+            ha,
             overlay,
-            scheduler: self.scheduler.unwrap_or_default().settle()?,
         })
     }
 }

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub membership_events: Family<Labels, Counter>,
     pub vivaldi_error: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub isp_events: Family<Labels, Counter>,
+    pub ha_events: Family<Labels, Counter>,
     pub migrations: Family<Labels, Counter>,
     pub migration_seconds: Histogram,
     pub partition_size: Histogram,
@@ -47,6 +48,7 @@ impl Default for Metrics {
             membership_events: Family::default(),
             vivaldi_error: Gauge::default(),
             isp_events: Family::default(),
+            ha_events: Family::default(),
             migrations: Family::default(),
             migration_seconds: exp(0.25, 12),
             partition_size: exp(1.0, 12),
@@ -110,6 +112,11 @@ impl Metrics {
             "isp_events",
             "Scheduling events (overloaded, started, planned, dissolved, ...), by kind",
             m.isp_events.clone(),
+        );
+        r.register(
+            "ha_events",
+            "HA events (lease_held, fencing, suspected, confirmed, recovering, restarted, vm_lost, ...), by kind",
+            m.ha_events.clone(),
         );
         r.register(
             "migrations",

@@ -26,6 +26,17 @@ pub struct Status {
     pub connected_peers: usize,
     /// The scheduler's view, when the daemon schedules this host.
     pub scheduler: Option<SchedulerStatus>,
+    /// HA, when on.
+    pub ha: Option<HaStatus>,
+}
+
+/// This node's part in HA.
+#[derive(Clone, Debug, Serialize)]
+pub struct HaStatus {
+    /// Whether this host holds its lease (a majority of its guardians acknowledged it).
+    pub holds_lease: bool,
+    /// The hosts this node guards.
+    pub wards: Vec<NodeId>,
 }
 
 /// The neighbour set built by gossip.

@@ -40,6 +40,10 @@ pub struct Options {
     pub http_bind: HttpBind,
     /// Require a bearer token (one per cluster, in `<state dir>/daemons/http.token`).
     pub http_token: bool,
+    /// High availability: a dead host's VMs restarted elsewhere.
+    pub ha: bool,
+    /// HA lease, ms (daemon default 10 s).
+    pub ha_lease_ms: Option<u64>,
 }
 
 /// Where a daemon's HTTP endpoint listens.
@@ -258,6 +262,13 @@ fn config_toml(cluster: &Cluster, h: &Host, opt: &Options, allow: &[String]) -> 
     }
     if let Some(t) = opt.migration_timeout_s {
         s += &format!("migration_timeout_s = {t}\n");
+    }
+    if opt.ha {
+        s += "\n[ha]\nenabled = true\n";
+        if let Some(l) = opt.ha_lease_ms {
+            // Renewals keep the default ratio (three per lease at least).
+            s += &format!("lease_ms = {l}\nrenew_ms = {}\n", (l / 10).clamp(1, 1_000));
+        }
     }
     s
 }

@@ -143,7 +143,7 @@ enum DaemonsCmd {
     /// configurations, logs, event logs (JSON lines); over SSH, copied to and run from
     /// <remote dir>/dvms/<host>/.
     #[command(
-        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run\n  dvms-launch daemons start --allow 12D3KooW... (a tool's peer id)\n  dvms-launch daemons start --http-bind loopback --http-token"
+        after_help = "Examples:\n  dvms-launch daemons start\n  dvms-launch daemons start --capacity-cpu 80 --mode ring\n  dvms-launch daemons start --dry-run\n  dvms-launch daemons start --allow 12D3KooW... (a tool's peer id)\n  dvms-launch daemons start --http-bind loopback --http-token\n  dvms-launch daemons start --ha"
     )]
     Start {
         /// The dvms-node binary [default: next to dvms-launch, else on PATH].
@@ -175,6 +175,15 @@ enum DaemonsCmd {
         /// kept in <state dir>/daemons/http.token (the live view takes it as #token=...).
         #[arg(long)]
         http_token: bool,
+        /// High availability: when a host dies its VMs are restarted on other hosts,
+        /// exactly once (each host leases from its ring successors and destroys its own
+        /// VMs when cut off from them for --ha-lease-ms). Needs VM disks every host can
+        /// reach (the testbed's guests have none; staged images or shared storage).
+        #[arg(long)]
+        ha: bool,
+        /// With --ha: how long a host cut off from its guardians keeps its VMs, ms.
+        #[arg(long, requires = "ha", value_name = "MS")]
+        ha_lease_ms: Option<u64>,
     },
     /// Stop every daemon (they leave the overlay first).
     Stop,
@@ -198,6 +207,14 @@ enum TestbedCmd {
         after_help = "Examples:\n  dvms-launch testbed down\n  dvms-launch --id 2 testbed down"
     )]
     Down,
+    /// Kill every process of one host at once, as a power cut: its daemon, libvirtd and
+    /// guests (SIGKILL). `testbed up` with the same --hosts brings its libvirtd back,
+    /// with none of its guests running.
+    #[command(after_help = "Examples:\n  dvms-launch testbed crash h2")]
+    Crash {
+        /// The host, e.g. h2.
+        host: String,
+    },
     /// What exists of the testbed: namespaces, daemons, processes, guests.
     #[command(
         after_help = "Examples:\n  dvms-launch testbed status\n  dvms-launch --id 2 testbed status --json"
@@ -409,6 +426,12 @@ fn run(cli: Cli) -> Result<i32> {
             println!("testbed {} down", cli.testbed);
             Ok(0)
         }
+        Cmd::Testbed(TestbedCmd::Crash { host }) => {
+            let c = cli.load_cluster()?;
+            let n = testbed::crash_host(&c, host)?;
+            println!("host {host}: {n} process(es) killed");
+            Ok(0)
+        }
         Cmd::Testbed(TestbedCmd::Status { json }) => {
             let s = testbed::status(&cli.state_dir, cli.testbed);
             if *json {
@@ -509,6 +532,8 @@ fn run(cli: Cli) -> Result<i32> {
             allow,
             http_bind,
             http_token,
+            ha,
+            ha_lease_ms,
         }) => {
             let c = cli.load_cluster()?;
             let opt = launcher::daemons::Options {
@@ -520,6 +545,8 @@ fn run(cli: Cli) -> Result<i32> {
                 allow: allow.clone(),
                 http_bind: *http_bind,
                 http_token: *http_token,
+                ha: *ha,
+                ha_lease_ms: *ha_lease_ms,
             };
             let started = launcher::daemons::start(&c, &opt)?;
             println!(

@@ -536,6 +536,17 @@ pub fn status(state_root: &Path, id: u8) -> TestbedStatus {
 /// Removes everything of testbed `id`: processes in its namespaces (QEMU, libvirtd,
 /// delayers, sshd), the namespaces and links, its cgroups, its state directory.
 /// Idempotent; works from what exists on the system, whatever the state file says.
+/// Kills every process of host `name` at once, as a power cut would: its daemon,
+/// libvirtd and guests (SIGKILL). Its namespace and files stay; `up` starts its libvirtd
+/// again (with no guest running: they died with it). Returns how many processes died.
+pub fn crash_host(cluster: &Cluster, name: &str) -> Result<usize> {
+    let id = cluster.testbed_id.context("not a testbed")?;
+    let h = cluster.host(name)?;
+    let pids = netns::processes_in_netns(&host_ns(id, host_index(h)));
+    netns::kill_and_wait(&pids);
+    Ok(pids.len())
+}
+
 pub fn down(state_root: &Path, id: u8) -> Result<()> {
     let namespaces = netns::list_netns(&prefix(id));
     // QEMU daemonizes to PID 1 but stays in the host's network namespace: the scan finds it.

@@ -138,6 +138,13 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     // rebooted, or VMs died with it) and is recovered, with no lease
                     // to wait for: the old daemon is no more.
                     let gone = match (&w.catalog, &catalog) {
+                        // The same daemon in a new epoch: it fenced the term this
+                        // guardian held (its epoch grows only then), all of it is gone.
+                        (Some(old), _)
+                            if term.0 == w.term.0 && w.revoked.is_none_or(|r| r < w.term) =>
+                        {
+                            Some(old.clone())
+                        }
                         (Some(old), Some(new))
                             if term.0 > w.term.0 && w.revoked.is_none_or(|r| r < w.term) =>
                         {
@@ -198,10 +205,16 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 self.tick(cx);
             }
             Message::Release { term } => {
-                let drop = self
-                    .wards
-                    .get(&from)
-                    .is_some_and(|w| w.term == term && w.suspicion.is_none() && !w.needs_fence);
+                // From the ward itself, of its current term: a guardian that left its set,
+                // or a daemon that stops with its VMs running. A term already confirmed
+                // to a coordinator is kept: that recovery goes on (and fences the host).
+                let drop = self.wards.get(&from).is_some_and(|w| {
+                    w.term == term
+                        && !w.needs_fence
+                        && w.suspicion
+                            .as_ref()
+                            .is_none_or(|s| s.term == term && s.confirmed_to.is_none())
+                });
                 if drop {
                     self.wards.remove(&from);
                 }
@@ -259,11 +272,10 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 > w.last_ack
                     .max(w.blind_at)
                     .saturating_add(wait(cx, w.lease_ms));
-            if open
-                && healthy
-                && w.revoked.is_none_or(|r| r < w.term)
-                && (cx.ring.is_failed(id) || silent)
-            {
+            // Silence only, not the membership layer's word: a failure it declares
+            // falsely (gossip from a healed partition) would revoke a live host, and its
+            // word would not confirm any sooner (confirming waits for the lease anyway).
+            if open && healthy && w.revoked.is_none_or(|r| r < w.term) && silent {
                 w.needs_fence = true;
                 w.suspect(cx, id, false);
             }

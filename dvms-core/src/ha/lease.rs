@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 
-use super::{majority, Catalog, Cx, Event, Fence, Message, Output, Term};
+use super::{hold_quorum, Catalog, Cx, Event, Fence, Message, Output, Term};
 use crate::host::{HostState, Millis, VmId};
 
 /// Most recovery starts remembered (to answer a repeated `Start` without starting twice).
@@ -43,6 +43,8 @@ pub(super) struct Holder<Id> {
     /// A destroy asked, of this term, not yet reported.
     fencing: Option<Term>,
     next_renew: Millis,
+    /// The daemon stops: its guardians were released and it leases no more.
+    left: bool,
     starts: BTreeMap<StartKey<Id>, StartState<Id>>,
     start_order: VecDeque<StartKey<Id>>,
 }
@@ -65,6 +67,7 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             ever_held: false,
             fencing: None,
             next_renew: 0,
+            left: false,
             starts: BTreeMap::new(),
             start_order: VecDeque::new(),
         }
@@ -84,14 +87,14 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             .chain(self.previous.iter().filter(|g| !self.set.contains(g)))
     }
 
-    /// When the lease of `set` ends, from the latest request a majority acknowledged.
+    /// When the lease of `set` ends, from the latest request a hold quorum acknowledged.
     fn expiry(&self, set: &[Id], lease_ms: Millis) -> Option<Millis> {
         let mut acked: Vec<u64> = set
             .iter()
             .filter_map(|g| self.acks.get(g).map(|a| a.0))
             .filter(|s| *s >= 1)
             .collect();
-        let need = set.len() / 2 + 1;
+        let need = hold_quorum(set.len());
         if set.is_empty() || acked.len() < need {
             return None;
         }
@@ -112,15 +115,38 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         }
     }
 
+    /// Whether the host holds its lease: until `fence_ms` before it ends, the time a
+    /// destroy of everything takes.
     pub(super) fn holds(&self, now: Millis, cfg: &super::Config) -> bool {
-        self.fencing.is_none() && self.lease_end(cfg.lease_ms).is_some_and(|e| now < e)
+        self.fencing.is_none() && self.hold_until(cfg).is_some_and(|e| now < e)
     }
 
-    pub(super) fn next_due(&self) -> Option<Millis> {
-        if self.fencing.is_some() {
+    fn hold_until(&self, cfg: &super::Config) -> Option<Millis> {
+        self.lease_end(cfg.lease_ms)
+            .map(|e| e.saturating_sub(cfg.fence_ms))
+    }
+
+    pub(super) fn next_due(&self, cfg: &super::Config) -> Option<Millis> {
+        if self.fencing.is_some() || self.left {
             return None;
         }
-        Some(self.next_renew)
+        // A held lease is checked when it ends, not at the next renewal only.
+        let end = self.held.then(|| self.hold_until(cfg)).flatten();
+        Some(end.map_or(self.next_renew, |e| e.min(self.next_renew)))
+    }
+
+    /// The daemon stops while its VMs run on (a restart, an upgrade): its guardians are
+    /// released from this term, so that none recovers VMs that did not die. A guardian
+    /// that already confirmed the term's end keeps to it (the recovery fences the host).
+    pub(super) fn leave(&mut self, cx: &mut Cx<'_, Id>) {
+        if self.left || self.fencing.is_some() {
+            return;
+        }
+        self.left = true;
+        let to: Vec<Id> = self.guardians().cloned().collect();
+        for g in to {
+            cx.send(g, Message::Release { term: self.term() });
+        }
     }
 
     pub(super) fn on_catalog(
@@ -129,8 +155,8 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         host: HostState,
         definitions: Vec<(VmId, String)>,
     ) {
-        if self.fencing.is_some() {
-            return; // a sample from before the destroy
+        if self.fencing.is_some() || self.left {
+            return; // a sample from before the destroy, or the daemon is going
         }
         let candidate = Catalog {
             version: 0,
@@ -166,7 +192,8 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     }
 
     pub(super) fn tick(&mut self, cx: &mut Cx<'_, Id>) {
-        if self.fencing.is_some() {
+        // Once left, its VMs are nobody's to fence: the daemon is going.
+        if self.fencing.is_some() || self.left {
             return;
         }
         let now = cx.now;
@@ -245,7 +272,9 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         }
         if !self.previous.is_empty() {
             let acked = |g: &Id| self.acks.get(g).is_some_and(|a| a.0 >= self.switch_seq);
-            if majority(&self.previous, acked) && majority(&self.set, acked) {
+            let quorum =
+                |set: &[Id]| set.iter().filter(|g| acked(g)).count() >= hold_quorum(set.len());
+            if quorum(&self.previous) && quorum(&self.set) {
                 let left: Vec<Id> = self
                     .previous
                     .iter()
@@ -289,6 +318,9 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     }
 
     pub(super) fn on_message(&mut self, cx: &mut Cx<'_, Id>, from: Id, msg: Message<Id>) {
+        if self.left {
+            return;
+        }
         let ours = self.guardians().any(|g| *g == from);
         match msg {
             Message::LeaseAck {
@@ -342,7 +374,7 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             Some(StartState::Pending { .. }) => return,
             None => {}
         }
-        if self.fencing.is_some() {
+        if self.fencing.is_some() || self.left {
             cx.send(
                 from,
                 Message::StartDone {

@@ -71,7 +71,7 @@ impl Catalog {
 pub enum Message<Id> {
     /// Host → guardian, every `renew_ms`: "acknowledge my lease". `guardians` is the set
     /// it leases from; `previous` the set it is leaving (non-empty while it changes sets:
-    /// it then needs a majority of both). The catalog comes when the guardian's is older.
+    /// it then needs half of both). The catalog comes when the guardian's is older.
     Lease {
         term: Term,
         seq: u64,

@@ -6,16 +6,19 @@
 //! ([`Config::guardians`], 3 by default): every `renew_ms` it sends each a `Lease` (with
 //! its catalog when the guardian's copy is older: the host's VMs, their demands and
 //! rules, and each VM's definition, to start it elsewhere). The host holds its lease
-//! while a majority of its guardians acknowledged a request it sent less than
-//! `lease_ms` ago. A host that held a lease and loses it (cut off from its guardians, or
+//! while half of its guardians (rounded up) acknowledged a request it sent less than
+//! `lease_ms` ago: any such half meets every majority, which a recovery needs. It
+//! begins destroying its VMs `fence_ms` before that lease ends, so that they are gone
+//! by then. A host that held a lease and loses it (cut off from its guardians, or
 //! they gave up on it) destroys every VM it runs: it fences itself. While the ring
 //! changes, the host leases from its old and new guardian sets at once; its lease rests
-//! on the old set's majority (every guardian that saw the change reports both sets, so a
-//! recovery needs a majority of the old set too) until a majority of each acknowledged
+//! on the old set (every guardian that saw the change reports both sets, so a
+//! recovery needs a majority of the old set too) until half of each acknowledged
 //! the change, and only then on the new set.
 //!
-//! **Confirmation.** A guardian suspects its ward when the membership layer declares it
-//! failed, or when no renewal came for `lease_ms + margin_ms`. From then on it never
+//! **Confirmation.** A guardian suspects its ward when no renewal came for `lease_ms +
+//! margin_ms` (not when the membership layer declares it failed: a false declaration,
+//! such as a healed partition's stale gossip, would revoke a live host). From then on it never
 //! acknowledges that term again (it answers `Revoked`). Once its last acknowledgement is
 //! longer ago than the longer of its own lease and the host's declared one, plus
 //! `margin_ms` (clock rates differ a little; clocks need not agree), the host's lease
@@ -27,7 +30,7 @@
 //!
 //! **Recovery.** The coordinator acts once it holds confirmations from a majority of
 //! every guardian set any of them reported: then no lease of the ward can still be held
-//! (any majority the host could renew with includes a guardian that confirmed), and no
+//! (any half the host could renew with includes a guardian that confirmed), and no
 //! other coordinator can gather such a majority. It first fences the host at its
 //! hypervisor (`FenceRemote`: the driver destroys the ward's VMs through its libvirt if
 //! it answers: a daemon that died alone leaves running VMs no lease can stop), then asks
@@ -35,6 +38,11 @@
 //! fit, the rules' bans and fences kept, the hosts' overload threshold kept), orders
 //! each start from the VM's definition, and reports what restarted where and what could
 //! not (`VmLost`, with why): nothing is forgotten.
+//!
+//! **A daemon that stops** (a restart, an upgrade) with its VMs running releases its
+//! guardians from its term (`Release`): they forget it, and nothing is recovered, unless
+//! one already confirmed the term's end (then that recovery goes on and fences the
+//! host). Until its next daemon leases again, the host is not guarded.
 //!
 //! **A host that comes back** under the term its guardians gave up on, or with a new
 //! incarnation while one of its terms is being recovered, is answered `Revoked`: it
@@ -76,6 +84,10 @@ pub struct Config {
     pub lease_ms: Millis,
     /// Added to every wait on another node's lease (clock rates, message delays).
     pub margin_ms: Millis,
+    /// A host begins destroying its VMs this long before its lease ends: the time its
+    /// hypervisor takes to destroy them all (guardians wait `lease_ms + margin_ms`, so a
+    /// destroy has `fence_ms + margin_ms` before any restart elsewhere).
+    pub fence_ms: Millis,
     /// How long the coordinator waits for hosts' states, ms.
     pub query_ms: Millis,
     /// How long it waits for a start to be reported, ms; a start never reported is a
@@ -95,6 +107,7 @@ impl Default for Config {
             renew_ms: 1_000,
             lease_ms: 10_000,
             margin_ms: 2_000,
+            fence_ms: 2_000,
             query_ms: 2_000,
             start_timeout_ms: 30_000,
             max_hosts: 16,
@@ -115,6 +128,12 @@ impl Config {
             return Err(format!(
                 "ha.renew_ms = {} must be above 0 and at most a third of ha.lease_ms = {}",
                 self.renew_ms, self.lease_ms
+            ));
+        }
+        if self.fence_ms.saturating_add(self.renew_ms) >= self.lease_ms {
+            return Err(format!(
+                "ha.fence_ms = {} plus ha.renew_ms = {} must be under ha.lease_ms = {}",
+                self.fence_ms, self.renew_ms, self.lease_ms
             ));
         }
         if self.lease_ms > MAX_LEASE_MS {
@@ -180,7 +199,7 @@ pub enum Input<Id> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fence {
-    /// Its lease ended (cut off from a majority of its guardians).
+    /// Its lease ended (cut off from more than half of its guardians).
     SelfFence,
     /// An older term of it was given up on: its VMs are, or will be, restarted elsewhere.
     Revoked,
@@ -272,6 +291,25 @@ pub enum Event<Id> {
         from: Id,
         why: String,
     },
+}
+
+impl<Id> Event<Id> {
+    /// The event's name, as in its JSON form (`"event"`): a fixed set, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::LeaseHeld { .. } => "lease_held",
+            Event::Fencing { .. } => "fencing",
+            Event::Suspected { .. } => "suspected",
+            Event::Confirmed { .. } => "confirmed",
+            Event::Recovering { .. } => "recovering",
+            Event::Restarted { .. } => "restarted",
+            Event::VmLost { .. } => "vm_lost",
+            Event::AlreadyRunning { .. } => "already_running",
+            Event::Recovered { .. } => "recovered",
+            Event::RecoveryStalled { .. } => "recovery_stalled",
+            Event::Dropped { .. } => "dropped",
+        }
+    }
 }
 
 /// One node's HA: the host holding its lease, the guardian of its wards, and the
@@ -407,13 +445,24 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         self.route_self(now, ring);
     }
 
+    /// The daemon stops and its VMs run on: its guardians are released (nothing is
+    /// recovered), and it leases no more.
+    pub fn leave(&mut self, now: Millis, ring: &dyn Ring<Id>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let (mut cx, holder, _, _) = self.split(now, ring);
+        holder.leave(&mut cx);
+        self.route_self(now, ring);
+    }
+
     /// When [`Ha::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Millis> {
         if !self.cfg.enabled {
             return None;
         }
         [
-            self.holder.next_due(),
+            self.holder.next_due(&self.cfg),
             self.guard.next_due(),
             self.recover.next_due(),
         ]
@@ -461,7 +510,15 @@ impl<Id: Clone> Cx<'_, Id> {
     }
 }
 
-/// Whether `confirmed` holds a majority of `set`.
+/// Whether `confirmed` holds a majority of `set`: what a recovery needs.
 fn majority<Id: PartialEq>(set: &[Id], confirmed: impl Fn(&Id) -> bool) -> bool {
     !set.is_empty() && set.iter().filter(|g| confirmed(g)).count() * 2 > set.len()
+}
+
+/// How many of `n` guardians a host holds its lease with: half, rounded up. Any such
+/// group meets every majority (a recovery's quorum), so no recovery can happen while
+/// the host holds; and with two guardians, one dying does not make the host fence
+/// itself (its recovery would need both).
+fn hold_quorum(n: usize) -> usize {
+    n.div_ceil(2)
 }

@@ -19,7 +19,6 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::{DialError, ListenError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
-use overlay::Event;
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -35,8 +34,13 @@ use crate::metrics::{count, Metrics};
 use crate::net::{self, Behaviour, BehaviourEvent, Frame, NetConfig};
 use crate::peer_cache;
 use crate::protocol::{self, Ack};
-use crate::status::{MemberStatus, NeighbourStatus, SchedulerStatus, Status, VmName};
+use crate::status::Status;
 use crate::NodeId;
+use migration::ADDRESS_WAIT;
+
+mod ha;
+mod migration;
+mod report;
 
 /// Log target of peers entering and leaving the overlay views (debug level: they churn
 /// with every shuffle); `RUST_LOG=info,dvms_node::views=debug` shows when each peer was
@@ -72,6 +76,8 @@ pub struct Daemon {
     p2p_metrics: libp2p::metrics::Metrics,
     status_rx: mpsc::Receiver<oneshot::Sender<Status>>,
     sched: Option<Sched>,
+    /// Names of other hosts' VMs that HA restarts, from their definitions.
+    ha_names: HashMap<VmId, String>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
 }
@@ -97,7 +103,13 @@ enum Done {
         answer: Box<isp::SolveAnswer<NodeId>>,
         secs: f64,
     },
-    Sample(Result<HostState, crate::hypervisor::HvError>),
+    /// A sample of the hypervisor, and with HA its VMs' definitions.
+    Sample(
+        Result<HostState, crate::hypervisor::HvError>,
+        Option<Vec<(VmId, String)>>,
+    ),
+    /// An HA order carried out.
+    Ha(dvms_core::ha::Input<NodeId>),
     Migrated {
         vm: VmId,
         result: Result<(), String>,
@@ -105,13 +117,8 @@ enum Done {
         dry_run: bool,
     },
     /// The wait for a destination's own address is over.
-    AddressWaitOver {
-        vm: VmId,
-    },
+    AddressWaitOver { vm: VmId },
 }
-
-/// How long a migration waits for its destination to identify itself.
-const ADDRESS_WAIT: Duration = Duration::from_secs(10);
 
 const REDIAL: Duration = Duration::from_secs(2);
 /// How often a node that knows peers saves them ([`peer_cache`]).
@@ -199,7 +206,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             })
         }
     };
-    // HA stays off: the daemon does not yet carry out its orders (issue 17).
+    if cfg.ha.enabled {
+        info!(
+            guardians = cfg.ha.guardians,
+            lease_ms = cfg.ha.lease_ms,
+            "HA on: this host leases from its ring successors and fences itself without them"
+        );
+    }
     let node_cfg = NodeConfig {
         overlay: cfg.overlay.clone(),
         isp: cfg
@@ -207,7 +220,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             .as_ref()
             .map(|s| s.isp.clone())
             .unwrap_or_default(),
-        ha: Default::default(),
+        ha: cfg.ha.clone(),
     };
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let peer_cache_file = peer_cache::path(&cfg.identity_file);
@@ -231,6 +244,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         p2p_metrics,
         status_rx,
         sched,
+        ha_names: HashMap::new(),
         done_tx,
         done_rx,
     };
@@ -304,7 +318,7 @@ impl Daemon {
                 Output::Overlay(e) => self.on_overlay_event(e),
                 Output::Isp(e) => self.on_isp_event(e),
                 Output::Solve(job) => self.start_solve(job),
-                Output::Ha(_) => {} // HA is off in the daemon (above)
+                Output::Ha(o) => self.on_ha_output(o),
             }
         }
     }
@@ -332,6 +346,9 @@ impl Daemon {
     }
 
     fn send(&mut self, to: PeerId, msg: &Message<NodeId>) {
+        if let Message::Ha(dvms_core::ha::Message::Start { vm, definition, .. }) = msg {
+            self.learn_vm_name(*vm, definition);
+        }
         match protocol::encode_message(msg) {
             Ok(bytes) => {
                 if let Message::Overlay(m) = msg {
@@ -377,47 +394,6 @@ impl Daemon {
             .send_request_with_addresses(&to, Frame::Bytes(bytes), addrs);
         self.pending.insert(id);
         self.metrics.sent.inc();
-    }
-
-    fn on_overlay_event(&mut self, e: Event<NodeId>) {
-        let kind = match &e {
-            Event::Joined(id) => {
-                debug!(target: VIEWS_LOG, peer = %id, "peer entered the views");
-                if let Some(&rtt_ms) = self.last_rtt.get(&id.0) {
-                    self.input(Input::Rtt { peer: *id, rtt_ms });
-                }
-                "joined"
-            }
-            Event::Forgotten(id) => {
-                debug!(target: VIEWS_LOG, peer = %id, "peer left the views");
-                "forgotten"
-            }
-            Event::Suspected(id) => {
-                info!(peer = %id, "peer suspected (no answer to probes)");
-                "suspected"
-            }
-            Event::Recovered(id) => {
-                info!(peer = %id, "member recovered");
-                "recovered"
-            }
-            Event::Failed(id) => {
-                info!(peer = %id, "member failed and was dropped");
-                "failed"
-            }
-            Event::Left(id) => {
-                info!(peer = %id, "member left");
-                "left"
-            }
-            Event::Rejected { from, reason } => {
-                warn!(peer = %from, "dropped an overlay message: {reason}");
-                count(&self.metrics.dropped, "reason", "invalid_record");
-                "rejected"
-            }
-        };
-        count(&self.metrics.membership_events, "kind", kind);
-        let overlay = self.node.membership();
-        self.metrics.members.set(overlay.len() as i64);
-        self.metrics.suspected.set(overlay.suspected_count() as i64);
     }
 
     /// While this node knows no peer: dials the bootstrap addresses and the peers it
@@ -610,7 +586,7 @@ impl Daemon {
                 self.dropped("not_scheduling");
                 Ack::Rejected("this daemon does not schedule".into())
             }
-            Ok(Message::Ha(_)) => {
+            Ok(Message::Ha(_)) if !self.node.ha().config().enabled => {
                 self.dropped("ha_off");
                 Ack::Rejected("this daemon does not run HA".into())
             }
@@ -731,65 +707,6 @@ impl Daemon {
         self.node.membership_mut().set_addrs(addrs);
     }
 
-    fn status(&self) -> Status {
-        let now = self.now();
-        let overlay = self.node.membership();
-        let members: Vec<MemberStatus> = overlay
-            .members(now)
-            .into_iter()
-            .map(|view| MemberStatus {
-                connected: self.swarm.is_connected(&view.id.0),
-                view,
-            })
-            .collect();
-        let suspected = members
-            .iter()
-            .filter(|m| m.view.health == overlay::Health::Suspected)
-            .map(|m| m.view.id)
-            .collect();
-        let me = NodeId(self.me);
-        let isp = self.node.isp();
-        Status {
-            id: me,
-            incarnation: overlay.me().incarnation,
-            uptime_ms: now,
-            listen: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-            mode: overlay.config().mode,
-            coordinate: overlay.coordinate(),
-            error: overlay.error(),
-            members,
-            suspected,
-            neighbours: NeighbourStatus {
-                full: overlay.neighbours_full(),
-                successor: overlay.ring_neighbours().0.copied(),
-                predecessor: overlay.ring_neighbours().1.copied(),
-                near: overlay.near().to_vec(),
-            },
-            best_outside_self: overlay.best_outside(&me, &[], |id: &NodeId| *id == me),
-            connected_peers: self.swarm.connected_peers().count(),
-            scheduler: self.sched.as_ref().map(|s| SchedulerStatus {
-                libvirt_uri: s.cfg.libvirt_uri.clone(),
-                dry_run: s.cfg.dry_run,
-                load: s.host.as_ref().map_or(0.0, HostState::load),
-                vm_names: s
-                    .host
-                    .iter()
-                    .flat_map(|h| &h.vms)
-                    .map(|v| VmName {
-                        id: v.id,
-                        name: s.hv.name_of(v.id),
-                    })
-                    .collect(),
-                host: s.host.clone(),
-                threshold: s.cfg.isp.thresholds.high,
-                overloaded: isp.is_overloaded(),
-                role: isp.role(),
-                last_plans: s.last_plans.iter().cloned().collect(),
-                last_no_plan: s.last_no_plan.clone(),
-            }),
-        }
-    }
-
     /// Samples the hypervisor off the event loop (libvirt calls block).
     fn start_sample(&mut self) {
         let Some(s) = &mut self.sched else { return };
@@ -799,8 +716,16 @@ impl Daemon {
         s.sampling = true;
         let hv = s.hv.clone();
         let tx = self.done_tx.clone();
+        let ha = self.node.ha().config().enabled;
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(Done::Sample(hv.sample()));
+            let sample = hv.sample();
+            let definitions = match &sample {
+                Ok(h) if ha => {
+                    Some(hv.definitions(&h.vms.iter().map(|v| v.id).collect::<Vec<_>>()))
+                }
+                _ => None,
+            };
+            let _ = tx.send(Done::Sample(sample, definitions));
         });
     }
 
@@ -811,11 +736,16 @@ impl Daemon {
                 self.metrics.solve_seconds.observe(secs);
                 self.input(Input::Solved(*answer));
             }
-            Done::Sample(result) => {
+            Done::Sample(result, definitions) => {
                 let Some(s) = &mut self.sched else { return };
                 s.sampling = false;
                 match result {
                     Ok(h) => {
+                        if let Some(d) = definitions {
+                            // Before the sample: its catalog carries them.
+                            self.input(Input::Definitions(d));
+                        }
+                        let Some(s) = &mut self.sched else { return };
                         self.metrics.host_load.set(h.load());
                         s.host = Some(h.clone());
                         self.input(Input::Monitor(h));
@@ -831,36 +761,8 @@ impl Daemon {
                 vm,
                 result,
                 dry_run,
-            } => {
-                let Some(s) = &mut self.sched else { return };
-                let name = s.hv.name_of(vm);
-                let (secs, to) = s
-                    .migrating
-                    .remove(&vm)
-                    .map(|(t, to)| (t.elapsed().as_secs_f64(), Some(to)))
-                    .unwrap_or((0.0, None));
-                let ok = result.is_ok();
-                match &result {
-                    Ok(()) => info!(vm = %name, to = ?to, secs, "live migration done"),
-                    Err(e) => warn!(vm = %name, to = ?to, secs, "live migration failed: {e}"),
-                }
-                count(
-                    &self.metrics.migrations,
-                    "result",
-                    if ok { "ok" } else { "failed" },
-                );
-                if ok {
-                    self.metrics.migration_seconds.observe(secs);
-                }
-                let line = serde_json::json!({
-                    "event": "migration_result", "vm": vm.0.to_string(), "vm_name": name,
-                    "to": to, "ok": ok, "secs": secs, "error": result.err(), "dry_run": dry_run,
-                });
-                if let Some(log) = &mut s.events {
-                    log.write(line);
-                }
-                self.input(Input::MigrationDone { vm, ok });
-            }
+            } => self.on_migrated(vm, result, dry_run),
+            Done::Ha(input) => self.input(Input::Ha(input)),
             Done::AddressWaitOver { vm } => {
                 if let Some(to) = self.awaiting_address.remove(&vm) {
                     self.on_done(Done::Migrated {
@@ -873,119 +775,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    fn on_isp_event(&mut self, e: isp::Event<NodeId>) {
-        let line = match &self.sched {
-            Some(s) => crate::events::event_line(&e, &|vm| s.hv.name_of(vm)),
-            None => crate::events::event_line(&e, &|vm| uuid::Uuid::from_u128(vm.0).to_string()),
-        };
-        match &e {
-            isp::Event::Overloaded { load } => info!(load, "host overloaded"),
-            isp::Event::Cleared { load } => info!(load, "host back under its threshold"),
-            isp::Event::Started { id, .. } => info!(partition = ?id, "started a partition"),
-            isp::Event::Planned {
-                id,
-                migrations,
-                size,
-                ..
-            } => {
-                info!(partition = ?id, migrations, size, "computed a plan");
-                if let Some(s) = &mut self.sched {
-                    s.last_no_plan = None;
-                    s.last_plans.push_back(line.clone());
-                    if s.last_plans.len() > 10 {
-                        s.last_plans.pop_front();
-                    }
-                }
-            }
-            isp::Event::NoPlan { id, size, .. } => {
-                let summary = line["why"]["summary"].as_str().unwrap_or_default();
-                warn!(partition = ?id, size, "no plan: {summary}");
-                if let Some(s) = &mut self.sched {
-                    s.last_no_plan = Some(line.clone());
-                }
-            }
-            isp::Event::Dissolved {
-                id,
-                reason,
-                members,
-                ..
-            } => {
-                info!(partition = ?id, ?reason, size = members.len(), "dissolved the partition");
-                self.metrics.partition_size.observe(members.len() as f64);
-            }
-            isp::Event::Refused {
-                from,
-                message,
-                reason,
-            } => {
-                warn!(peer = %from, message, "refused a scheduling message: {reason:.200}");
-                count(&self.metrics.dropped, "reason", "refused");
-            }
-            other => debug!(event = ?other, "scheduling event"),
-        }
-        count(&self.metrics.isp_events, "kind", e.kind());
-        if let Some(Sched {
-            events: Some(log), ..
-        }) = &mut self.sched
-        {
-            log.write(line);
-        }
-    }
-
-    /// Starts a live migration ordered by this node's partition leader.
-    fn start_migration(&mut self, vm: VmId, to: NodeId) {
-        // The destination's own word on where it is, never a third party's gossip: if it
-        // has not identified itself yet, connect (gossiped addresses are fine to dial:
-        // whoever answers must hold its key) and wait for its identify.
-        let ip = self
-            .own_addresses
-            .get(&to.0)
-            .and_then(crate::addrbook::migration_host);
-        let Some(s) = &mut self.sched else { return };
-        s.migrating.insert(vm, (Instant::now(), to));
-        let tx = self.done_tx.clone();
-        let Some(ip) = ip else {
-            if self.awaiting_address.insert(vm, to).is_none() {
-                if !self.swarm.is_connected(&to.0) {
-                    let addrs = self.dial_addresses(&to);
-                    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(to.0)
-                        .addresses(addrs)
-                        .build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        debug!(peer = %to, "cannot dial a migration's destination: {e}");
-                    }
-                }
-                tokio::spawn(async move {
-                    tokio::time::sleep(ADDRESS_WAIT).await;
-                    let _ = tx.send(Done::AddressWaitOver { vm });
-                });
-            }
-            return;
-        };
-        let Some(s) = &mut self.sched else { return };
-        let dest = s.cfg.migration_uri.replace("{host}", &ip);
-        info!(vm = %s.hv.name_of(vm), %dest, dry_run = s.cfg.dry_run, "live-migrating");
-        if s.cfg.dry_run {
-            // Reported as done so that the plan goes on; nothing moved.
-            let _ = tx.send(Done::Migrated {
-                vm,
-                result: Ok(()),
-                dry_run: true,
-            });
-            return;
-        }
-        let hv = s.hv.clone();
-        let timeout = s.cfg.migration_timeout;
-        tokio::task::spawn_blocking(move || {
-            let result = hv.migrate(vm, &dest, timeout).map_err(|e| e.to_string());
-            let _ = tx.send(Done::Migrated {
-                vm,
-                result,
-                dry_run: false,
-            });
-        });
     }
 }
 
