@@ -449,7 +449,11 @@ impl<M: Membership<u32>> Harness<M> {
                     ok,
                 }
             }
-            ha::Output::Event(_) | ha::Output::Send { .. } => return,
+            // The node routes these itself.
+            ha::Output::Event(_)
+            | ha::Output::Send { .. }
+            | ha::Output::Migrate { .. }
+            | ha::Output::MigrationRefused { .. } => return,
         };
         let at = self.now + self.latency_ms;
         self.schedule(at, Pending::Ha { node: id, input });

@@ -391,13 +391,16 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
             Input::Ha(i) => self.feed_ha(now, i),
             Input::HypervisorDown => self.feed_isp(now, isp::Input::HypervisorDown),
             Input::MigrationDone { vm, ok } => {
+                self.ha
+                    .migration_done(now, vm, ok, &RingView(&self.membership));
+                self.route_ha(now);
                 self.feed_isp(now, isp::Input::MigrationDone { vm, ok })
             }
             Input::Solved(answer) => self.feed_isp(now, isp::Input::Solved(answer)),
             Input::Shutdown => {
                 // Its guardians first: the overlay's leave would make them suspect it.
                 self.ha.leave(now, &RingView(&self.membership));
-                self.route_ha();
+                self.route_ha(now);
                 self.feed_isp(now, isp::Input::Shutdown);
                 self.feed_overlay(now, overlay::Input::Leave);
             }
@@ -424,11 +427,11 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
         }
         if self.isp.poll_timeout().is_some_and(|t| t <= now) {
             let outs = self.isp.handle_timeout(now, &self.membership);
-            self.route_isp(outs);
+            self.route_isp(now, outs);
         }
         if self.ha.poll_timeout().is_some_and(|t| t <= now) {
             self.ha.handle_timeout(now, &RingView(&self.membership));
-            self.route_ha();
+            self.route_ha(now);
         }
     }
 
@@ -461,37 +464,46 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
 
     fn feed_isp(&mut self, now: Millis, input: isp::Input<Id>) {
         let outs = self.isp.handle(now, input, &self.membership);
-        self.route_isp(outs);
+        self.route_isp(now, outs);
     }
 
     fn feed_ha(&mut self, now: Millis, input: ha::Input<Id>) {
         self.ha.handle(now, input, &RingView(&self.membership));
-        self.route_ha();
+        self.route_ha(now);
     }
 
-    fn route_ha(&mut self) {
+    fn route_ha(&mut self, now: Millis) {
         while let Some(o) = self.ha.poll_output() {
-            self.out.push_back(match o {
-                ha::Output::Send { to, msg } => Output::Send {
+            match o {
+                ha::Output::Send { to, msg } => self.out.push_back(Output::Send {
                     to,
                     msg: Message::Ha(msg),
-                },
-                o => Output::Ha(o),
-            });
+                }),
+                ha::Output::Migrate { vm, to } => self.out.push_back(Output::Migrate { vm, to }),
+                // Never started: the ISP hears of it as a failed migration.
+                ha::Output::MigrationRefused { vm } => {
+                    self.feed_isp(now, isp::Input::MigrationDone { vm, ok: false })
+                }
+                o => self.out.push_back(Output::Ha(o)),
+            }
         }
     }
 
-    fn route_isp(&mut self, outs: Vec<isp::Output<Id>>) {
+    fn route_isp(&mut self, now: Millis, outs: Vec<isp::Output<Id>>) {
         for o in outs {
-            self.out.push_back(match o {
-                isp::Output::Send { to, msg } => Output::Send {
+            match o {
+                isp::Output::Send { to, msg } => self.out.push_back(Output::Send {
                     to,
                     msg: Message::Isp(msg),
-                },
-                isp::Output::Migrate { vm, to } => Output::Migrate { vm, to },
-                isp::Output::Event(e) => Output::Isp(e),
-                isp::Output::Solve(job) => Output::Solve(job),
-            });
+                }),
+                // With HA, a migration starts once the guardians know where it goes.
+                isp::Output::Migrate { vm, to } => {
+                    self.ha.migrate(now, vm, to, &RingView(&self.membership));
+                    self.route_ha(now);
+                }
+                isp::Output::Event(e) => self.out.push_back(Output::Isp(e)),
+                isp::Output::Solve(job) => self.out.push_back(Output::Solve(job)),
+            }
         }
     }
 }

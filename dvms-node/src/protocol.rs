@@ -11,7 +11,7 @@ use dvms_core::{ha, isp};
 use crate::NodeId;
 
 /// Version of the message format; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest encoded message accepted or sent.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Largest coordinate component accepted from a peer, ms (the overlay's default bound).
@@ -227,6 +227,7 @@ mod tests {
                 host,
                 definitions: vec![(vm, "x".repeat(definition_bytes))],
             })),
+            moving: vec![(vm, NodeId(PeerId::random()))],
         })
     }
 

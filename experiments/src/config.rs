@@ -106,6 +106,9 @@ pub struct SimConfig {
     pub solve_cost: SolveCost,
     /// Placement rules drawn for the VMs and hosts (none by default).
     pub rules: crate::rules::RulesModel,
+    /// HA (DVMS runs): a crashed host's VMs die with it and its guardians restart them
+    /// elsewhere; off by default (a crashed host's VMs then come back with it).
+    pub ha: dvms_core::ha::Config,
     /// Check the invariants after every event (slower; for tests).
     pub check_invariants: bool,
     /// Keep every ISP event in [`Sim::log`].
@@ -136,6 +139,7 @@ impl Default for SimConfig {
             solve_cost: SolveCost::default(),
             monitor_ms: 1_000,
             rules: crate::rules::RulesModel::default(),
+            ha: dvms_core::ha::Config::default(),
             check_invariants: false,
             keep_log: false,
         }
@@ -178,6 +182,18 @@ impl SimConfig {
             return Err("monitor_ms must be between 1 and 60000".into());
         }
         self.isp.validate()?;
+        if self.ha.enabled {
+            self.ha.validate()?;
+            if self.overlay_model == OverlayModel::Shared && self.scheduler == Scheduler::Dvms {
+                return Err("HA leases from each host's ring successors: it needs per-host overlays, not the shared view".into());
+            }
+            if self.overlay.ring < self.ha.guardians {
+                return Err(format!(
+                    "ha.guardians = {} needs overlay.ring >= {}",
+                    self.ha.guardians, self.ha.guardians
+                ));
+            }
+        }
         self.solve_cost.validate()?;
         self.centralized.validate()?;
         self.overlay.validate()

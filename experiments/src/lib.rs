@@ -12,6 +12,8 @@
 //!   solver and planner; [`cost`]: the virtual time a solve costs, from its work.
 //! - [`rules`]: placement rules drawn for a run and judged at every migration's end.
 //! - [`config`]: a run's settings; [`scenario`]: scenarios as TOML files (`scenarios/`).
+//! - [`ha_stats`]: with HA on, what happened to crashed hosts' VMs (restart times, VMs
+//!   lost, any VM run twice).
 //! - [`report`]: the measures of a run (violations, time to solve, partitions,
 //!   migrations, messages), the table, the CSV and SVG files ([`plot`]).
 //!
@@ -31,6 +33,7 @@ pub mod config;
 pub mod cost;
 pub mod crossover;
 pub mod engine;
+pub mod ha_stats;
 pub mod measure;
 pub mod model;
 pub mod network;

@@ -86,7 +86,11 @@ pub struct VmModel {
     /// CPU it uses, % of one core.
     pub cpu_demand: f64,
     pub mem_mib: u64,
+    /// Where it runs, or last ran while it is down.
     pub host: usize,
+    /// Not running anywhere: it died with its host, or was destroyed by a fence (HA),
+    /// until HA starts it again.
+    pub down: bool,
     /// The running migration of this VM, if any.
     pub migration: Option<u64>,
     /// Its placement rules (`crate::rules`).
@@ -100,6 +104,18 @@ pub struct MigrationRun {
     pub to: usize,
     pub start: Millis,
     pub end: Millis,
+}
+
+/// Why the modelled hypervisor did not start a VM (HA's restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartRefusal {
+    NoSuchVm,
+    /// It runs already: starting it would run it twice.
+    Running {
+        on: usize,
+    },
+    HostDown,
+    Memory,
 }
 
 /// Why the modelled hypervisor refused to start a migration.
@@ -147,6 +163,7 @@ impl Datacenter {
                 cpu_demand,
                 mem_mib,
                 host,
+                down: false,
                 migration: None,
                 rules: VmRules::default(),
             });
@@ -240,6 +257,9 @@ impl Datacenter {
         model: &MigrationModel,
     ) -> Result<(u64, Millis), Refusal> {
         let v = self.vms.get(vm).ok_or(Refusal::NoSuchVm)?;
+        if v.down {
+            return Err(Refusal::NotThere);
+        }
         if to >= self.hosts.len() || from >= self.hosts.len() {
             return Err(Refusal::HostDown);
         }
@@ -294,6 +314,58 @@ impl Datacenter {
         Some((m, ok))
     }
 
+    /// Destroys these VMs on `host` (all of its VMs with `None`): they run nowhere
+    /// until started again. Migrations of them, and migrations towards `host`, end
+    /// failed (an incoming VM stays on its source). Returns the VMs destroyed and the
+    /// migrations ended.
+    pub fn destroy(
+        &mut self,
+        host: usize,
+        only: Option<&[usize]>,
+    ) -> (Vec<usize>, Vec<MigrationRun>) {
+        let killed: Vec<usize> = self.hosts[host]
+            .vms
+            .iter()
+            .copied()
+            .filter(|v| only.is_none_or(|o| o.contains(v)))
+            .collect();
+        self.hosts[host].vms.retain(|v| !killed.contains(v));
+        for &v in &killed {
+            self.vms[v].down = true;
+        }
+        let ended: Vec<u64> = self
+            .running
+            .iter()
+            .filter(|(_, m)| killed.contains(&m.vm) || (only.is_none() && m.to == host))
+            .map(|(id, _)| *id)
+            .collect();
+        let runs = ended
+            .into_iter()
+            .filter_map(|id| self.running.remove(&id))
+            .inspect(|m| self.vms[m.vm].migration = None)
+            .collect();
+        (killed, runs)
+    }
+
+    /// Starts a VM that is down on `host` (HA's restart).
+    pub fn start_vm(&mut self, vm: usize, host: usize) -> Result<(), StartRefusal> {
+        let v = self.vms.get(vm).ok_or(StartRefusal::NoSuchVm)?;
+        if !v.down {
+            return Err(StartRefusal::Running { on: v.host });
+        }
+        if !self.hosts.get(host).is_some_and(|h| h.alive) {
+            return Err(StartRefusal::HostDown);
+        }
+        let used = self.mem_held(host);
+        if used + v.mem_mib > self.hosts[host].mem_capacity_mib {
+            return Err(StartRefusal::Memory);
+        }
+        self.vms[vm].down = false;
+        self.vms[vm].host = host;
+        self.hosts[host].vms.push(vm);
+        Ok(())
+    }
+
     /// Every running migration that involves `host`.
     pub fn migrations_of(&self, host: usize) -> Vec<u64> {
         self.running
@@ -325,8 +397,13 @@ impl Datacenter {
                 ));
             }
         }
-        if let Some(v) = seen.iter().position(|n| *n != 1) {
-            return Err(format!("VM {v} is resident on {} hosts", seen[v]));
+        // A VM that is down runs nowhere; any other on exactly one host.
+        if let Some(v) = (0..seen.len()).find(|v| seen[*v] != usize::from(!self.vms[*v].down)) {
+            return Err(format!(
+                "VM {v} ({}) is resident on {} hosts",
+                if self.vms[v].down { "down" } else { "up" },
+                seen[v]
+            ));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use dvms_core::host::Millis;
 use dvms_core::isp::{self, EndReason, Event};
 use serde::Serialize;
 
+use crate::ha_stats::{HaStats, HaSummary};
 use crate::model::Datacenter;
 use crate::network::NodeIx;
 use crate::overlay_stats::{OverlayStats, OverlaySummary};
@@ -23,6 +24,8 @@ pub enum MessageKind {
     Overlay,
     /// Scheduling (the ISP's messages, or the central scheduler's collection and orders).
     Scheduling,
+    /// HA (leases and recoveries; counted in [`HaStats`]).
+    Ha,
 }
 
 /// Counters filled while the engine runs.
@@ -68,6 +71,8 @@ pub struct Metrics {
     pub overlay: OverlayStats,
     /// Messages, bytes and CPU per node; the central scheduler's node is the last.
     pub traffic: Traffic,
+    /// HA's part (see [`HaStats`]).
+    pub ha: HaStats,
 }
 
 impl Metrics {
@@ -113,6 +118,7 @@ impl Metrics {
         match kind {
             MessageKind::Overlay => self.messages_overlay += 1,
             MessageKind::Scheduling => self.scheduler_messages(1, cross_site),
+            MessageKind::Ha => {}
         }
     }
 
@@ -273,6 +279,9 @@ impl Metrics {
             overlay: self
                 .overlay
                 .summary(self.over_since.len(), self.overlay_messages_counted),
+            ha: self
+                .ha
+                .summary(self.overlay.end_ms as f64 / 1e3, self.over_since.len()),
             // Real runs do not trace the daemons' messages.
             traffic: if self.scheduler_messages_counted {
                 self.traffic.summary(self.overlay.end_ms as f64 / 1e3)
@@ -327,6 +336,8 @@ pub struct Summary {
     pub overlay: OverlaySummary,
     #[serde(flatten)]
     pub traffic: TrafficSummary,
+    #[serde(flatten)]
+    pub ha: HaSummary,
 }
 
 /// Runs side by side: one row per measure, one column per run.
@@ -403,6 +414,23 @@ pub fn table(runs: &[Summary]) -> String {
             fmt(s.overlay.growth_rtt_ratio_p95)
         }),
         ("host crashes", |s| s.crashes.to_string()),
+        ("HA: VMs down (crash or fence)", |s| count(s.ha.ha_vms_down)),
+        ("  restarted", |s| count(s.ha.ha_restarted)),
+        ("  down until restarted, p50 (s)", |s| {
+            opt(s.ha.ha_restart_p50_s)
+        }),
+        ("  down until restarted, p99 (s)", |s| {
+            opt(s.ha.ha_restart_p99_s)
+        }),
+        ("  reported lost", |s| count(s.ha.ha_lost)),
+        ("  still down at the end", |s| count(s.ha.ha_still_down)),
+        ("  run twice", |s| count(s.ha.ha_run_twice)),
+        ("  hosts that fenced themselves", |s| {
+            count(s.ha.ha_self_fences)
+        }),
+        ("  HA bytes per node per s", |s| {
+            opt(s.ha.ha_bytes_per_node_s)
+        }),
         ("invariant violations", |s| {
             s.invariant_violations.to_string()
         }),

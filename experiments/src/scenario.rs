@@ -54,6 +54,9 @@
 //! # spread_groups = 60, spread_size = 3, pinned = 0.05, fenced = 0.1, fence_hosts = 8,
 //! # banned = 0.1, max_vms_per_host = 16
 //!
+//! [ha]                      # DVMS runs: a crashed host's VMs restarted elsewhere
+//! # enabled = true          # (the daemon's [ha] settings; off by default)
+//!
 //! [migration]               # the modelled live migration (defaults: 10 Gbit/s links)
 //! bandwidth_mib_s = 1190.0
 //! setup_ms = 300
@@ -111,6 +114,10 @@ pub struct Scenario {
     /// drawn from the seed; none by default.
     #[serde(default)]
     pub rules: crate::rules::RulesModel,
+    /// HA for the DVMS runs (`enabled = true`, and the daemon's `[ha]` settings): a
+    /// crashed host's VMs die with it and are restarted elsewhere. Off by default.
+    #[serde(default)]
+    pub ha: dvms_core::ha::Config,
 }
 
 fn one() -> u64 {
@@ -422,9 +429,14 @@ impl Scenario {
                     for mode in &self.dvms.modes {
                         let mut config = SimConfig {
                             scheduler: Scheduler::Dvms,
+                            ha: self.ha.clone(),
                             ..base.clone()
                         };
                         config.overlay.mode = *mode;
+                        if config.ha.enabled {
+                            // As the daemon does: a host leases from its ring successors.
+                            config.overlay.ring = config.overlay.ring.max(config.ha.guardians);
+                        }
                         let label = match mode {
                             Mode::Locality => "dvms-locality",
                             Mode::Ring => "dvms-ring",

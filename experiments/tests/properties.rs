@@ -175,14 +175,13 @@ fn run_config(cfg: SimConfig) -> Outcome {
     }
 }
 
-#[test]
-fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_and_overloads_get_solved(
-) {
+/// Runs `f` on seeds 1 to [`SEEDS`] over a few threads; the results in any order.
+fn over_seeds<T: Send>(f: impl Fn(u64) -> T + Sync) -> Vec<(u64, T)> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
     // Seeds are taken in turn from one counter: the slow near-saturation seeds spread
     // over the workers.
     let next = std::sync::atomic::AtomicU64::new(1);
-    let results: Vec<(u64, Outcome)> = std::thread::scope(|s| {
+    let results: Vec<(u64, T)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 s.spawn(|| {
@@ -192,7 +191,7 @@ fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_an
                         if seed > SEEDS {
                             return done;
                         }
-                        done.push((seed, run(seed)));
+                        done.push((seed, f(seed)));
                     }
                 })
             })
@@ -203,6 +202,13 @@ fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_an
             .collect()
     });
     assert_eq!(results.len() as u64, SEEDS);
+    results
+}
+
+#[test]
+fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_and_overloads_get_solved(
+) {
+    let results = over_seeds(run);
     let failures: Vec<String> = results
         .iter()
         .flat_map(|(seed, o)| o.problems.iter().map(move |p| format!("seed {seed}: {p}")))
@@ -225,6 +231,95 @@ fn over_200_seeds_vms_stay_whole_memory_holds_partitions_are_disjoint_and_end_an
     assert!(
         blocked > 0 && merges > 0,
         "{blocked} partitions blocked, {merges} merges: the blocked paths were not exercised"
+    );
+}
+
+/// HA over 200 seeds: the stress runs, on 32 hosts, with HA on and a crash per host
+/// every 10 minutes of churn (a crashed host's VMs die with it and are restarted elsewhere). No restart
+/// ever meets its VM running on another host (the model refuses such a start and counts
+/// it), the model is consistent at the end (every VM up on one host or down on none,
+/// memory held), and once churn is over every VM runs again or was reported (lost, or
+/// left down by a recovery that stalled or could gather no quorum), but for a known
+/// window that must stay rare (below).
+#[test]
+fn over_200_seeds_with_crashes_ha_never_runs_a_vm_twice_and_loses_none_silently() {
+    struct Ha {
+        problems: Vec<String>,
+        /// Down at the end and in no report.
+        silent: Vec<usize>,
+        down: u64,
+        restarted: usize,
+        lost: usize,
+        twice: u64,
+    }
+    let results = over_seeds(|seed| {
+        // Half the stress runs' size (the same load per host): 200 seeds in a few minutes.
+        let mut cfg = SimConfig {
+            hosts: 32,
+            vms: 320,
+            ..stress(seed)
+        };
+        cfg.ha.enabled = true;
+        // HA leases from each host's ring successors: per-host overlays only.
+        cfg.overlay_model = OverlayModel::PerHost;
+        cfg.overlay.ring = cfg.overlay.ring.max(cfg.ha.guardians);
+        cfg.crashes = Some(CrashModel {
+            period_ms: 600_000,
+            ..cfg.crashes.clone().expect("stress runs crash hosts")
+        });
+        // The model refuses and counts any start of a VM that runs elsewhere whether or
+        // not every event is checked; its consistency is checked at the end.
+        cfg.check_invariants = false;
+        let mut sim = Sim::new(cfg).expect("valid configuration");
+        sim.run_until(END);
+        sim.check_datacenter();
+        sim.finish();
+        let ha = &sim.metrics.ha;
+        let problems: Vec<String> = sim.metrics.invariant_violations.clone();
+        Ha {
+            problems,
+            silent: ha.silently_down(),
+            down: ha.died + ha.fenced,
+            restarted: ha.restart_ms.len(),
+            lost: ha.lost.len(),
+            twice: ha.twice,
+        }
+    });
+    let failures: Vec<String> = results
+        .iter()
+        .flat_map(|(seed, o)| o.problems.iter().map(move |p| format!("seed {seed}: {p}")))
+        .collect();
+    let down: u64 = results.iter().map(|(_, o)| o.down).sum();
+    let restarted: usize = results.iter().map(|(_, o)| o.restarted).sum();
+    let lost: usize = results.iter().map(|(_, o)| o.lost).sum();
+    let twice: u64 = results.iter().map(|(_, o)| o.twice).sum();
+    eprintln!(
+        "{SEEDS} seeds with HA: {down} VMs went down, {restarted} restarted, {lost} reported lost, {twice} restarts met their VM running elsewhere"
+    );
+    let silent: Vec<String> = results
+        .iter()
+        .filter(|(_, o)| !o.silent.is_empty())
+        .map(|(seed, o)| format!("seed {seed}: VMs {:?}", o.silent))
+        .collect();
+    let silent_vms: usize = results.iter().map(|(_, o)| o.silent.len()).sum();
+    eprintln!(
+        "down {} s after the last recovery and in no report: {silent_vms} VM(s) {silent:?}",
+        (END - LAST_RECOVERY) / 1000
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(twice, 0);
+    // Known window, said in dvms-core's HA doc: a VM that arrives on a host (by migration
+    // or restart) just as that host's guardians give up on its term is in no catalog
+    // they keep. It must stay that rare: at most one VM in 2,000 that went down.
+    assert!(
+        silent_vms as u64 * 2_000 <= down,
+        "{silent_vms} of {down} VMs down and in no report: {silent:?}"
+    );
+    // The runs exercised what they claim to.
+    assert!(down > 10 * SEEDS, "too few VMs went down: {down}");
+    assert!(
+        restarted as u64 > down / 2,
+        "{restarted} of {down} restarted"
     );
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use super::{Catalog, Cx, Event, Message, Term};
-use crate::host::Millis;
+use crate::host::{Millis, VmId};
 
 /// Most wards a guardian keeps (it guards about `guardians` hosts; more come only while
 /// the ring changes).
@@ -19,9 +19,16 @@ struct Suspicion<Id> {
     lease_ms: Millis,
     sets: Vec<Vec<Id>>,
     catalog: Option<Catalog>,
+    moving: Vec<(VmId, Id)>,
     /// The host said it destroyed everything of this term.
     fenced: bool,
     confirmed_to: Option<Id>,
+    /// The vote's number (grows when a coordinator gives it back).
+    round: u32,
+    /// When the confirmation was last sent (it is sent again until acknowledged).
+    sent_at: Millis,
+    /// The coordinator acknowledged this round's vote.
+    acked: bool,
     finished: bool,
     stall_reported: bool,
 }
@@ -33,6 +40,8 @@ struct Ward<Id> {
     /// The guardian sets the ward last declared: its set, then the one it is leaving.
     sets: Vec<Vec<Id>>,
     catalog: Option<Catalog>,
+    /// Its migrations away, as its last lease said.
+    moving: Vec<(VmId, Id)>,
     /// When this guardian last acknowledged it.
     last_ack: Millis,
     /// When this guardian last could not judge it (it had lost most of the ward's other
@@ -73,8 +82,12 @@ impl<Id: Clone> Ward<Id> {
             lease_ms: self.lease_ms,
             sets: self.sets.clone(),
             catalog: self.catalog.clone(),
+            moving: self.moving.clone(),
             fenced,
             confirmed_to: None,
+            round: 0,
+            sent_at: 0,
+            acked: false,
             finished: false,
             stall_reported: false,
         });
@@ -99,6 +112,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 guardians,
                 previous,
                 catalog,
+                moving,
             } => {
                 if !guardians.contains(cx.id) && !previous.contains(cx.id) {
                     return; // not (or no longer) one of its guardians
@@ -115,6 +129,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     lease_ms,
                     sets: Vec::new(),
                     catalog: None,
+                    moving: Vec::new(),
                     last_ack: cx.now,
                     blind_at: 0,
                     revoked: None,
@@ -126,8 +141,23 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     return;
                 }
                 if w.needs_fence {
-                    cx.send(from, Message::MustFence { term });
-                    return;
+                    // A new term must not run what the old one's recovery restarts
+                    // elsewhere; a host that runs none of it (it rebooted, or was fenced
+                    // at its hypervisor) need not destroy anything.
+                    let recovered: Vec<VmId> = w
+                        .suspicion
+                        .as_ref()
+                        .and_then(|s| s.catalog.as_ref())
+                        .map(|c| c.host.vms.iter().map(|v| v.id).collect())
+                        .unwrap_or_default();
+                    let clash = catalog
+                        .as_ref()
+                        .is_none_or(|c| c.host.vms.iter().any(|v| recovered.contains(&v.id)));
+                    if clash {
+                        cx.send(from, Message::MustFence { term });
+                        return;
+                    }
+                    w.needs_fence = false;
                 }
                 if term < w.term {
                     return; // a late request of an older term
@@ -166,6 +196,7 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                     w.catalog = None;
                 }
                 w.lease_ms = lease_ms;
+                w.moving = moving;
                 w.sets = std::iter::once(guardians)
                     .chain((!previous.is_empty()).then_some(previous))
                     .collect();
@@ -217,6 +248,37 @@ impl<Id: Clone + Ord + Debug> Guard<Id> {
                 });
                 if drop {
                     self.wards.remove(&from);
+                }
+            }
+            // The coordinator gives this vote back: confirm again at the next step.
+            Message::Redirect { ward, term, round } => {
+                if let Some(s) = self
+                    .wards
+                    .get_mut(&ward)
+                    .and_then(|w| w.suspicion.as_mut())
+                    .filter(|s| {
+                        s.term == term
+                            && s.round == round
+                            && !s.finished
+                            && s.confirmed_to.as_ref() == Some(&from)
+                    })
+                {
+                    s.confirmed_to = None;
+                    s.round = s.round.saturating_add(1);
+                    s.acked = false;
+                    s.stall_reported = false;
+                }
+            }
+            Message::ConfirmAck { ward, term, round } => {
+                if let Some(s) = self
+                    .wards
+                    .get_mut(&ward)
+                    .and_then(|w| w.suspicion.as_mut())
+                    .filter(|s| {
+                        s.term == term && s.round == round && s.confirmed_to.as_ref() == Some(&from)
+                    })
+                {
+                    s.acked = true;
                 }
             }
             Message::Recovered { ward, term, .. } => {
@@ -318,24 +380,50 @@ impl<Id: Clone + Ord + Debug> Suspicion<Id> {
                     term: self.term,
                     coordinator: c.clone(),
                 });
-                cx.send(
-                    c,
-                    Message::Confirm {
-                        ward: ward.clone(),
-                        term: self.term,
-                        sets: self.sets.clone(),
-                        catalog: self.catalog.clone().map(Box::new),
-                    },
-                );
+                self.send_confirm(cx, ward, c);
             }
-            Some(c) if c != cx.id && !self.stall_reported && cx.ring.is_failed(c) => {
+            // Sent again until acknowledged: messages get lost.
+            Some(c) if !self.acked && cx.now >= self.sent_at.saturating_add(cx.cfg.margin_ms) => {
+                let c = c.clone();
+                self.send_confirm(cx, ward, c);
+                self.report_stall(cx, ward);
+            }
+            Some(_) => self.report_stall(cx, ward),
+            _ => {}
+        }
+    }
+
+    fn send_confirm(&mut self, cx: &mut Cx<'_, Id>, ward: &Id, to: Id) {
+        self.sent_at = cx.now;
+        cx.send(
+            to,
+            Message::Confirm {
+                ward: ward.clone(),
+                term: self.term,
+                sets: self.sets.clone(),
+                catalog: self.catalog.clone().map(Box::new),
+                moving: self.moving.clone(),
+                round: self.round,
+            },
+        );
+    }
+
+    /// Reports, once, a coordinator that failed before reporting the recovery.
+    fn report_stall(&mut self, cx: &mut Cx<'_, Id>, ward: &Id) {
+        if let Some(c) = &self.confirmed_to {
+            if *c != *cx.id && !self.stall_reported && cx.ring.is_failed(c) {
                 self.stall_reported = true;
+                let vms = self
+                    .catalog
+                    .as_ref()
+                    .map(|c| c.host.vms.iter().map(|v| v.id).collect())
+                    .unwrap_or_default();
                 cx.event(Event::RecoveryStalled {
                     ward: ward.clone(),
                     coordinator: c.clone(),
+                    vms,
                 });
             }
-            _ => {}
         }
     }
 }

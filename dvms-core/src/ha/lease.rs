@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 
 use super::{hold_quorum, Catalog, Cx, Event, Fence, Message, Output, Term};
-use crate::host::{HostState, Millis, VmId};
+use crate::host::{HostState, Millis, VmId, VmState};
 
 /// Most recovery starts remembered (to answer a repeated `Start` without starting twice).
 const MAX_STARTS: usize = 4096;
@@ -14,8 +14,14 @@ const MAX_STARTS: usize = 4096;
 type StartKey<Id> = (Id, Term, VmId);
 
 enum StartState<Id> {
-    Pending { coordinator: Id },
-    Done { ok: bool },
+    /// With what the catalog takes once it runs.
+    Pending {
+        coordinator: Id,
+        vm: Box<(VmState, String)>,
+    },
+    Done {
+        ok: bool,
+    },
 }
 
 pub(super) struct Holder<Id> {
@@ -45,8 +51,15 @@ pub(super) struct Holder<Id> {
     next_renew: Millis,
     /// The daemon stops: its guardians were released and it leases no more.
     left: bool,
+    /// VMs migrating away, with their destinations (sent with every lease).
+    moving: BTreeMap<VmId, Id>,
+    /// Migrations waiting for the guardians to know of them: (lease seq that told them,
+    /// VM, destination, deadline).
+    gated: Vec<(u64, VmId, Id, Millis)>,
     starts: BTreeMap<StartKey<Id>, StartState<Id>>,
     start_order: VecDeque<StartKey<Id>>,
+    /// Starts that ended while the host was destroying everything.
+    started_while_fencing: Vec<StartKey<Id>>,
 }
 
 impl<Id: Clone + Ord + Debug> Holder<Id> {
@@ -68,8 +81,11 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             fencing: None,
             next_renew: 0,
             left: false,
+            moving: BTreeMap::new(),
+            gated: Vec::new(),
             starts: BTreeMap::new(),
             start_order: VecDeque::new(),
+            started_while_fencing: Vec::new(),
         }
     }
 
@@ -132,7 +148,11 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         }
         // A held lease is checked when it ends, not at the next renewal only.
         let end = self.held.then(|| self.hold_until(cfg)).flatten();
-        Some(end.map_or(self.next_renew, |e| e.min(self.next_renew)))
+        let gate = self.gated.iter().map(|g| g.3).min();
+        [Some(self.next_renew), end, gate]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The daemon stops while its VMs run on (a restart, an upgrade): its guardians are
@@ -170,6 +190,10 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             });
             return;
         }
+        // A VM that left the host needs no destination any more: its new host's catalog
+        // has it, or soon will (and until then the coordinator asks that host).
+        self.moving
+            .retain(|vm, _| host.vms.iter().any(|v| v.id == *vm));
         self.state = Some(host);
         // Demands change every sample; only what a restart needs bumps the version (and
         // is sent again): the VMs, their memory and rules, their definitions.
@@ -188,6 +212,84 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
                 version,
                 ..candidate
             });
+        }
+    }
+
+    /// The ISP orders `vm` migrated to `to`. A host that leases (its guardians may hold
+    /// its catalog, whether or not it holds its lease yet) first tells its guardians (a lease renewed at once, with the destination): were it to die
+    /// once the VM runs there, before its catalog drops the VM, its recovery asks `to`
+    /// and does not start the VM a second time. The migration starts once a hold quorum
+    /// acknowledged ([`Output::Migrate`]), or is refused past `margin_ms`
+    /// ([`Output::MigrationRefused`]: the host is about to lose its lease).
+    pub(super) fn migrate(&mut self, cx: &mut Cx<'_, Id>, vm: VmId, to: Id) {
+        if self.left || self.fencing.is_some() {
+            cx.out.push_back(Output::MigrationRefused { vm });
+            return;
+        }
+        if self.set.is_empty() || self.catalog.is_none() {
+            // It leases from nobody: no guardian holds a catalog of this term, no
+            // recovery can restart the VM.
+            cx.out.push_back(Output::Migrate { vm, to });
+            return;
+        }
+        self.moving.insert(vm, to.clone());
+        self.renew(cx);
+        let deadline = cx.now.saturating_add(cx.cfg.margin_ms);
+        self.gated.push((self.seq, vm, to, deadline));
+    }
+
+    /// A migration ended: a failed one leaves the VM here (it moves no more); a done one
+    /// stays listed until the host's catalog no longer has the VM.
+    pub(super) fn migration_done(&mut self, cx: &mut Cx<'_, Id>, vm: VmId, ok: bool) {
+        if !ok {
+            self.moving.remove(&vm);
+            return;
+        }
+        let Some(to) = self.moving.get(&vm).cloned() else {
+            return;
+        };
+        let Some(c) = &self.catalog else { return };
+        let state = c.host.vms.iter().find(|v| v.id == vm).cloned();
+        if let (Some(state), Some(definition)) = (state, c.definition(vm)) {
+            let definition = definition.to_owned();
+            cx.send(to, Message::Handover { state, definition });
+        }
+        // It runs here no more: not in what this host says it runs, nor in its catalog.
+        if let Some(h) = &mut self.state {
+            h.vms.retain(|v| v.id != vm);
+        }
+        if let Some(c) = &mut self.catalog {
+            c.host.vms.retain(|v| v.id != vm);
+            c.definitions.retain(|(v, _)| *v != vm);
+            c.version += 1;
+        }
+    }
+
+    /// Starts the gated migrations a hold quorum acknowledged; refuses those past their
+    /// deadline.
+    fn release_gated(&mut self, cx: &mut Cx<'_, Id>) {
+        if self.gated.is_empty() {
+            return;
+        }
+        let acked = |seq: u64, set: &[Id]| {
+            set.iter()
+                .filter(|g| self.acks.get(*g).is_some_and(|a| a.0 >= seq))
+                .count()
+                >= hold_quorum(set.len())
+        };
+        let gated = std::mem::take(&mut self.gated);
+        for (seq, vm, to, deadline) in gated {
+            let known = !self.set.is_empty()
+                && acked(seq, &self.set)
+                && (self.previous.is_empty() || acked(seq, &self.previous));
+            if known {
+                cx.out.push_back(Output::Migrate { vm, to });
+            } else if cx.now >= deadline {
+                self.moving.remove(&vm);
+                cx.out.push_back(Output::MigrationRefused { vm });
+            } else {
+                self.gated.push((seq, vm, to, deadline));
+            }
         }
     }
 
@@ -246,6 +348,7 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
                     lease_ms: cx.cfg.lease_ms,
                     guardians: self.set.clone(),
                     previous: self.previous.clone(),
+                    moving: self.moving.iter().map(|(v, t)| (*v, t.clone())).collect(),
                     catalog: self
                         .catalog
                         .as_ref()
@@ -270,6 +373,7 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             self.fence(cx, Fence::SelfFence);
             return;
         }
+        self.release_gated(cx);
         if !self.previous.is_empty() {
             let acked = |g: &Id| self.acks.get(g).is_some_and(|a| a.0 >= self.switch_seq);
             let quorum =
@@ -293,6 +397,10 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     fn fence(&mut self, cx: &mut Cx<'_, Id>, reason: Fence) {
         let term = self.term();
         self.fencing = Some(term);
+        for (_, vm, _, _) in std::mem::take(&mut self.gated) {
+            cx.out.push_back(Output::MigrationRefused { vm });
+        }
+        self.moving.clear();
         self.held = false;
         self.ever_held = false;
         cx.event(Event::Fencing { reason, term });
@@ -303,6 +411,22 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         let Some(term) = self.fencing.take() else {
             return;
         };
+        for key in std::mem::take(&mut self.started_while_fencing) {
+            if let Some(StartState::Pending { coordinator, .. }) = self.starts.get(&key) {
+                let to = coordinator.clone();
+                let (ward, term, vm) = key.clone();
+                self.starts.insert(key, StartState::Done { ok: false });
+                cx.send(
+                    to,
+                    Message::StartDone {
+                        ward,
+                        term,
+                        vm,
+                        ok: false,
+                    },
+                );
+            }
+        }
         let to: Vec<Id> = self.guardians().cloned().collect();
         for g in to {
             cx.send(g, Message::Fenced { term });
@@ -362,7 +486,7 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
         cx: &mut Cx<'_, Id>,
         from: Id,
         key: StartKey<Id>,
-        definition: String,
+        (state, definition): (VmState, String),
     ) {
         let (ward, term, vm) = key.clone();
         match self.starts.get(&key) {
@@ -392,8 +516,13 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
             }
         }
         self.start_order.push_back(key.clone());
-        self.starts
-            .insert(key, StartState::Pending { coordinator: from });
+        self.starts.insert(
+            key,
+            StartState::Pending {
+                coordinator: from,
+                vm: Box::new((state, definition.clone())),
+            },
+        );
         cx.out.push_back(Output::Start {
             ward,
             term,
@@ -403,11 +532,45 @@ impl<Id: Clone + Ord + Debug> Holder<Id> {
     }
 
     pub(super) fn on_started(&mut self, cx: &mut Cx<'_, Id>, key: StartKey<Id>, ok: bool) {
-        if let Some(StartState::Pending { coordinator }) = self.starts.get(&key) {
+        if self.fencing.is_some() {
+            // The destroy under way may take it too: told once the destroy is over, as
+            // failed (the coordinator then places it elsewhere, where it runs once).
+            if matches!(self.starts.get(&key), Some(StartState::Pending { .. })) {
+                self.started_while_fencing.push(key);
+            }
+            return;
+        }
+        if let Some(StartState::Pending { coordinator, vm }) = self.starts.get(&key) {
             let to = coordinator.clone();
+            let adopted = (**vm).clone();
             let (ward, term, vm) = key.clone();
             self.starts.insert(key, StartState::Done { ok });
+            if ok {
+                self.adopt(cx, adopted.0, adopted.1);
+            }
             cx.send(to, Message::StartDone { ward, term, vm, ok });
         }
+    }
+
+    /// A VM that runs here now (restarted for a recovery, or handed over by the source of
+    /// a live migration) goes into the catalog at once, and the guardians hear of it at
+    /// once: were the host to die before its next sample, no catalog would name it.
+    pub(super) fn adopt(&mut self, cx: &mut Cx<'_, Id>, state: VmState, definition: String) {
+        if self.fencing.is_some() || self.left {
+            return;
+        }
+        let Some(c) = &self.catalog else { return };
+        if c.host.vms.iter().any(|v| v.id == state.id) {
+            return;
+        }
+        let mut next = c.clone();
+        next.definitions.push((state.id, definition));
+        next.host.vms.push(state);
+        next.version += 1;
+        if next.validate().is_err() {
+            return; // full: the next sample has it
+        }
+        self.catalog = Some(next);
+        self.renew(cx);
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::{HostState, Millis, VmId, MAX_VMS_PER_HOST};
+use crate::host::{HostState, Millis, VmId, VmState, MAX_VMS_PER_HOST};
 
 /// Largest VM definition (a libvirt domain XML) a catalog may carry.
 pub const MAX_DEFINITION_BYTES: usize = 16 * 1024;
@@ -79,6 +79,9 @@ pub enum Message<Id> {
         guardians: Vec<Id>,
         previous: Vec<Id>,
         catalog: Option<Box<Catalog>>,
+        /// VMs it is migrating away, with their destinations: a recovery asks those
+        /// hosts whether they run them now (they may, before any catalog says so).
+        moving: Vec<(VmId, Id)>,
     },
     LeaseAck {
         term: Term,
@@ -102,7 +105,18 @@ pub enum Message<Id> {
         term: Term,
         sets: Vec<Vec<Id>>,
         catalog: Option<Box<Catalog>>,
+        /// The ward's migrations away, as its last lease said.
+        moving: Vec<(VmId, Id)>,
+        /// This guardian's vote number for the term: it grows each time a coordinator
+        /// gave the vote back ([`Message::Redirect`]).
+        round: u32,
     },
+    /// Coordinator → guardian: it counted this vote (the guardian stops sending it).
+    ConfirmAck { ward: Id, term: Term, round: u32 },
+    /// Coordinator → guardian: it gathered no quorum in time and gives this vote back
+    /// (it will never count it): confirm again, to whichever coordinator the guardian
+    /// now sees as first.
+    Redirect { ward: Id, term: Term, round: u32 },
     /// Coordinator → candidate host: its current state, please.
     StateQuery { ward: Id, term: Term },
     StateReply {
@@ -110,13 +124,19 @@ pub enum Message<Id> {
         term: Term,
         state: Box<HostState>,
     },
-    /// Coordinator → chosen host: start this VM of `ward`'s from its definition.
+    /// Coordinator → chosen host: start this VM of `ward`'s from its definition. `state`:
+    /// its demand, memory and rules, for the host's catalog at once.
     Start {
         ward: Id,
         term: Term,
         vm: VmId,
         definition: String,
+        state: VmState,
     },
+    /// Host → destination of a live migration that just ended: the VM is yours, put it
+    /// in your catalog now (before your next sample: were you to die first, no catalog
+    /// would name it).
+    Handover { state: VmState, definition: String },
     StartDone {
         ward: Id,
         term: Term,
@@ -150,16 +170,24 @@ impl<Id: PartialEq> Message<Id> {
                 guardians,
                 previous,
                 catalog,
+                moving,
                 ..
             } => {
                 if *lease_ms == 0 || *lease_ms > MAX_LEASE_MS {
                     return Err(format!("lease of {lease_ms} ms"));
                 }
+                moving_ok(moving)?;
                 set_ok(guardians)?;
                 set_ok(previous)?;
                 catalog.as_ref().map_or(Ok(()), |c| c.validate())
             }
-            Message::Confirm { sets, catalog, .. } => {
+            Message::Confirm {
+                sets,
+                catalog,
+                moving,
+                ..
+            } => {
+                moving_ok(moving)?;
                 if sets.is_empty() || sets.len() > 2 {
                     return Err(format!("{} guardian sets", sets.len()));
                 }
@@ -169,9 +197,18 @@ impl<Id: PartialEq> Message<Id> {
                 catalog.as_ref().map_or(Ok(()), |c| c.validate())
             }
             Message::StateReply { state, .. } => state.validate(),
-            Message::Start { definition, .. } if definition.len() > MAX_DEFINITION_BYTES => {
-                Err(format!("definition of {} bytes", definition.len()))
+            Message::Start {
+                vm,
+                definition,
+                state,
+                ..
+            } => {
+                if state.id != *vm {
+                    return Err("a start whose state names another VM".into());
+                }
+                vm_ok(state, definition)
             }
+            Message::Handover { state, definition } => vm_ok(state, definition),
             Message::Recovered {
                 restarted, lost, ..
             } if restarted.len() + lost.len() > MAX_VMS_PER_HOST => {
@@ -180,4 +217,29 @@ impl<Id: PartialEq> Message<Id> {
             _ => Ok(()),
         }
     }
+}
+
+/// A list of migrations: bounded, no VM twice.
+fn moving_ok<Id>(moving: &[(VmId, Id)]) -> Result<(), String> {
+    if moving.len() > MAX_VMS_PER_HOST {
+        return Err(format!("{} VMs moving", moving.len()));
+    }
+    let mut vms: Vec<VmId> = moving.iter().map(|(v, _)| *v).collect();
+    vms.sort_unstable();
+    if vms.windows(2).any(|w| w[0] == w[1]) {
+        return Err("a VM moving twice".into());
+    }
+    Ok(())
+}
+
+/// One VM's state and definition: within the limits of a catalog's.
+fn vm_ok(state: &VmState, definition: &str) -> Result<(), String> {
+    if definition.len() > MAX_DEFINITION_BYTES {
+        return Err(format!("definition of {} bytes", definition.len()));
+    }
+    let host = HostState {
+        vms: vec![state.clone()],
+        ..HostState::default()
+    };
+    host.validate()
 }

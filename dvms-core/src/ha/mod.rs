@@ -24,9 +24,25 @@
 //! `margin_ms` (clock rates differ a little; clocks need not agree), the host's lease
 //! has certainly ended as far as this guardian counts: it sends `Confirm`, with the
 //! catalog and the guardian sets it knows, to the coordinator: the first guardian of the
-//! ward's newest set that it does not consider failed. It confirms to one coordinator
-//! only, ever, for that term. A host that fenced itself and says so (`Fenced`) is
+//! ward's newest set that it does not consider failed. Its vote is held by one
+//! coordinator at a time: a coordinator that gathers no quorum within `2 × margin_ms`
+//! (guardians that see the ring differently split their votes) gives every vote back,
+//! by number (`Redirect`), and never counts a vote it gave back; the guardians then
+//! confirm again, to whichever node they now see as first. A confirmation is sent again
+//! every `margin_ms` until its coordinator says it counted it (messages get lost; a
+//! coordinator that restarted has forgotten only votes it never acknowledged). A guardian that
+//! restarted forgets its wards and never votes for their old terms (it could have voted
+//! before): a recovery that can no longer gather a quorum says so (`NoQuorum`, with the
+//! VMs it leaves down and the guardians missing), once. A host that fenced itself and says so (`Fenced`) is
 //! confirmed at once.
+//!
+//! **Migrations.** A host that holds its lease tells its guardians where a VM goes
+//! before migrating it (a lease renewed at once, listing the VM and its destination;
+//! the migration starts once a hold quorum acknowledged, and is refused past
+//! `margin_ms`). Were the host to die once the VM runs at its destination but before its
+//! catalog drops the VM, the recovery asks the destination, which says it runs it: the
+//! VM is not started twice. A destination that does not answer gets the VM reported,
+//! not started (it may run there).
 //!
 //! **Recovery.** The coordinator acts once it holds confirmations from a majority of
 //! every guardian set any of them reported: then no lease of the ward can still be held
@@ -35,7 +51,9 @@
 //! hypervisor (`FenceRemote`: the driver destroys the ward's VMs through its libvirt if
 //! it answers: a daemon that died alone leaves running VMs no lease can stop), then asks
 //! up to `max_hosts` nearby hosts for their state, places the ward's VMs on them (best
-//! fit, the rules' bans and fences kept, the hosts' overload threshold kept), orders
+//! fit under the hosts' overload threshold, else the host with the most CPU room: an
+//! overload is the ISP's to repair, a VM not started is lost; memory, the most VMs per
+//! host, spread groups and the rules' bans and fences are never broken), orders
 //! each start from the VM's definition, and reports what restarted where and what could
 //! not (`VmLost`, with why): nothing is forgotten.
 //!
@@ -52,7 +70,7 @@
 //! (reported as [`Event::RecoveryStalled`] by the guardians that confirmed to it; a
 //! second coordinator could start VMs the first already started, so none takes over); a
 //! VM that moved to a host less than `renew_ms` before both hosts died can be in no
-//! catalog; spread and gather groups are not kept by the restart placement; safety
+//! catalog; gather groups are not kept by the restart placement; safety
 //! assumes clocks run at rates within `margin_ms / lease_ms` of each other.
 
 mod guard;
@@ -222,6 +240,16 @@ pub enum Output<Id> {
         term: Term,
         vms: Vec<VmId>,
     },
+    /// Start this migration the ISP ordered: the guardians know where the VM goes.
+    Migrate {
+        vm: VmId,
+        to: Id,
+    },
+    /// Do not start this migration (the host is losing its lease, or fencing): report
+    /// it failed to the ISP.
+    MigrationRefused {
+        vm: VmId,
+    },
     /// Start `vm` here from its definition; report [`Input::Started`].
     Start {
         ward: Id,
@@ -281,10 +309,22 @@ pub enum Event<Id> {
         restarted: usize,
         lost: usize,
     },
+    /// This coordinator still has no quorum long after the first vote: guardians of the
+    /// sets named are gone, or restarted (and never vote for an old term). `vms` stay
+    /// down until an operator starts them (`missing`: who did not vote).
+    NoQuorum {
+        ward: Id,
+        term: Term,
+        vms: Vec<VmId>,
+        missing: Vec<Id>,
+    },
     /// The coordinator this guardian confirmed to failed before reporting the recovery.
     RecoveryStalled {
         ward: Id,
         coordinator: Id,
+        /// The VMs of the ward's catalog (some may have been restarted before the
+        /// coordinator failed): an operator checks and starts the others.
+        vms: Vec<VmId>,
     },
     /// A message refused (malformed, or from a node with no standing to send it).
     Dropped {
@@ -306,6 +346,7 @@ impl<Id> Event<Id> {
             Event::VmLost { .. } => "vm_lost",
             Event::AlreadyRunning { .. } => "already_running",
             Event::Recovered { .. } => "recovered",
+            Event::NoQuorum { .. } => "no_quorum",
             Event::RecoveryStalled { .. } => "recovery_stalled",
             Event::Dropped { .. } => "dropped",
         }
@@ -398,6 +439,8 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
                     Message::Lease { .. }
                     | Message::Fenced { .. }
                     | Message::Release { .. }
+                    | Message::Redirect { .. }
+                    | Message::ConfirmAck { .. }
                     | Message::Recovered { .. } => guard.on_message(&mut cx, from, msg),
                     Message::Confirm { .. }
                     | Message::StateReply { .. }
@@ -418,7 +461,11 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
                         term,
                         vm,
                         definition,
-                    } => holder.on_start(&mut cx, from, (ward, term, vm), definition),
+                        state,
+                    } => holder.on_start(&mut cx, from, (ward, term, vm), (state, definition)),
+                    Message::Handover { state, definition } => {
+                        holder.adopt(&mut cx, state, definition)
+                    }
                 }
             }
             Input::Catalog { host, definitions } => holder.on_catalog(&mut cx, host, definitions),
@@ -445,6 +492,29 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         self.route_self(now, ring);
     }
 
+    /// The ISP orders `vm` migrated to `to`: with HA on, it starts once the guardians
+    /// know where the VM goes ([`Output::Migrate`], or [`Output::MigrationRefused`]).
+    pub fn migrate(&mut self, now: Millis, vm: VmId, to: Id, ring: &dyn Ring<Id>) {
+        if !self.cfg.enabled {
+            self.out.push_back(Output::Migrate { vm, to });
+            return;
+        }
+        let (mut cx, holder, _, _) = self.split(now, ring);
+        holder.migrate(&mut cx, vm, to);
+        self.route_self(now, ring);
+    }
+
+    /// A migration of this host's ended: a VM that left is handed over to its
+    /// destination's catalog.
+    pub fn migration_done(&mut self, now: Millis, vm: VmId, ok: bool, ring: &dyn Ring<Id>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let (mut cx, holder, _, _) = self.split(now, ring);
+        holder.migration_done(&mut cx, vm, ok);
+        self.route_self(now, ring);
+    }
+
     /// The daemon stops and its VMs run on: its guardians are released (nothing is
     /// recovered), and it leases no more.
     pub fn leave(&mut self, now: Millis, ring: &dyn Ring<Id>) {
@@ -464,7 +534,7 @@ impl<Id: Clone + Ord + Debug> Ha<Id> {
         [
             self.holder.next_due(&self.cfg),
             self.guard.next_due(),
-            self.recover.next_due(),
+            self.recover.next_due(&self.cfg),
         ]
         .into_iter()
         .flatten()

@@ -1,7 +1,7 @@
 //! The coordinator's side: a quorum of confirmations, the remote fence, the hosts'
 //! states, the restart placement, the starts, and the report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use super::{majority, Catalog, Cx, Event, Message, Output, Term};
@@ -9,6 +9,10 @@ use crate::host::{HostState, Millis, VmId, VmState};
 
 /// Most recoveries a node coordinates at once.
 const MAX_RECOVERIES: usize = 64;
+/// A round of votes with no quorum after this many `margin_ms` is given back.
+const RELEASE_AFTER_MARGINS: u64 = 2;
+/// A recovery still without a quorum this long after its first vote is reported.
+const NO_QUORUM_MS: Millis = 60_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -20,9 +24,21 @@ enum Phase {
 }
 
 struct Recovery<Id> {
-    /// Who confirmed, with the guardian sets each knew.
-    confirms: BTreeMap<Id, Vec<Vec<Id>>>,
+    /// Who confirmed, with its vote's number and the guardian sets it knew.
+    confirms: BTreeMap<Id, (u32, Vec<Vec<Id>>)>,
+    /// The highest vote number given back to each guardian: never counted again.
+    released: BTreeMap<Id, u32>,
+    /// When the current round of votes began.
+    collect_since: Millis,
+    /// When the first vote came (for the report of a recovery with no quorum).
+    first_vote: Option<Millis>,
+    /// Every guardian any vote named, and every one that voted (released or not).
+    named: BTreeSet<Id>,
+    voted: BTreeSet<Id>,
+    no_quorum_reported: bool,
     catalog: Option<Catalog>,
+    /// The ward's migrations away: VM → destination.
+    moving: BTreeMap<VmId, Id>,
     phase: Phase,
     asked: Vec<Id>,
     states: BTreeMap<Id, HostState>,
@@ -39,7 +55,14 @@ impl<Id> Default for Recovery<Id> {
     fn default() -> Self {
         Recovery {
             confirms: BTreeMap::new(),
+            released: BTreeMap::new(),
+            collect_since: 0,
+            first_vote: None,
+            named: BTreeSet::new(),
+            voted: BTreeSet::new(),
+            no_quorum_reported: false,
             catalog: None,
+            moving: BTreeMap::new(),
             phase: Phase::Collect,
             asked: Vec::new(),
             states: BTreeMap::new(),
@@ -67,10 +90,20 @@ impl<Id> Default for Coordinator<Id> {
 }
 
 impl<Id: Clone + Ord + Debug> Coordinator<Id> {
-    pub(super) fn next_due(&self) -> Option<Millis> {
+    pub(super) fn next_due(&self, cfg: &super::Config) -> Option<Millis> {
         self.recoveries
             .values()
             .filter_map(|r| match r.phase {
+                Phase::Collect => {
+                    let after = cfg.margin_ms.saturating_mul(RELEASE_AFTER_MARGINS);
+                    let release =
+                        (!r.confirms.is_empty()).then(|| r.collect_since.saturating_add(after));
+                    let report = r
+                        .first_vote
+                        .filter(|_| !r.no_quorum_reported)
+                        .map(|t| t.saturating_add(NO_QUORUM_MS));
+                    release.into_iter().chain(report).min()
+                }
                 Phase::Querying { until } => Some(until),
                 Phase::Starting => r.pending.values().map(|(_, at)| *at).min(),
                 _ => None,
@@ -85,7 +118,12 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                 term,
                 sets,
                 catalog,
-            } => self.on_confirm(cx, from, ward, term, sets, catalog.map(|c| *c)),
+                moving,
+                round,
+            } => {
+                let vote = (round, sets);
+                self.on_confirm(cx, from, (ward, term), vote, catalog.map(|c| *c), moving)
+            }
             Message::StateReply { ward, term, state } => {
                 let key = (ward, term);
                 if let Some(r) = self.recoveries.get_mut(&key) {
@@ -131,10 +169,10 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         &mut self,
         cx: &mut Cx<'_, Id>,
         from: Id,
-        ward: Id,
-        term: Term,
-        sets: Vec<Vec<Id>>,
+        (ward, term): Key<Id>,
+        (round, sets): (u32, Vec<Vec<Id>>),
         catalog: Option<Catalog>,
+        moving: Vec<(VmId, Id)>,
     ) {
         if !sets.iter().flatten().any(|g| *g == from) {
             cx.event(Event::Dropped {
@@ -157,7 +195,29 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         let Some(r) = self.recoveries.get_mut(&key) else {
             return;
         };
-        r.confirms.insert(from, sets);
+        // A vote given back is never counted again: the guardian may have given it
+        // to another coordinator since.
+        if r.released.get(&from).is_some_and(|rel| round <= *rel) {
+            cx.send(from, Message::Redirect { ward, term, round });
+            return;
+        }
+        if r.confirms.is_empty() {
+            r.collect_since = cx.now;
+        }
+        r.first_vote.get_or_insert(cx.now);
+        r.named.extend(sets.iter().flatten().cloned());
+        r.voted.insert(from.clone());
+        r.confirms.insert(from.clone(), (round, sets));
+        cx.send(
+            from,
+            Message::ConfirmAck {
+                ward: ward.clone(),
+                term,
+                round,
+            },
+        );
+        // Every destination any guardian heard of is asked.
+        r.moving.extend(moving);
         if let Some(c) = catalog {
             if r.catalog.as_ref().is_none_or(|old| c.version > old.version) {
                 r.catalog = Some(c);
@@ -170,7 +230,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         let quorum = r
             .confirms
             .values()
-            .flatten()
+            .flat_map(|(_, sets)| sets)
             .all(|set| majority(set, |g| r.confirms.contains_key(g)));
         if !quorum {
             return;
@@ -229,6 +289,12 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                 asked.push(h);
             }
         }
+        // The destinations of its migrations, beyond `max_hosts`: they may run its VMs.
+        for h in r.moving.values() {
+            if h != ward && !asked.contains(h) {
+                asked.push(h.clone());
+            }
+        }
         r.phase = Phase::Querying {
             until: cx.now.saturating_add(cx.cfg.query_ms),
         };
@@ -246,7 +312,11 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
 
     pub(super) fn tick(&mut self, cx: &mut Cx<'_, Id>) {
         let now = cx.now;
+        let release_after = cx.cfg.margin_ms.saturating_mul(RELEASE_AFTER_MARGINS);
         for (key, r) in &mut self.recoveries {
+            if r.phase == Phase::Collect {
+                Self::collect_timeouts(cx, key, r, release_after);
+            }
             match r.phase {
                 Phase::Querying { until } if now >= until => Self::place(cx, key, r),
                 Phase::Starting => {
@@ -270,6 +340,47 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                     Self::finish_if_done(cx, key, r);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A round with no quorum in time gives its votes back; a recovery still with no
+    /// quorum long after its first vote is reported, once.
+    fn collect_timeouts(
+        cx: &mut Cx<'_, Id>,
+        key: &Key<Id>,
+        r: &mut Recovery<Id>,
+        release_after: Millis,
+    ) {
+        let now = cx.now;
+        // Still no quorum long after the first vote: some guardians of the sets named
+        // are gone or restarted (a restarted one never votes for an old term). Said
+        // once, with what stays down.
+        if !r.no_quorum_reported
+            && r.first_vote
+                .is_some_and(|t| now >= t.saturating_add(NO_QUORUM_MS))
+        {
+            r.no_quorum_reported = true;
+            let missing: Vec<Id> = r.named.difference(&r.voted).cloned().collect();
+            let vms = r
+                .catalog
+                .as_ref()
+                .map(|c| c.host.vms.iter().map(|v| v.id).collect())
+                .unwrap_or_default();
+            cx.event(Event::NoQuorum {
+                ward: key.0.clone(),
+                term: key.1,
+                vms,
+                missing,
+            });
+        }
+        // No quorum in time: every vote goes back, to gather elsewhere (or here again,
+        // once the guardians see the ring alike).
+        if !r.confirms.is_empty() && now >= r.collect_since.saturating_add(release_after) {
+            for (g, (round, _)) in std::mem::take(&mut r.confirms) {
+                r.released.insert(g.clone(), round);
+                let (ward, term) = key.clone();
+                cx.send(g, Message::Redirect { ward, term, round });
             }
         }
     }
@@ -302,12 +413,8 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         let Some(v) = catalog.host.vms.iter().find(|x| x.id == vm).cloned() else {
             return;
         };
-        let Some(definition) = catalog.definition(vm).map(str::to_owned) else {
-            r.lost.push((vm, "no definition in the catalog".into()));
-            return;
-        };
         // A VM that runs already on a host that answered (it left the ward just before
-        // the ward died) is not started again.
+        // the ward died, or was arriving there) is not started again.
         if let Some((h, _)) = r.states.iter().find(|(h, s)| {
             !r.tried.get(&vm).is_some_and(|t| t.contains(h)) && s.vms.iter().any(|x| x.id == vm)
         }) {
@@ -319,25 +426,48 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
             });
             return;
         }
+        // Moving to a host that did not answer: it may run there; its own recovery
+        // restarts it if it arrived and that host died.
+        if let Some(to) = r.moving.get(&vm).filter(|to| !r.states.contains_key(*to)) {
+            r.lost.push((
+                vm,
+                format!("it was migrating to {to:?}, which did not answer (it may run there)"),
+            ));
+            return;
+        }
+        let Some(definition) = catalog.definition(vm).map(str::to_owned) else {
+            r.lost.push((
+                vm,
+                "no definition in the catalog (it was arriving by migration, or paused, when the host died: it may run elsewhere)".into(),
+            ));
+            return;
+        };
         let tried = r.tried.entry(vm).or_default();
         let threshold = cx.cfg.threshold;
-        let best = r
-            .states
-            .iter()
-            .filter(|(h, _)| !tried.contains(h))
-            .filter(|(_, s)| {
-                let cpu_room = s.cpu_capacity * threshold - s.cpu_demand();
-                let mem_room = s.mem_capacity_mib.saturating_sub(s.mem_used_mib());
-                let count_ok = s.max_vms.is_none_or(|m| s.vms.len() < m as usize);
-                v.cpu_demand <= cpu_room
-                    && v.mem_mib <= mem_room
-                    && count_ok
-                    && v.rules.allows(&s.name)
-            })
-            .min_by(|(_, a), (_, b)| {
-                let room = |s: &HostState| s.cpu_capacity * threshold - s.cpu_demand();
-                room(a).total_cmp(&room(b))
-            })
+        let room = |s: &HostState| s.cpu_capacity * threshold - s.cpu_demand();
+        // Memory, the VM count and the rules are hard; CPU is not: best fit under the
+        // threshold, else the host with the most CPU room (an overload is the ISP's to
+        // repair; a VM not started is lost).
+        let fits = |s: &HostState| {
+            let mem_room = s.mem_capacity_mib.saturating_sub(s.mem_used_mib());
+            let count_ok = s.max_vms.is_none_or(|m| s.vms.len() < m as usize);
+            // Never next to another VM of its spread group.
+            let spread_ok = v
+                .rules
+                .spread
+                .as_ref()
+                .is_none_or(|g| !s.vms.iter().any(|o| o.rules.spread.as_ref() == Some(g)));
+            v.mem_mib <= mem_room && count_ok && spread_ok && v.rules.allows(&s.name)
+        };
+        let candidates = || {
+            r.states
+                .iter()
+                .filter(|(h, s)| !tried.contains(h) && fits(s))
+        };
+        let best = candidates()
+            .filter(|(_, s)| v.cpu_demand <= room(s))
+            .min_by(|(_, a), (_, b)| room(a).total_cmp(&room(b)))
+            .or_else(|| candidates().max_by(|(_, a), (_, b)| room(a).total_cmp(&room(b))))
             .map(|(h, _)| h.clone());
         let Some(h) = best else {
             let why = if tried.is_empty() {
@@ -350,7 +480,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         };
         tried.push(h.clone());
         if let Some(s) = r.states.get_mut(&h) {
-            s.vms.push(v);
+            s.vms.push(v.clone());
         }
         r.pending.insert(
             vm,
@@ -363,6 +493,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                 term: key.1,
                 vm,
                 definition,
+                state: v.clone(),
             },
         );
     }
@@ -389,7 +520,12 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
             restarted: r.restarted.len(),
             lost: r.lost.len(),
         });
-        let mut to: Vec<Id> = r.confirms.values().flatten().flatten().cloned().collect();
+        let mut to: Vec<Id> = r
+            .confirms
+            .values()
+            .flat_map(|(_, sets)| sets.iter().flatten())
+            .cloned()
+            .collect();
         to.sort();
         to.dedup();
         for g in to {

@@ -88,6 +88,13 @@ enum Pending {
     },
     /// A destroy of everything on `host` is over.
     Destroy { host: u32, incarnation: u64 },
+    /// A live migration is over: the VM runs at `to` if both hypervisors are up.
+    Migration {
+        from: u32,
+        incarnation: u64,
+        vm: VmId,
+        to: u32,
+    },
 }
 
 struct World {
@@ -102,6 +109,12 @@ struct World {
     destroy_ms: Millis,
     /// Live hosts every other node's membership layer nevertheless says failed.
     falsely_failed: BTreeSet<u32>,
+    /// Hosts one node's membership layer alone says failed.
+    seen_failed_by: BTreeMap<u32, BTreeSet<u32>>,
+    /// How long a live migration takes.
+    migrate_ms: Millis,
+    migrations_started: u32,
+    migrations_refused: u32,
 }
 
 fn cfg() -> Config {
@@ -127,6 +140,10 @@ impl World {
             next_catalog: 0,
             destroy_ms: 1_500,
             falsely_failed: BTreeSet::new(),
+            seen_failed_by: BTreeMap::new(),
+            migrate_ms: 2_000,
+            migrations_started: 0,
+            migrations_refused: 0,
         };
         for id in 1..=n {
             let vms = (0..vms_each)
@@ -153,6 +170,7 @@ impl World {
             .filter(|(_, t)| self.now >= **t + DETECT_MS)
             .map(|(id, _)| *id)
             .chain(self.falsely_failed.iter().copied().filter(|id| *id != me))
+            .chain(self.seen_failed_by.get(&me).into_iter().flatten().copied())
             .collect();
         View {
             me,
@@ -233,6 +251,19 @@ impl World {
                         },
                     );
                 }
+                Output::Migrate { vm, to } => {
+                    self.migrations_started += 1;
+                    self.push(
+                        now + self.migrate_ms,
+                        Pending::Migration {
+                            from: id,
+                            incarnation: inc,
+                            vm,
+                            to,
+                        },
+                    );
+                }
+                Output::MigrationRefused { .. } => self.migrations_refused += 1,
                 Output::Event(e) => self.events.push((now, id, e)),
             }
             self.check_once();
@@ -275,9 +306,14 @@ impl World {
                     .keys()
                     .map(|vm| VmState {
                         id: *vm,
-                        // VMs numbered from 9,000 are bigger than any host.
-                        cpu_demand: if vm.0 >= 9_000 { 1_000.0 } else { 10.0 },
-                        mem_mib: 256,
+                        // VMs numbered from 8,000 need more CPU than any host has
+                        // room for under the threshold; from 9,000, more memory.
+                        cpu_demand: if (8_000..9_000).contains(&vm.0) {
+                            380.0
+                        } else {
+                            10.0
+                        },
+                        mem_mib: if vm.0 >= 9_000 { 20_000 } else { 256 },
                         pinned: false,
                         rules: Default::default(),
                     })
@@ -332,6 +368,36 @@ impl World {
                     Pending::Msg { from, to, msg } => {
                         if self.reachable(from, to) {
                             self.input(to, Input::Message { from, msg });
+                        }
+                    }
+                    Pending::Migration {
+                        from,
+                        incarnation,
+                        vm,
+                        to,
+                    } => {
+                        let up = |h: &Host| h.hypervisor;
+                        let ok = up(&self.hosts[&from])
+                            && up(&self.hosts[&to])
+                            && self.hosts[&from].vms.contains_key(&vm);
+                        if ok {
+                            let def = self.hosts.get_mut(&from).unwrap().vms.remove(&vm);
+                            self.hosts
+                                .get_mut(&to)
+                                .unwrap()
+                                .vms
+                                .insert(vm, def.unwrap());
+                        }
+                        let h = self.hosts.get_mut(&from).unwrap();
+                        if h.daemon && h.incarnation == incarnation {
+                            let view = self.view(from);
+                            let now = self.now;
+                            self.hosts
+                                .get_mut(&from)
+                                .unwrap()
+                                .ha
+                                .migration_done(now, vm, ok, &view);
+                            self.drain(from);
                         }
                     }
                     Pending::Destroy { host, incarnation } => {
@@ -422,6 +488,18 @@ impl World {
         // The releases are on their way; the daemon goes a little later.
         self.run_until(now + 50);
         self.kill_daemon(id);
+    }
+
+    /// Host `from`'s scheduler orders `vm` migrated to `to`.
+    fn migrate(&mut self, from: u32, vm: VmId, to: u32) {
+        let view = self.view(from);
+        let now = self.now;
+        self.hosts
+            .get_mut(&from)
+            .unwrap()
+            .ha
+            .migrate(now, vm, to, &view);
+        self.drain(from);
     }
 
     /// A new host, with no VMs, joins the ring.
@@ -562,18 +640,11 @@ fn vms_of_a_host_whose_daemon_died_are_destroyed_at_its_hypervisor_before_restar
     assert!(w.hosts[&4].vms.is_empty(), "fenced through its hypervisor");
     let running = w.running();
     assert_eq!(running.len(), 15);
-    // The daemon comes back: told to fence (its old term is recovered), then guarded.
+    // The daemon comes back running none of what was recovered (fenced at its
+    // hypervisor): it has nothing to destroy and is guarded again at once.
     w.restart(4);
     w.run_until(80_000);
-    assert!(w
-        .first(|e| matches!(
-            e,
-            Event::Fencing {
-                reason: Fence::Revoked,
-                ..
-            }
-        ))
-        .is_some());
+    assert!(w.first(|e| matches!(e, Event::Fencing { .. })).is_none());
     assert!(w.hosts[&4].ha.holds_lease(w.now));
     assert_eq!(w.running().len(), 15);
 }
@@ -642,6 +713,21 @@ fn a_vm_with_no_room_anywhere_is_reported_lost() {
     }
 }
 
+/// CPU does not block a restart: a VM no host has room for under the threshold runs
+/// again where the CPU room is largest (an overload is the ISP's to repair).
+#[test]
+fn a_vm_too_busy_for_any_hosts_threshold_is_restarted_where_there_is_most_room() {
+    let mut w = World::new(4, 2, cfg());
+    let busy = VmId(8_001);
+    w.hosts.get_mut(&1).unwrap().vms.insert(busy, def(busy));
+    w.run_until(20_000);
+    w.crash(1);
+    w.run_until(60_000);
+    assert!(w.lost().is_empty(), "{:?}", w.events);
+    assert!(w.running().contains_key(&busy));
+    assert_eq!(w.running().len(), 9);
+}
+
 #[test]
 fn oversized_or_malformed_messages_are_dropped() {
     let mut w = World::new(3, 1, cfg());
@@ -662,6 +748,7 @@ fn oversized_or_malformed_messages_are_dropped() {
                 guardians: vec![2, 3],
                 previous: vec![],
                 catalog: Some(Box::new(huge)),
+                moving: vec![],
             },
         },
     );
@@ -675,6 +762,7 @@ fn oversized_or_malformed_messages_are_dropped() {
                 lease_ms: u64::MAX,
                 guardians: vec![2, 2],
                 previous: vec![],
+                moving: vec![],
                 catalog: None,
             },
         },
@@ -840,9 +928,16 @@ fn every_event_kind_is_its_json_name() {
             restarted: 1,
             lost: 0,
         },
+        Event::NoQuorum {
+            ward: 1,
+            term: Term::default(),
+            vms: vec![vm],
+            missing: vec![3],
+        },
         Event::RecoveryStalled {
             ward: 1,
             coordinator: 2,
+            vms: vec![vm],
         },
         Event::Dropped {
             from: 1,
@@ -956,4 +1051,118 @@ fn a_false_failure_from_the_membership_layer_fences_nothing() {
     );
     assert_eq!(w.hosts[&3].vms.len(), 3);
     assert_eq!(w.running().len(), 18);
+}
+
+/// A VM migrates away; its source dies once it runs at its destination, before the
+/// source's catalog drops it, and the destination is not among the hosts the recovery
+/// would ask: the guardians knew where it went, the recovery asks there, and the VM is
+/// not started a second time.
+#[test]
+fn a_vm_that_migrated_away_just_before_its_source_died_is_not_restarted() {
+    let mut w = World::new(10, 2, cfg());
+    w.run_until(20_000);
+    // Host 1's recovery asks its nearest hosts (2, 3, ...) first; 9 is far.
+    let cfg_few = Config {
+        max_hosts: 3,
+        ..cfg()
+    };
+    for h in w.hosts.values_mut() {
+        h.ha = Ha::new(*h.ha.id(), h.incarnation, cfg_few.clone());
+    }
+    w.cfg = cfg_few;
+    w.run_until(40_000);
+    let vm = VmId(100);
+    w.migrate(1, vm, 9);
+    // The migration ends 2 s after it starts; the source dies 100 ms after that, before
+    // its next sample.
+    w.next_catalog = w.now + 10_000;
+    let t = w.now + w.migrate_ms + 100;
+    w.run_until(t);
+    assert_eq!(w.migrations_started, 1);
+    assert_eq!(w.running().get(&vm), Some(&9), "the VM moved");
+    w.crash(1);
+    w.run_until(t + 40_000);
+    assert_eq!(w.running().get(&vm), Some(&9));
+    assert_eq!(w.running().len(), 20);
+    assert!(w
+        .first(|e| matches!(e, Event::AlreadyRunning { vm: v, on: 9, .. } if *v == vm))
+        .is_some());
+}
+
+/// The five guardians of a dead host see the ring differently for a while: their votes
+/// split three ways (4: one, 5: two, 6: two) and no coordinator gathers a majority. The
+/// votes are given back and cast again; once the views agree, the VMs run again, once.
+#[test]
+fn split_votes_are_given_back_and_the_recovery_completes_once_views_agree() {
+    let five = Config {
+        guardians: 5,
+        ..cfg()
+    };
+    let mut w = World::new(10, 3, five);
+    w.run_until(20_000);
+    // Host 3's guardians are 4 to 8; each votes for the first it believes alive.
+    w.seen_failed_by.insert(5, BTreeSet::from([4]));
+    w.seen_failed_by.insert(6, BTreeSet::from([4, 5]));
+    w.seen_failed_by.insert(7, BTreeSet::from([4, 5]));
+    w.seen_failed_by.insert(8, BTreeSet::from([4]));
+    w.crash(3);
+    w.run_until(45_000);
+    assert!(
+        w.first(|e| matches!(e, Event::Recovering { ward: 3, .. }))
+            .is_none(),
+        "split votes gathered a quorum: {:?}",
+        w.events
+    );
+    w.seen_failed_by.clear();
+    w.run_until(80_000);
+    assert_eq!(w.running().len(), 30, "{:?}", w.events);
+    assert!(w.lost().is_empty());
+}
+
+/// A dead host's guardians: two of three restarted as it died and forgot it (a restarted
+/// guardian never votes for an old term: it could have voted before). No quorum can
+/// form; the coordinator says so, once, with the VMs left down and who did not vote.
+#[test]
+fn a_recovery_that_can_gather_no_quorum_is_reported_with_the_vms_left_down() {
+    let mut w = World::new(8, 3, cfg());
+    w.run_until(20_000);
+    // Host 3's guardians are 4, 5 and 6.
+    w.crash(3);
+    w.restart(5);
+    w.restart(6);
+    w.run_until(120_000);
+    assert!(w
+        .first(|e| matches!(e, Event::Recovering { ward: 3, .. }))
+        .is_none());
+    let reports: Vec<&Event<u32>> = w
+        .events
+        .iter()
+        .map(|(_, _, e)| e)
+        .filter(|e| matches!(e, Event::NoQuorum { ward: 3, .. }))
+        .collect();
+    assert_eq!(reports.len(), 1, "{:?}", w.events);
+    let Event::NoQuorum { vms, missing, .. } = reports[0] else {
+        unreachable!()
+    };
+    assert_eq!(vms, &[VmId(300), VmId(301), VmId(302)]);
+    assert_eq!(missing, &[5, 6]);
+}
+
+/// A VM migrates; its destination dies right after the migration ends, before its next
+/// sample: the source handed the VM over (the destination's catalog named it at once),
+/// so the destination's recovery restarts it.
+#[test]
+fn a_vm_whose_destination_dies_just_after_it_arrived_runs_again() {
+    let mut w = World::new(8, 2, cfg());
+    w.run_until(20_000);
+    let vm = VmId(100);
+    w.migrate(1, vm, 5);
+    w.next_catalog = w.now + 30_000;
+    let t = w.now + w.migrate_ms + 100;
+    w.run_until(t);
+    assert_eq!(w.running().get(&vm), Some(&5), "the VM moved");
+    w.crash(5);
+    w.run_until(t + 40_000);
+    assert!(w.running().contains_key(&vm), "{:?}", w.events);
+    assert_eq!(w.running().len(), 16);
 }

@@ -26,8 +26,10 @@ const MAX_NAMES: usize = 4096;
 impl Daemon {
     pub(super) fn on_ha_output(&mut self, o: ha::Output<NodeId>) {
         match o {
-            // The node turns these into its own sends.
-            ha::Output::Send { to, .. } => debug!(%to, "HA send not routed by the node"),
+            // The node routes these itself.
+            ha::Output::Send { .. }
+            | ha::Output::Migrate { .. }
+            | ha::Output::MigrationRefused { .. } => debug!("HA output not routed by the node"),
             ha::Output::DestroyAll { reason } => self.destroy_all(reason),
             ha::Output::FenceRemote { ward, term, vms } => self.fence_remote(ward, term, vms),
             ha::Output::Start {
@@ -47,7 +49,7 @@ impl Daemon {
         let tx = self.done_tx.clone();
         if s.cfg.dry_run {
             warn!(?reason, "dry run: would destroy every VM of this host");
-            let _ = tx.send(Done::Ha(ha::Input::Destroyed));
+            let _ = tx.send(Done::Ha(Box::new(ha::Input::Destroyed)));
             return;
         }
         error!(?reason, "fencing: destroying every VM of this host");
@@ -83,7 +85,7 @@ impl Daemon {
                     }
                 }
             }
-            let _ = tx.send(Done::Ha(ha::Input::Destroyed));
+            let _ = tx.send(Done::Ha(Box::new(ha::Input::Destroyed)));
         });
     }
 
@@ -93,11 +95,11 @@ impl Daemon {
         let Some(s) = &self.sched else { return };
         let tx = self.done_tx.clone();
         let report = move |destroyed: bool| {
-            let _ = tx.send(Done::Ha(ha::Input::RemoteFenced {
+            let _ = tx.send(Done::Ha(Box::new(ha::Input::RemoteFenced {
                 ward,
                 term,
                 destroyed,
-            }));
+            })));
         };
         let ip = self
             .own_addresses
@@ -184,12 +186,12 @@ impl Daemon {
                 Ok(()) => info!(vm = %name, %ward, "restarted a dead host's VM here"),
                 Err(e) => warn!(vm = %name, %ward, "cannot restart a dead host's VM here: {e}"),
             }
-            let _ = tx.send(Done::Ha(ha::Input::Started {
+            let _ = tx.send(Done::Ha(Box::new(ha::Input::Started {
                 ward,
                 term,
                 vm,
                 ok: result.is_ok(),
-            }));
+            })));
         });
     }
 
@@ -210,8 +212,17 @@ impl Daemon {
             HaEvent::VmLost { ward, vm, why } => {
                 error!(%ward, vm = %self.vm_name(*vm), "a dead host's VM could not be restarted: {why}")
             }
-            HaEvent::RecoveryStalled { ward, coordinator } => {
-                error!(%ward, %coordinator, "the recovery of a dead host stalled: its coordinator failed")
+            HaEvent::NoQuorum {
+                ward, vms, missing, ..
+            } => {
+                error!(%ward, vms = vms.len(), ?missing, "a dead host's recovery has no quorum of guardians: its VMs stay down")
+            }
+            HaEvent::RecoveryStalled {
+                ward,
+                coordinator,
+                vms,
+            } => {
+                error!(%ward, %coordinator, vms = vms.len(), "the recovery of a dead host stalled: its coordinator failed; check its VMs")
             }
             HaEvent::Dropped { from, why } => {
                 warn!(peer = %from, "dropped an HA message: {why:.200}");

@@ -109,7 +109,7 @@ enum Done {
         Option<Vec<(VmId, String)>>,
     ),
     /// An HA order carried out.
-    Ha(dvms_core::ha::Input<NodeId>),
+    Ha(Box<dvms_core::ha::Input<NodeId>>),
     Migrated {
         vm: VmId,
         result: Result<(), String>,
@@ -720,8 +720,12 @@ impl Daemon {
         tokio::task::spawn_blocking(move || {
             let sample = hv.sample();
             let definitions = match &sample {
+                // None for a paused domain (an incoming migration: the VM runs on its
+                // source until it ends): HA never restarts it.
                 Ok(h) if ha => {
-                    Some(hv.definitions(&h.vms.iter().map(|v| v.id).collect::<Vec<_>>()))
+                    let running: Vec<_> =
+                        h.vms.iter().filter(|v| !v.pinned).map(|v| v.id).collect();
+                    Some(hv.definitions(&running))
                 }
                 _ => None,
             };
@@ -762,7 +766,7 @@ impl Daemon {
                 result,
                 dry_run,
             } => self.on_migrated(vm, result, dry_run),
-            Done::Ha(input) => self.input(Input::Ha(input)),
+            Done::Ha(input) => self.input(Input::Ha(*input)),
             Done::AddressWaitOver { vm } => {
                 if let Some(to) = self.awaiting_address.remove(&vm) {
                     self.on_done(Done::Migrated {

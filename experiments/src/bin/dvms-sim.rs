@@ -103,6 +103,10 @@ struct Args {
     /// Check the invariants after every event (slower).
     #[arg(long)]
     check: bool,
+    /// HA in the DVMS runs: a crashed host's VMs die with it and its guardians restart
+    /// them elsewhere (with --crash-period).
+    #[arg(long, group = "inline")]
+    ha: bool,
     /// Write the results into this directory: CSV files (summary, overloads, violations,
     /// migrations, partitions) and SVG plots (violations over time, CDF of the time to
     /// solve, partition sizes).
@@ -118,8 +122,9 @@ struct Args {
     /// each size's results in size-N/, and crossover.csv and crossover_*.svg plots.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     sizes: Vec<usize>,
-    /// Write every ISP event (detections, partitions, plans, migrations, ends) as JSON
-    /// lines to this file: {"run", "t_ms", "node", "event", ...}.
+    /// Write every ISP event (detections, partitions, plans, migrations, ends), and with
+    /// HA every HA event (with "ha": true), as JSON lines to this file: {"run", "t_ms",
+    /// "node", "event", ...}.
     #[arg(long)]
     events: Option<PathBuf>,
 }
@@ -188,6 +193,10 @@ impl Args {
                 ..central
             },
             migration: Default::default(),
+            ha: dvms_core::ha::Config {
+                enabled: self.ha,
+                ..Default::default()
+            },
         }
     }
 }
@@ -325,8 +334,21 @@ fn run_scenario(
             eprintln!("{label}: INVARIANT VIOLATED: {v}");
         }
         if let Some(w) = events {
-            for (t, node, e) in &sim.log {
-                let mut line = serde_json::to_value(e)?;
+            let isp = sim
+                .log
+                .iter()
+                .map(|(t, n, e)| (*t, *n, serde_json::to_value(e)));
+            let ha = sim.ha_log.iter().map(|(t, n, e)| {
+                let mut v = serde_json::to_value(e);
+                if let Ok(serde_json::Value::Object(o)) = &mut v {
+                    o.insert("ha".into(), true.into());
+                }
+                (*t, *n, v)
+            });
+            let mut lines: Vec<_> = isp.chain(ha).collect();
+            lines.sort_by_key(|(t, _, _)| *t);
+            for (t, node, line) in &lines {
+                let mut line = line.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.clone();
                 if let Some(o) = line.as_object_mut() {
                     o.insert("run".into(), label.clone().into());
                     o.insert("hosts".into(), scenario.hosts.count.into());
@@ -342,6 +364,24 @@ fn run_scenario(
         measured.push(sim.metrics);
     }
     print!("{}", table(&runs));
+    for (label, m) in walls.iter().map(|w| &w.0).zip(&measured) {
+        for (why, n) in &m.ha.lost_why {
+            println!("{label}: HA reported {n} VM(s) lost: {why}");
+        }
+        let silent = m.ha.silently_down();
+        if !silent.is_empty() {
+            let since: Vec<String> = silent
+                .iter()
+                .filter_map(|v| m.ha.down_since(*v))
+                .map(|t| format!("{:.0}", t as f64 / 1e3))
+                .collect();
+            println!(
+                "{label}: HA: {} VM(s) down at the end and not reported lost (being recovered), down since (s): {}",
+                silent.len(),
+                since.join(" ")
+            );
+        }
+    }
     for (label, wall) in &walls {
         println!("wall time of the {label} run: {wall:.1} s");
     }

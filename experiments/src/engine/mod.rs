@@ -23,16 +23,19 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp};
 
-use crate::centralized::{Central, CentralMode, Round};
+use crate::centralized::{Central, CentralMode};
 use crate::config::{OverlayModel, Scheduler, SimConfig, DEFAULT_SOLVER_BUDGET};
 use crate::model::{Datacenter, Refusal};
 use crate::network::{Network, NodeIx};
 use crate::overlay_stats::{OverlayStats, PEER_ID_BYTES};
 use crate::queue::EventQueue;
 use crate::report::{MessageKind, Metrics};
-use crate::traffic::{wire_bytes, ENVELOPE_BYTES, ORDER_BYTES, REQUEST_BYTES};
+use crate::traffic::{wire_bytes, ENVELOPE_BYTES};
 use crate::view::{Nobody, Shared, SharedMember, SharedView};
 use crate::workload::CrashModel;
+
+mod central;
+mod ha;
 
 /// A simulated daemon's node: the core's `Node` over whichever membership layer the run
 /// simulates (its own overlay, a window on the shared view, or none).
@@ -109,6 +112,27 @@ enum Ev {
         node: NodeIx,
         vm: VmId,
     },
+    /// HA: a host's destroy of everything it runs is over.
+    HaDestroyed {
+        host: usize,
+        gen: u64,
+    },
+    /// HA: a remote fence of `ward`'s VMs is over (or its libvirt did not answer).
+    HaFencedRemote {
+        node: NodeIx,
+        gen: u64,
+        ward: NodeIx,
+        term: dvms_core::ha::Term,
+        vms: Vec<usize>,
+    },
+    /// HA: a restart of a dead host's VM on `node` is over.
+    HaStarted {
+        node: NodeIx,
+        gen: u64,
+        ward: NodeIx,
+        term: dvms_core::ha::Term,
+        vm: VmId,
+    },
     /// A leader's solve is over: its answer, after the virtual time it cost.
     Solved {
         node: NodeIx,
@@ -137,6 +161,8 @@ pub struct Sim {
     pub metrics: Metrics,
     /// Every ISP event, when `keep_log` is on: (time, node, event).
     pub log: Vec<(Millis, NodeIx, IspEvent<NodeIx>)>,
+    /// Every HA event, when `keep_log` is on: (time, node, event).
+    pub ha_log: Vec<(Millis, NodeIx, dvms_core::ha::Event<NodeIx>)>,
     /// Every host's load as its daemon sampled it, when `keep_log` is on: (time, host,
     /// load).
     pub samples: Vec<(Millis, usize, f64)>,
@@ -145,6 +171,10 @@ pub struct Sim {
     dc_changed: bool,
     /// Some ISP acted (every role change does) since the last check.
     isp_changed: bool,
+    /// With HA: the VMs whose definitions each daemon was last given.
+    ha_defined: Vec<Vec<VmId>>,
+    /// With HA: when each host last started a VM for a recovery.
+    ha_started_on: Vec<Option<Millis>>,
 }
 
 impl Sim {
@@ -238,12 +268,16 @@ impl Sim {
             central_at: None,
             rng,
             log: Vec::new(),
+            ha_log: Vec::new(),
             samples: Vec::new(),
             drop_rule: None,
             dc_changed: true,
             isp_changed: true,
+            ha_defined: vec![Vec::new(); hosts.len()],
+            ha_started_on: vec![None; hosts.len()],
             cfg,
         };
+        sim.metrics.ha = crate::ha_stats::HaStats::new(sim.ha_on());
         sim.metrics.overlay = OverlayStats::new(&sim.network);
         for h in 0..hosts.len() {
             let node = sim.fresh_daemon(h, 0);
@@ -289,8 +323,13 @@ impl Sim {
         };
         let seed = overlay::mix64(self.cfg.seed ^ overlay::mix64(((h as u64) << 24) ^ gen));
         let rng = StdRng::seed_from_u64(seed);
+        let mut node = Node::with_membership(id, gen, self.cfg.isp.clone(), membership, rng);
+        if self.ha_on() {
+            // Incarnations grow from 1 at every restart, as the daemon's start times do.
+            node = node.with_ha(gen + 1, self.cfg.ha.clone());
+        }
         Daemon {
-            node: Node::with_membership(id, gen, self.cfg.isp.clone(), membership, rng),
+            node,
             alive: true,
             gen,
             up_since: self.now,
@@ -335,6 +374,11 @@ impl Sim {
 
     pub fn now(&self) -> Millis {
         self.now
+    }
+
+    /// Whether the daemons run HA (DVMS runs with `ha.enabled`).
+    pub fn ha_on(&self) -> bool {
+        self.cfg.ha.enabled && self.cfg.scheduler == Scheduler::Dvms
     }
 
     pub fn network(&self) -> &Network {
@@ -425,7 +469,12 @@ impl Sim {
                                 self.metrics.traffic.message(host, central, bytes, us);
                             }
                         }
-                        None => self.input(host as NodeIx, Input::Monitor(state)),
+                        None => {
+                            if self.ha_on() {
+                                self.ha_definitions(host);
+                            }
+                            self.input(host as NodeIx, Input::Monitor(state))
+                        }
                     }
                     let next = self.now + self.cfg.monitor_ms;
                     self.schedule(next, Ev::Monitor { host, gen });
@@ -472,6 +521,21 @@ impl Sim {
                 }
             }
             Ev::MigrationEnd { id } => self.migration_end(id),
+            Ev::HaDestroyed { host, gen } => self.ha_destroyed(host, gen),
+            Ev::HaFencedRemote {
+                node,
+                gen,
+                ward,
+                term,
+                vms,
+            } => self.ha_fenced_remote(node, gen, (ward, term), &vms),
+            Ev::HaStarted {
+                node,
+                gen,
+                ward,
+                term,
+                vm,
+            } => self.ha_started(node, gen, (ward, term, vm)),
             Ev::MigrationRefused { node, vm } => {
                 if self.nodes[node as usize].alive {
                     self.input(node, Input::MigrationDone { vm, ok: false });
@@ -590,7 +654,7 @@ impl Sim {
                     let answer = Box::new(answer);
                     self.schedule(now + cost, Ev::Solved { node, gen, answer });
                 }
-                Output::Ha(_) => {} // HA is off in the simulator (issue 17)
+                Output::Ha(o) => self.ha_output(node, o),
                 Output::Overlay(e) => {
                     let bound = self.cfg.overlay.detection_bound();
                     let nodes = &self.nodes;
@@ -640,6 +704,11 @@ impl Sim {
         }
         self.nodes[host].alive = false;
         self.dc.hosts[host].alive = false;
+        if self.ha_on() {
+            // With HA its VMs die with it (it boots empty), and are restarted elsewhere;
+            // without, they come back with it.
+            self.ha_destroy(host, None, false);
+        }
         let listed = self.nodes[host].node.membership().listed();
         let site = self.network.site_of[host];
         self.metrics.overlay.crashed(self.now, host, site, listed);
@@ -683,6 +752,7 @@ impl Sim {
             v.borrow_mut().host_up(host as NodeIx);
         }
         self.nodes[host] = self.fresh_daemon(host, gen);
+        self.ha_defined[host].clear();
         self.dc.hosts[host].alive = true;
         let site = self.network.site_of[host];
         self.metrics.overlay.recovered(host, site);
@@ -699,7 +769,11 @@ impl Sim {
                 (MessageKind::Overlay, bytes)
             }
             Message::Isp(m) => (MessageKind::Scheduling, wire_bytes(m) + ENVELOPE_BYTES),
-            Message::Ha(m) => (MessageKind::Scheduling, wire_bytes(m) + ENVELOPE_BYTES),
+            Message::Ha(m) => {
+                let bytes = Self::ha_wire_bytes(m);
+                self.metrics.ha.message(bytes);
+                (MessageKind::Ha, bytes)
+            }
         };
         let us = self.cfg.solve_cost.message_us;
         self.metrics
@@ -779,10 +853,15 @@ impl Sim {
             }
             Err(r) => {
                 if let Refusal::Memory { host, used, cap } = r {
-                    self.metrics.invariant(format!(
-                        "t={} migration of VM {v} to host {host} would hold {used} MiB of {cap}",
-                        self.now
-                    ));
+                    // A plan never over-commits memory on the states it was made from;
+                    // an HA restart since then changed the host under it (libvirt
+                    // refuses such a migration, the partition goes on).
+                    if !self.ha_restarted_lately(host) {
+                        self.metrics.invariant(format!(
+                            "t={} migration of VM {v} to host {host} would hold {used} MiB of {cap}",
+                            self.now
+                        ));
+                    }
                 }
                 self.metrics.migrations_refused += 1;
                 let at = self.now + 1;
@@ -798,8 +877,12 @@ impl Sim {
         self.dc_changed = true;
         if ok {
             if let Some(b) = crate::rules::breach(&self.dc, run.vm, run.from) {
-                self.metrics
-                    .invariant(format!("t={} rule broken: {b}", self.now));
+                // A plan keeps the rules on the states it was made from; an HA restart
+                // since then changed the destination under it.
+                if !self.ha_restarted_lately(run.to) {
+                    self.metrics
+                        .invariant(format!("t={} rule broken: {b}", self.now));
+                }
             }
         }
         let cross = self.network.site_of[run.from] != self.network.site_of[run.to];
@@ -815,133 +898,6 @@ impl Sim {
             let vm = VmId(run.vm as u128);
             self.input(run.from as NodeIx, Input::MigrationDone { vm, ok });
         }
-    }
-
-    /// Queues the central scheduler's next event if it is earlier than the one pending.
-    fn arm_central(&mut self) {
-        let Some(at) = self.central.as_ref().map(Central::poll_timeout) else {
-            return;
-        };
-        let at = at.max(self.now);
-        if self.central_at.is_none_or(|pending| at < pending) {
-            self.central_at = Some(at);
-            self.schedule(at, Ev::Central);
-        }
-    }
-
-    /// The central scheduler's round (collect, solve, plan) and plan rounds, when due.
-    fn central_due(&mut self) {
-        let now = self.now;
-        if self.central.as_ref().is_some_and(|c| c.apply_due(now)) {
-            self.central_apply();
-        }
-        if self.central.as_ref().is_some_and(|c| c.round_due(now)) {
-            let states: Vec<_> = (0..self.dc.hosts.len())
-                .filter(|h| self.dc.hosts[*h].alive)
-                .map(|h| (h, self.dc.resident_state(h)))
-                .collect();
-            let (solver, limits) = (self.cfg.isp.solver.clone(), self.cfg.isp.limits);
-            let cost = self.cfg.solve_cost.clone();
-            let Some(c) = &mut self.central else { return };
-            let round = c.round(now, &states, &solver, limits, &cost);
-            // Periodic: the state is requested. Reactive: it came with the monitoring.
-            let collects = c.mode() == CentralMode::Periodic;
-            if collects && !matches!(round, Round::Skipped) {
-                // The state request and its answer, to and from every live host.
-                let (central, us) = (self.dc.hosts.len(), self.cfg.solve_cost.message_us);
-                for (h, state) in &states {
-                    let cross = self.network.site_of[*h] != self.network.site_of[0];
-                    self.metrics.scheduler_messages(2, cross);
-                    let t = &mut self.metrics.traffic;
-                    t.message(central, *h, REQUEST_BYTES, us);
-                    t.message(*h, central, wire_bytes(state) + ENVELOPE_BYTES, us);
-                }
-            }
-            if let Round::Solved {
-                hosts,
-                compute_ms,
-                planned,
-            } = round
-            {
-                self.metrics.partitions_started += 1;
-                self.metrics.partition_sizes.push(hosts);
-                self.metrics.compute_ms.push(compute_ms);
-                let central = self.dc.hosts.len();
-                self.metrics
-                    .traffic
-                    .compute(central, compute_ms as f64 * 1e3);
-                if planned {
-                    self.metrics.plans += 1;
-                } else {
-                    *self
-                        .metrics
-                        .ended
-                        .entry(isp::EndReason::Abandoned)
-                        .or_default() += 1;
-                }
-            }
-        }
-        self.arm_central();
-    }
-
-    /// Starts the next round of the central plan (or ends the plan).
-    fn central_apply(&mut self) {
-        loop {
-            let Some(c) = &mut self.central else { return };
-            let Some(orders) = c.next_orders() else {
-                self.central_plan_done();
-                return;
-            };
-            let model = self.cfg.migration.clone();
-            let (mut started, mut refused) = (0, 0);
-            for m in orders {
-                let cross = self.network.site_of[m.from] != self.network.site_of[0];
-                self.metrics.scheduler_messages(1, cross);
-                let (central, us) = (self.dc.hosts.len(), self.cfg.solve_cost.message_us);
-                self.metrics
-                    .traffic
-                    .message(central, m.from, ORDER_BYTES, us);
-                match self
-                    .dc
-                    .start_migration(m.vm, m.from, m.to, self.now, &model)
-                {
-                    Ok((id, end)) => {
-                        started += 1;
-                        self.dc_changed = true;
-                        self.schedule(end, Ev::MigrationEnd { id });
-                    }
-                    Err(_) => {
-                        // The state changed since it was collected: the plan is stale.
-                        self.metrics.migrations_refused += 1;
-                        refused += 1;
-                    }
-                }
-            }
-            if let Some(c) = &mut self.central {
-                c.round_started(started, refused);
-            }
-            if started > 0 {
-                return;
-            }
-        }
-    }
-
-    fn central_plan_done(&mut self) {
-        let now = self.now;
-        let Some((overloaded, failed)) = self.central.as_mut().and_then(|c| c.finish_plan(now))
-        else {
-            return;
-        };
-        let reason = if failed {
-            isp::EndReason::Abandoned
-        } else {
-            isp::EndReason::Solved
-        };
-        *self.metrics.ended.entry(reason).or_default() += 1;
-        let high = self.cfg.isp.thresholds.high;
-        self.metrics
-            .plan_done(now, overloaded.into_iter(), &self.dc, high);
-        self.arm_central();
     }
 
     /// The model is consistent: each VM resident on exactly one host, no host holding
