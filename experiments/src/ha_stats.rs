@@ -70,7 +70,7 @@ impl HaStats {
             } => self.self_fences += 1,
             Event::VmLost { vm, why, .. } => {
                 // The reason without the hosts it names.
-                let kind = why.split(" on [").next().unwrap_or(why).to_owned();
+                let kind = why.split(" on ").next().unwrap_or(why).to_owned();
                 self.reported_down(&[*vm], &kind);
             }
             Event::Recovered { .. } => self.recoveries += 1,

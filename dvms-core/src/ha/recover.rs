@@ -44,6 +44,8 @@ struct Recovery<Id> {
     states: BTreeMap<Id, HostState>,
     /// VM → (host asked to start it, when).
     pending: BTreeMap<VmId, (Id, Millis)>,
+    /// When the starts not yet answered were last sent again.
+    resent_at: Millis,
     /// Hosts each VM was tried on.
     tried: BTreeMap<VmId, Vec<Id>>,
     restarted: Vec<(VmId, Id)>,
@@ -67,6 +69,7 @@ impl<Id> Default for Recovery<Id> {
             asked: Vec::new(),
             states: BTreeMap::new(),
             pending: BTreeMap::new(),
+            resent_at: 0,
             tried: BTreeMap::new(),
             restarted: Vec::new(),
             lost: Vec::new(),
@@ -105,7 +108,11 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                     release.into_iter().chain(report).min()
                 }
                 Phase::Querying { until } => Some(until),
-                Phase::Starting => r.pending.values().map(|(_, at)| *at).min(),
+                Phase::Starting => {
+                    let resend =
+                        (!r.pending.is_empty()).then(|| r.resent_at.saturating_add(cfg.margin_ms));
+                    r.pending.values().map(|(_, at)| *at).chain(resend).min()
+                }
                 _ => None,
             })
             .min()
@@ -326,6 +333,13 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                         .filter(|(_, (_, at))| now >= *at)
                         .map(|(vm, _)| *vm)
                         .collect();
+                    // Orders with no answer yet are sent again (messages get lost; a
+                    // host answers a repeated order with what it did, starting nothing
+                    // twice).
+                    if now >= r.resent_at.saturating_add(cx.cfg.margin_ms) {
+                        r.resent_at = now;
+                        Self::resend_starts(cx, key, r);
+                    }
                     for vm in late {
                         if let Some((h, _)) = r.pending.remove(&vm) {
                             r.lost.push((
@@ -385,9 +399,29 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         }
     }
 
+    fn resend_starts(cx: &mut Cx<'_, Id>, key: &Key<Id>, r: &Recovery<Id>) {
+        let Some(catalog) = &r.catalog else { return };
+        for (vm, (h, _)) in &r.pending {
+            let state = catalog.host.vms.iter().find(|v| v.id == *vm);
+            if let (Some(state), Some(definition)) = (state, catalog.definition(*vm)) {
+                cx.send(
+                    h.clone(),
+                    Message::Start {
+                        ward: key.0.clone(),
+                        term: key.1,
+                        vm: *vm,
+                        definition: definition.to_owned(),
+                        state: state.clone(),
+                    },
+                );
+            }
+        }
+    }
+
     /// Places every VM of the catalog on the hosts that answered.
     fn place(cx: &mut Cx<'_, Id>, key: &Key<Id>, r: &mut Recovery<Id>) {
         r.phase = Phase::Starting;
+        r.resent_at = cx.now;
         let mut vms: Vec<VmState> = r
             .catalog
             .as_ref()
