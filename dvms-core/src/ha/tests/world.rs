@@ -386,14 +386,9 @@ impl World {
                         }
                         let h = self.hosts.get_mut(&from).unwrap();
                         if h.daemon && h.incarnation == incarnation {
-                            let view = self.view(from);
-                            let now = self.now;
-                            self.hosts
-                                .get_mut(&from)
-                                .unwrap()
-                                .ha
-                                .migration_done(now, vm, ok, &view);
-                            self.drain(from);
+                            self.with_ha(from, |ha, now, view| {
+                                ha.migration_done(now, vm, ok, view)
+                            });
                         }
                     }
                     Pending::Destroy { host, incarnation } => {
@@ -477,25 +472,23 @@ impl World {
     /// The daemon stops gracefully (SIGTERM): it releases its guardians, then is gone;
     /// its VMs run on.
     pub(super) fn stop_daemon(&mut self, id: u32) {
+        self.with_ha(id, |ha, now, view| ha.leave(now, view));
+        // The releases are on their way; the daemon goes a little later.
+        self.run_until(self.now + 50);
+        self.kill_daemon(id);
+    }
+
+    /// Calls host `id`'s HA now, with its view of the ring, then carries out its outputs.
+    pub(super) fn with_ha(&mut self, id: u32, f: impl FnOnce(&mut Ha<u32>, Millis, &View)) {
         let view = self.view(id);
         let now = self.now;
-        self.hosts.get_mut(&id).unwrap().ha.leave(now, &view);
+        f(&mut self.hosts.get_mut(&id).unwrap().ha, now, &view);
         self.drain(id);
-        // The releases are on their way; the daemon goes a little later.
-        self.run_until(now + 50);
-        self.kill_daemon(id);
     }
 
     /// Host `from`'s scheduler orders `vm` migrated to `to`.
     pub(super) fn migrate(&mut self, from: u32, vm: VmId, to: u32) {
-        let view = self.view(from);
-        let now = self.now;
-        self.hosts
-            .get_mut(&from)
-            .unwrap()
-            .ha
-            .migrate(now, vm, to, &view);
-        self.drain(from);
+        self.with_ha(from, |ha, now, view| ha.migrate(now, vm, to, view));
     }
 
     /// A new host, with no VMs, joins the ring.
