@@ -71,6 +71,12 @@ pub struct SchedulerStatus {
     /// event: resources short, VMs that fit nowhere and the rule or resource that stops
     /// each); cleared when it leads a partition to a plan.
     pub last_no_plan: Option<serde_json::Value>,
+    /// The last events here (detections, partitions, plans, migrations, HA), oldest
+    /// first, each with `ts_ms`: the live view's timeline.
+    pub recent_events: Vec<serde_json::Value>,
+    /// (ms since the Unix epoch, load) of the last samples (5 minutes at one a second):
+    /// the live view's load chart.
+    pub load_history: Vec<(u64, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize)]

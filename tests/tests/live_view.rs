@@ -1,7 +1,9 @@
 //! The live view served by every daemon (`GET /`), loaded in headless Chromium from a real
 //! testbed whose daemons require a bearer token: it renders every host with its VMs (by
 //! name) and load, each daemon's role, and one point per member on the Vivaldi map, as the
-//! daemons' `/status` say; a VM named with markup shows as text and runs nothing.
+//! daemons' `/status` say; a VM named with markup shows as text and runs nothing. During a
+//! real repair it shows the partition, the plan and the migrations (by VM name) in its
+//! timeline and each host's load chart, and a screenshot of it is taken.
 
 use std::process::Command;
 use std::time::Duration;
@@ -26,19 +28,22 @@ fn section<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
     Some(&dom[start..start + end])
 }
 
-fn chromium_dom(url: &str) -> String {
-    let out = Command::new("chromium")
+fn chromium(args: &[&str]) -> std::process::Output {
+    Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--disable-dev-shm-usage",
             "--virtual-time-budget=8000",
-            "--dump-dom",
-            url,
         ])
+        .args(args)
         .output()
-        .expect("chromium runs (scripts/install-deps.sh installs it)");
+        .expect("chromium runs (scripts/install-deps.sh installs it)")
+}
+
+fn chromium_dom(url: &str) -> String {
+    let out = chromium(&["--dump-dom", url]);
     assert!(
         out.status.success(),
         "chromium failed: {}",
@@ -197,3 +202,74 @@ fn the_live_view_renders_what_the_daemons_status_says() {
 /// A VM name a careless page would run: an image whose error handler marks the page, and
 /// a script (libvirt refuses '/' in names, so no closing tags).
 const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='img'\"><script>document.body.dataset.pwned='script'<script>";
+
+/// During a real repair (4 guests of h1 loaded past its capacity), the page shows the
+/// plan and the migrations by VM name in its timeline, each host's load chart, the
+/// partition's hosts in one colour; a screenshot of it is written and is a real image.
+#[test]
+fn during_a_real_repair_the_live_view_shows_the_plan_and_migrations_in_its_timeline() {
+    let tb = Testbed::up(54, &["--hosts", "3"]);
+    tb.ok(&["deploy", "--vms", "12", "--kernel-args", "dvms.tick=250"]);
+    start_daemons_with(&tb, 3, 4, &["--capacity-cpu", "80"]);
+    let on_h1: Vec<String> = tb
+        .running()
+        .into_iter()
+        .filter(|(_, h)| h == "h1")
+        .map(|(v, _)| v)
+        .collect();
+    for vm in &on_h1 {
+        tb.ok(&["guest", vm, "load", "30"]);
+    }
+    let moved = wait_for(Duration::from_secs(60), || {
+        tb.events()
+            .iter()
+            .any(|e| e["event"] == "migration_result" && e["ok"] == true)
+    });
+    assert!(moved.is_some(), "no repair: {:?}", tb.events());
+    let url = format!("http://{}/", tb.daemon_http(1));
+    let mut dom = String::new();
+    let shown = wait_for(Duration::from_secs(60), || {
+        dom = chromium_dom(&url);
+        let timeline = dom
+            .find("<ol id=\"timeline\">")
+            .map(|i| &dom[i..])
+            .unwrap_or("");
+        timeline.contains("data-event=\"planned\"")
+            && timeline.contains("data-event=\"migration_result\"")
+            && on_h1
+                .iter()
+                .any(|vm| timeline.contains(&format!("migration of {vm} done")))
+    });
+    assert!(
+        shown.is_some(),
+        "the timeline does not show the plan and a migration by name:\n{dom}"
+    );
+    // Every host's load chart, drawn from several samples.
+    let charts = attr_values(&dom, "data-points");
+    let drawn = charts
+        .iter()
+        .filter(|n| n.parse::<usize>().unwrap_or(0) >= 5)
+        .count();
+    assert!(drawn >= 3, "load charts with 5 samples or more: {charts:?}\n{dom}");
+    // A screenshot an operator would see: a PNG of the whole page.
+    let png = tb.dir().join("live-view.png");
+    let out = chromium(&[
+        "--window-size=1280,1600",
+        &format!("--screenshot={}", png.display()),
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&png).expect("a screenshot");
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "{} bytes",
+        bytes.len()
+    );
+    let keep = dvms_tests::tmp_dir("live-view-screenshot").join("live-view.png");
+    std::fs::copy(&png, &keep).expect("screenshot kept");
+    eprintln!("screenshot: {}", keep.display());
+}

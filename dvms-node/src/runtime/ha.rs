@@ -247,8 +247,8 @@ impl Daemon {
         if let Some(o) = line.as_object_mut() {
             o.insert("ha".into(), true.into());
         }
-        if let Some(log) = self.sched.as_mut().and_then(|s| s.events.as_mut()) {
-            log.write(line);
+        if let Some(s) = &mut self.sched {
+            s.record(line);
         }
     }
 

@@ -95,9 +95,7 @@ impl Daemon {
             "event": "migration_result", "vm": vm.0.to_string(), "vm_name": name,
             "to": to, "ok": ok, "secs": secs, "error": result.err(), "dry_run": dry_run,
         });
-        if let Some(log) = &mut s.events {
-            log.write(line);
-        }
+        s.record(line);
         self.input(Input::MigrationDone { vm, ok });
     }
 }

@@ -91,9 +91,41 @@ struct Sched {
     host: Option<HostState>,
     events: Option<EventLog>,
     last_plans: VecDeque<serde_json::Value>,
+    /// The last events (scheduling, migrations, HA), newest last, for the live view.
+    recent: VecDeque<serde_json::Value>,
+    /// (wall-clock ms, load) of the last samples, for the live view's chart.
+    load_history: VecDeque<(u64, f64)>,
     last_no_plan: Option<serde_json::Value>,
     /// When each running migration started, and where to.
     migrating: HashMap<VmId, (Instant, NodeId)>,
+}
+
+/// Events the live view shows, and samples its load chart draws.
+const RECENT_EVENTS: usize = 30;
+const LOAD_HISTORY: usize = 300;
+
+/// Wall-clock time, ms since the Unix epoch.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Sched {
+    /// Records an event: in the event log, and among the recent ones the live view shows.
+    fn record(&mut self, mut line: serde_json::Value) {
+        if let Some(o) = line.as_object_mut() {
+            o.insert("ts_ms".into(), wall_ms().into());
+        }
+        self.recent.push_back(line.clone());
+        if self.recent.len() > RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        if let Some(log) = &mut self.events {
+            log.write(line);
+        }
+    }
 }
 
 /// Results of blocking work (hypervisor calls, solves), back on the event loop.
@@ -200,6 +232,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 host: None,
                 events,
                 last_plans: VecDeque::new(),
+                recent: VecDeque::new(),
+                load_history: VecDeque::new(),
                 last_no_plan: None,
                 migrating: HashMap::new(),
                 cfg: sc,
@@ -751,6 +785,10 @@ impl Daemon {
                         }
                         let Some(s) = &mut self.sched else { return };
                         self.metrics.host_load.set(h.load());
+                        s.load_history.push_back((wall_ms(), h.load()));
+                        if s.load_history.len() > LOAD_HISTORY {
+                            s.load_history.pop_front();
+                        }
                         s.host = Some(h.clone());
                         self.input(Input::Monitor(h));
                     }

@@ -7,7 +7,7 @@ use dvms_core::node::Input;
 use overlay::Event;
 use tracing::{debug, info, warn};
 
-use super::{Daemon, Sched, VIEWS_LOG};
+use super::{Daemon, VIEWS_LOG};
 use crate::metrics::count;
 use crate::status::{HaStatus, MemberStatus, NeighbourStatus, SchedulerStatus, Status, VmName};
 use crate::NodeId;
@@ -109,6 +109,8 @@ impl Daemon {
                 role: isp.role(),
                 last_plans: s.last_plans.iter().cloned().collect(),
                 last_no_plan: s.last_no_plan.clone(),
+                recent_events: s.recent.iter().cloned().collect(),
+                load_history: s.load_history.iter().copied().collect(),
             }),
             ha: self.node.ha().config().enabled.then(|| HaStatus {
                 holds_lease: self.node.ha().holds_lease(now),
@@ -168,11 +170,8 @@ impl Daemon {
             other => debug!(event = ?other, "scheduling event"),
         }
         count(&self.metrics.isp_events, "kind", e.kind());
-        if let Some(Sched {
-            events: Some(log), ..
-        }) = &mut self.sched
-        {
-            log.write(line);
+        if let Some(s) = &mut self.sched {
+            s.record(line);
         }
     }
 }
