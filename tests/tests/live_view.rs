@@ -250,7 +250,10 @@ fn during_a_real_repair_the_live_view_shows_the_plan_and_migrations_in_its_timel
         .iter()
         .filter(|n| n.parse::<usize>().unwrap_or(0) >= 5)
         .count();
-    assert!(drawn >= 3, "load charts with 5 samples or more: {charts:?}\n{dom}");
+    assert!(
+        drawn >= 3,
+        "load charts with 5 samples or more: {charts:?}\n{dom}"
+    );
     // A screenshot an operator would see: a PNG of the whole page.
     let png = tb.dir().join("live-view.png");
     let out = chromium(&[
