@@ -241,8 +241,7 @@ impl FileConfig {
             if scheduler.is_none() {
                 bail!("ha.enabled needs the scheduler: set scheduler.libvirt_uri (HA restarts VMs through libvirt)");
             }
-            // A host leases from its next ring successors: the overlay keeps that many.
-            overlay.ring = overlay.ring.max(ha.guardians);
+            overlay.ring = ha.ring_for(overlay.ring);
         }
         if ping_interval.is_zero() {
             bail!("ping_interval_ms must be > 0");

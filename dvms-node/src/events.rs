@@ -51,6 +51,32 @@ pub fn event_line(e: &isp::Event<NodeId>, name_of: &dyn Fn(VmId) -> String) -> s
     line
 }
 
+/// An HA event as its JSON line, marked `"ha": true`; a restarted, lost or already
+/// running VM is given by UUID (`vm`) and name (`vm_name`).
+pub fn ha_event_line(
+    e: &dvms_core::ha::Event<NodeId>,
+    name_of: &dyn Fn(VmId) -> String,
+) -> serde_json::Value {
+    use dvms_core::ha::Event;
+    let mut line = serde_json::to_value(e).unwrap_or_else(
+        |err| serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
+    );
+    let vm = match e {
+        Event::Restarted { vm, .. }
+        | Event::VmLost { vm, .. }
+        | Event::AlreadyRunning { vm, .. } => Some(*vm),
+        _ => None,
+    };
+    if let Some(o) = line.as_object_mut() {
+        if let Some(vm) = vm {
+            o.insert("vm".into(), uuid::Uuid::from_u128(vm.0).to_string().into());
+            o.insert("vm_name".into(), name_of(vm).into());
+        }
+        o.insert("ha".into(), true.into());
+    }
+    line
+}
+
 pub struct EventLog {
     // A plain file, each line handed to one `write_all`: a buffered writer would flush a
     // line longer than its buffer in pieces, and a reader would see half an event.

@@ -31,8 +31,7 @@ pub struct HaStats {
     pub self_fences: u64,
     pub recoveries: u64,
     pub stalled: u64,
-    /// HA messages (leases, acknowledgements, confirmations, recovery traffic).
-    pub messages: u64,
+    /// Bytes of HA messages (leases, acknowledgements, confirmations, recoveries).
     pub bytes: u64,
 }
 
@@ -103,7 +102,6 @@ impl HaStats {
     }
 
     pub fn message(&mut self, bytes: usize) {
-        self.messages += 1;
         self.bytes += bytes as u64;
     }
 

@@ -433,10 +433,7 @@ impl Scenario {
                             ..base.clone()
                         };
                         config.overlay.mode = *mode;
-                        if config.ha.enabled {
-                            // As the daemon does: a host leases from its ring successors.
-                            config.overlay.ring = config.overlay.ring.max(config.ha.guardians);
-                        }
+                        config.overlay.ring = config.ha.ring_for(config.overlay.ring);
                         let label = match mode {
                             Mode::Locality => "dvms-locality",
                             Mode::Ring => "dvms-ring",

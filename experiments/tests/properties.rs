@@ -262,7 +262,7 @@ fn over_200_seeds_with_crashes_ha_never_runs_a_vm_twice_and_loses_none_silently(
         cfg.ha.enabled = true;
         // HA leases from each host's ring successors: per-host overlays only.
         cfg.overlay_model = OverlayModel::PerHost;
-        cfg.overlay.ring = cfg.overlay.ring.max(cfg.ha.guardians);
+        cfg.overlay.ring = cfg.ha.ring_for(cfg.overlay.ring);
         cfg.crashes = Some(CrashModel {
             period_ms: 600_000,
             ..cfg.crashes.clone().expect("stress runs crash hosts")

@@ -135,6 +135,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The overlay ring size HA needs given `ring`: a host leases from that many ring
+    /// successors.
+    pub fn ring_for(&self, ring: usize) -> usize {
+        if self.enabled {
+            ring.max(self.guardians)
+        } else {
+            ring
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=MAX_GUARDIANS).contains(&self.guardians) {
             return Err(format!(

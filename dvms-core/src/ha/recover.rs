@@ -404,16 +404,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
         for (vm, (h, _)) in &r.pending {
             let state = catalog.host.vms.iter().find(|v| v.id == *vm);
             if let (Some(state), Some(definition)) = (state, catalog.definition(*vm)) {
-                cx.send(
-                    h.clone(),
-                    Message::Start {
-                        ward: key.0.clone(),
-                        term: key.1,
-                        vm: *vm,
-                        definition: definition.to_owned(),
-                        state: state.clone(),
-                    },
-                );
+                cx.send(h.clone(), start(key, state.clone(), definition.to_owned()));
             }
         }
     }
@@ -520,16 +511,7 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
             vm,
             (h.clone(), cx.now.saturating_add(cx.cfg.start_timeout_ms)),
         );
-        cx.send(
-            h,
-            Message::Start {
-                ward: key.0.clone(),
-                term: key.1,
-                vm,
-                definition,
-                state: v.clone(),
-            },
-        );
+        cx.send(h, start(key, v, definition));
     }
 
     fn finish_if_done(cx: &mut Cx<'_, Id>, key: &Key<Id>, r: &mut Recovery<Id>) {
@@ -573,5 +555,16 @@ impl<Id: Clone + Ord + Debug> Coordinator<Id> {
                 },
             );
         }
+    }
+}
+
+/// The order to start `state`'s VM from `definition` for the recovery `key`.
+fn start<Id: Clone>(key: &Key<Id>, state: VmState, definition: String) -> Message<Id> {
+    Message::Start {
+        ward: key.0.clone(),
+        term: key.1,
+        vm: state.id,
+        definition,
+        state,
     }
 }

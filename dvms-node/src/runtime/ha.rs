@@ -231,22 +231,7 @@ impl Daemon {
             other => info!(event = ?other, "HA"),
         }
         count(&self.metrics.ha_events, "kind", e.kind());
-        let mut line = serde_json::to_value(&e).unwrap_or_else(
-            |err| serde_json::json!({ "event": "unserializable", "error": err.to_string() }),
-        );
-        let vm = match &e {
-            HaEvent::Restarted { vm, .. }
-            | HaEvent::VmLost { vm, .. }
-            | HaEvent::AlreadyRunning { vm, .. } => Some(*vm),
-            _ => None,
-        };
-        if let (Some(vm), Some(o)) = (vm, line.as_object_mut()) {
-            o.insert("vm".into(), uuid::Uuid::from_u128(vm.0).to_string().into());
-            o.insert("vm_name".into(), self.vm_name(vm).into());
-        }
-        if let Some(o) = line.as_object_mut() {
-            o.insert("ha".into(), true.into());
-        }
+        let line = crate::events::ha_event_line(&e, &|vm| self.vm_name(vm));
         if let Some(s) = &mut self.sched {
             s.record(line);
         }
