@@ -58,7 +58,7 @@ The testbed and its daemons are running. Where to look:
   $L daemons status                   # each daemon: members, VMs, load, role
   curl -s 10.77.1.1:7080/status       # one daemon's view (JSON); /metrics for Prometheus
   http://10.77.1.1:7080/              # the live view in a browser on this machine
-  cargo run --release -p experiments --bin dvms-replay -- --scenario experiments/scenarios/testbed-3x12.toml
+  cargo run --release -p dvms-replay -- --scenario experiments/scenarios/testbed-3x12.toml
                                       # a scenario's load replayed on these guests
   cat $EVENTS/h1.events.jsonl         # detection, partition, plan, migrations, dissolve
   $L guest vm-4 load 80               # more load: watch it being repaired

@@ -56,6 +56,17 @@ pub trait Membership<Id>: Neighbours<Id> {
         rng: &mut StdRng,
     ) -> Vec<overlay::Output<Id>>;
 
+    /// [`Membership::handle`], appending to `out` (a buffer the node reuses).
+    fn handle_into(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+        out: &mut Vec<overlay::Output<Id>>,
+    ) {
+        out.extend(self.handle(now, input, rng));
+    }
+
     /// When [`overlay::Input::Tick`] is next due.
     fn poll_timeout(&self) -> Option<Millis>;
 
@@ -111,6 +122,16 @@ impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
         rng: &mut StdRng,
     ) -> Vec<overlay::Output<Id>> {
         Overlay::handle(self, now, input, rng)
+    }
+
+    fn handle_into(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+        out: &mut Vec<overlay::Output<Id>>,
+    ) {
+        Overlay::handle_into(self, now, input, rng, out)
     }
 
     fn poll_timeout(&self) -> Option<Millis> {
@@ -172,6 +193,16 @@ impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
         rng: &mut StdRng,
     ) -> Vec<overlay::Output<Id>> {
         (**self).handle(now, input, rng)
+    }
+
+    fn handle_into(
+        &mut self,
+        now: Millis,
+        input: overlay::Input<Id>,
+        rng: &mut StdRng,
+        out: &mut Vec<overlay::Output<Id>>,
+    ) {
+        (**self).handle_into(now, input, rng, out)
     }
 
     fn poll_timeout(&self) -> Option<Millis> {
@@ -299,6 +330,8 @@ pub struct Node<Id, M = Overlay<Id>> {
     definitions: Vec<(VmId, String)>,
     rng: StdRng,
     out: VecDeque<Output<Id>>,
+    /// The overlay's outputs of one input, reused from input to input.
+    overlay_out: Vec<overlay::Output<Id>>,
 }
 
 impl<Id: OverlayId> Node<Id, Overlay<Id>> {
@@ -326,6 +359,7 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
             isp: Isp::new(id, incarnation, isp),
             rng,
             out: VecDeque::new(),
+            overlay_out: Vec::new(),
         }
     }
 
@@ -441,8 +475,10 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
     }
 
     fn feed_overlay(&mut self, now: Millis, input: overlay::Input<Id>) {
-        let outs = self.membership.handle(now, input, &mut self.rng);
-        for o in outs {
+        let mut outs = std::mem::take(&mut self.overlay_out);
+        self.membership
+            .handle_into(now, input, &mut self.rng, &mut outs);
+        for o in outs.drain(..) {
             match o {
                 overlay::Output::Send { to, msg } => self.out.push_back(Output::Send {
                     to,
@@ -460,6 +496,7 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
                 }
             }
         }
+        self.overlay_out = outs;
     }
 
     fn feed_isp(&mut self, now: Millis, input: isp::Input<Id>) {

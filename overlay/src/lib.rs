@@ -34,18 +34,20 @@
 //! assert!(b.is_alive(&1));
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::hash::Hash;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use vecmap::VecMap;
 use vivaldi::Coord;
 
 mod gossip;
 pub mod message;
 pub mod select;
 mod swim;
+mod vecmap;
 
 pub use message::{Beacon, MemberInfo, Message, Status, Update};
 pub use select::{closest_to, first_on_ring_after, next_after};
@@ -310,17 +312,17 @@ pub struct Overlay<Id: OverlayId> {
     my_ring: u64,
     vivaldi: vivaldi::Node<{ vivaldi::DIMS }>,
     /// Exactly the peers of the views below.
-    peers: BTreeMap<Id, Peer<Id>>,
+    peers: VecMap<Id, Peer<Id>>,
     /// Cyclon view: peers and their age in shuffle rounds.
     random: Vec<(Id, u32)>,
     near: Vec<Id>,
     succ: Vec<Id>,
     pred: Vec<Id>,
     /// Dead or departed members: incarnation and until when it is kept.
-    tombstones: BTreeMap<Id, (u64, Millis)>,
+    tombstones: VecMap<Id, (u64, Millis)>,
     /// Peers known from records only that did not answer this node's probe, until when
     /// their records are refused (not an accusation: nothing is announced).
-    unreachable: BTreeMap<Id, Millis>,
+    unreachable: VecMap<Id, Millis>,
     seeds: BTreeSet<Id>,
     swim: swim::State<Id>,
     next_probe: Millis,
@@ -334,10 +336,13 @@ pub struct Overlay<Id: OverlayId> {
     /// converging, so the next exchange comes sooner.
     neighbours_changed: bool,
     /// Who probed this node lately, and when last: the nodes that list it.
-    pingers: BTreeMap<Id, Millis>,
+    pingers: VecMap<Id, Millis>,
+    /// No tombstone, unreachable mark or pinger expires before this: ticks skip the
+    /// sweep until then (it ran on every tick, thousands of times per host and hour).
+    expiry_due: Millis,
     /// For each peer of the neighbour set, who lists it (as it last said): told at once
     /// when it is declared dead.
-    guarded: BTreeMap<Id, Vec<Id>>,
+    guarded: VecMap<Id, Vec<Id>>,
 }
 
 impl<Id: OverlayId> Overlay<Id> {
@@ -358,13 +363,13 @@ impl<Id: OverlayId> Overlay<Id> {
             me,
             my_ring,
             vivaldi,
-            peers: BTreeMap::new(),
+            peers: VecMap::new(),
             random: Vec::new(),
             near: Vec::new(),
             succ: Vec::new(),
             pred: Vec::new(),
-            tombstones: BTreeMap::new(),
-            unreachable: BTreeMap::new(),
+            tombstones: VecMap::new(),
+            unreachable: VecMap::new(),
             seeds: BTreeSet::new(),
             swim: swim::State::default(),
             next_probe: 0,
@@ -373,8 +378,9 @@ impl<Id: OverlayId> Overlay<Id> {
             shuffle_sent: None,
             random_replaced: false,
             neighbours_changed: true,
-            pingers: BTreeMap::new(),
-            guarded: BTreeMap::new(),
+            pingers: VecMap::new(),
+            expiry_due: Millis::MAX,
+            guarded: VecMap::new(),
         }
     }
 
@@ -577,8 +583,21 @@ impl<Id: OverlayId> Overlay<Id> {
 
     pub fn handle(&mut self, now: Millis, input: Input<Id>, rng: &mut impl Rng) -> Vec<Output<Id>> {
         let mut out = Vec::new();
+        self.handle_into(now, input, rng, &mut out);
+        out
+    }
+
+    /// [`Overlay::handle`], appending to `out`: a caller handling many inputs reuses one
+    /// buffer (the simulator runs thousands of overlays).
+    pub fn handle_into(
+        &mut self,
+        now: Millis,
+        input: Input<Id>,
+        rng: &mut impl Rng,
+        out: &mut Vec<Output<Id>>,
+    ) {
         match input {
-            Input::Tick => self.tick(now, rng, &mut out),
+            Input::Tick => self.tick(now, rng, out),
             Input::Seed(id) => {
                 if id != self.me.id && !self.peers.contains_key(&id) {
                     if self.seeds.len() < MAX_SEEDS {
@@ -591,18 +610,37 @@ impl<Id: OverlayId> Overlay<Id> {
             }
             Input::Message { from, msg } => {
                 if from == self.me.id {
-                    return out;
+                    return;
                 }
                 if let Err(reason) = msg.validate(self.cfg.vivaldi.max_coordinate) {
                     out.push(Output::Event(Event::Rejected { from, reason }));
-                    return out;
+                    return;
                 }
-                self.receive(now, from, msg, rng, &mut out);
+                self.receive(now, from, msg, rng, out);
             }
             Input::Rtt { peer, rtt_ms } => self.observe_rtt(&peer, rtt_ms, rng),
-            Input::Leave => self.leave(&mut out),
+            Input::Leave => self.leave(out),
         }
-        out
+    }
+
+    /// Drops what has expired, and notes when the next entry does.
+    fn expire(&mut self, now: Millis) {
+        self.tombstones.retain(|_, (_, until)| *until > now);
+        self.unreachable.retain(|_, until| *until > now);
+        self.pingers.retain(|_, at| *at + LISTER_MEMORY > now);
+        let tombstones = self.tombstones.values().map(|v| v.1);
+        let unreachable = self.unreachable.values().copied();
+        let pingers = self.pingers.values().map(|at| at + LISTER_MEMORY);
+        self.expiry_due = tombstones
+            .chain(unreachable)
+            .chain(pingers)
+            .min()
+            .unwrap_or(Millis::MAX);
+    }
+
+    /// `at` is when a new entry expires.
+    fn expires_at(&mut self, at: Millis) {
+        self.expiry_due = self.expiry_due.min(at);
     }
 
     fn observe_rtt(&mut self, peer: &Id, rtt_ms: f64, rng: &mut impl Rng) {
@@ -620,10 +658,9 @@ impl<Id: OverlayId> Overlay<Id> {
     }
 
     fn tick(&mut self, now: Millis, rng: &mut impl Rng, out: &mut Vec<Output<Id>>) {
-        self.tombstones.retain(|_, (_, until)| *until > now);
-        self.unreachable.retain(|_, until| *until > now);
-        let memory = LISTER_MEMORY;
-        self.pingers.retain(|_, at| *at + memory > now);
+        if now >= self.expiry_due {
+            self.expire(now);
+        }
         self.swim_deadlines(now, rng, out);
         if now >= self.next_probe {
             self.next_probe = now + self.cfg.probe_interval;
@@ -726,6 +763,7 @@ impl<Id: OverlayId> Overlay<Id> {
 
     fn tombstone(&mut self, id: &Id, incarnation: u64, now: Millis) {
         let until = now + self.cfg.tombstone_for;
+        self.expires_at(until);
         insert_bounded(
             &mut self.tombstones,
             MAX_TOMBSTONES,
@@ -754,6 +792,7 @@ impl<Id: OverlayId> Overlay<Id> {
     }
 
     fn pinged_by(&mut self, now: Millis, id: Id) {
+        self.expires_at(now + LISTER_MEMORY);
         insert_bounded(&mut self.pingers, message::MAX_LISTERS, id, now, |t| *t);
     }
 
@@ -773,7 +812,7 @@ impl<Id: OverlayId> Overlay<Id> {
 /// Inserts into a map kept at most `max` long: a new key beyond it evicts the entry whose
 /// `time` is earliest (the one that expires first, or was heard from longest ago).
 pub(crate) fn insert_bounded<K: Ord + Clone, V>(
-    map: &mut BTreeMap<K, V>,
+    map: &mut VecMap<K, V>,
     max: usize,
     key: K,
     value: V,

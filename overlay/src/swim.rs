@@ -1,15 +1,14 @@
 //! Failure detection (SWIM with Lifeguard's suspicion): probing, suspicion, death, and
 //! the dissemination of membership news.
 
-use std::collections::BTreeMap;
-
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
 use crate::insert_bounded;
 use crate::message::{Message, Status, Update, MAX_UPDATES};
+use crate::vecmap::VecMap;
 use crate::{
-    Event, Health, Millis, Output, Overlay, OverlayId, MAX_PENDING, MAX_QUEUED_UPDATES,
+    Event, Health, Millis, Output, Overlay, OverlayId, Peer, MAX_PENDING, MAX_QUEUED_UPDATES,
     MAX_TOMBSTONES,
 };
 
@@ -41,24 +40,24 @@ struct Suspicion {
 
 pub(crate) struct State<Id> {
     seq: u32,
-    probes: BTreeMap<u32, Probe<Id>>,
-    relays: BTreeMap<u32, Relay<Id>>,
-    suspicions: BTreeMap<Id, Suspicion>,
+    probes: VecMap<u32, Probe<Id>>,
+    relays: VecMap<u32, Relay<Id>>,
+    suspicions: VecMap<Id, Suspicion>,
     /// News to piggyback, with the sends left.
     queue: Vec<(Update<Id>, u32)>,
     /// Latest news heard about nodes outside the views: (incarnation, status, until).
-    rumours: BTreeMap<Id, (u64, Status, Millis)>,
+    rumours: VecMap<Id, (u64, Status, Millis)>,
 }
 
 impl<Id> Default for State<Id> {
     fn default() -> Self {
         State {
             seq: 0,
-            probes: BTreeMap::new(),
-            relays: BTreeMap::new(),
-            suspicions: BTreeMap::new(),
+            probes: VecMap::default(),
+            relays: VecMap::default(),
+            suspicions: VecMap::default(),
             queue: Vec::new(),
-            rumours: BTreeMap::new(),
+            rumours: VecMap::default(),
         }
     }
 }
@@ -73,7 +72,9 @@ impl<Id: OverlayId> State<Id> {
 
     pub(crate) fn forget(&mut self, id: &Id) {
         self.suspicions.remove(id);
-        self.probes.retain(|_, p| p.target != *id);
+        if self.probes.values().any(|p| p.target == *id) {
+            self.probes.retain(|_, p| p.target != *id);
+        }
     }
 
     /// `id` spoke to this node: rumours that it is suspected are stale.
@@ -99,8 +100,11 @@ impl<Id: OverlayId> State<Id> {
         self.seq
     }
 
-    fn probing(&self, id: &Id) -> bool {
-        self.probes.values().any(|p| p.target == *id)
+    /// The peers with a probe pending, sorted (asked for every peer of a round).
+    fn probed(&self) -> Vec<&Id> {
+        let mut ids: Vec<&Id> = self.probes.values().map(|p| &p.target).collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
@@ -114,16 +118,20 @@ impl<Id: OverlayId> Overlay<Id> {
     /// of the others are fresher; by its own contact, each node goes round its views, and
     /// the nodes that list a peer probe it at independent times.
     pub(crate) fn probe(&mut self, now: Millis, _rng: &mut impl Rng, out: &mut Vec<Output<Id>>) {
+        let probed = self.swim.probed();
+        let free = |p: &&Peer<Id>| probed.binary_search(&&p.info.id).is_err();
         let target = self
             .peers
             .values()
-            .filter(|p| p.health == Health::Alive && !self.swim.probing(&p.info.id))
+            .filter(|p| p.health == Health::Alive)
+            .filter(free)
             .min_by_key(|p| (p.contacted_at, p.heard_at))
             .map(|p| p.info.id.clone());
         let suspects: Vec<Id> = self
             .peers
             .values()
-            .filter(|p| p.health == Health::Suspected && !self.swim.probing(&p.info.id))
+            .filter(|p| p.health == Health::Suspected)
+            .filter(free)
             .map(|p| p.info.id.clone())
             .collect();
         for t in target.into_iter().chain(suspects) {
@@ -316,6 +324,7 @@ impl<Id: OverlayId> Overlay<Id> {
             return;
         }
         let until = now + self.cfg.max_record_age;
+        self.expires_at(until);
         insert_bounded(
             &mut self.unreachable,
             MAX_TOMBSTONES,

@@ -22,7 +22,7 @@
 //! assert!((est - 40.0).abs() < 4.0, "{est}");
 //! ```
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -231,31 +231,36 @@ pub struct Node<const D: usize> {
     /// Samples used so far (for the warm-up).
     samples: u32,
     cfg: Config,
-    filters: HashMap<u64, Filter>,
+    /// Ordered map: a node keeps few peers, and SipHash cost more than the search.
+    filters: BTreeMap<u64, Filter>,
     /// Insertion order of the filters, to forget the oldest peer beyond `max_peers`.
     order: std::collections::VecDeque<u64>,
-    scratch: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Filter {
+    /// The window in arrival order (oldest first) ...
     samples: std::collections::VecDeque<f64>,
+    /// ... and the same samples sorted, so the order statistic is an index: this runs on
+    /// every sample, and copying and selecting over a 64-sample window cost more.
+    sorted: Vec<f64>,
 }
 
 impl Filter {
-    /// Adds a sample; the window's order statistic. `scratch` is reused between calls
-    /// (this runs on every sample).
-    fn push(&mut self, rtt: f64, cfg: &Config, scratch: &mut Vec<f64>) -> f64 {
-        if self.samples.len() == cfg.filter_window.max(1) {
-            self.samples.pop_front();
+    /// Adds a sample; the window's order statistic.
+    fn push(&mut self, rtt: f64, cfg: &Config) -> f64 {
+        if self.samples.len() >= cfg.filter_window.max(1) {
+            if let Some(old) = self.samples.pop_front() {
+                let at = self.sorted.partition_point(|x| x.total_cmp(&old).is_lt());
+                self.sorted.remove(at);
+            }
         }
         self.samples.push_back(rtt);
-        scratch.clear();
-        scratch.extend(self.samples.iter().copied());
-        let k =
-            ((scratch.len() - 1) as f64 * cfg.filter_percentile.clamp(0.0, 1.0)).round() as usize;
-        // The k-th smallest without sorting the whole window.
-        *scratch.select_nth_unstable_by(k, f64::total_cmp).1
+        let at = self.sorted.partition_point(|x| x.total_cmp(&rtt).is_le());
+        self.sorted.insert(at, rtt);
+        let k = ((self.sorted.len() - 1) as f64 * cfg.filter_percentile.clamp(0.0, 1.0)).round()
+            as usize;
+        self.sorted[k]
     }
 }
 
@@ -267,9 +272,8 @@ impl<const D: usize> Node<D> {
             error: cfg.error_max,
             samples: 0,
             cfg,
-            filters: HashMap::new(),
+            filters: BTreeMap::new(),
             order: Default::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -327,11 +331,7 @@ impl<const D: usize> Node<D> {
             }
             self.order.push_back(peer);
         }
-        let rtt = self
-            .filters
-            .entry(peer)
-            .or_default()
-            .push(rtt_ms, cfg, &mut self.scratch);
+        let rtt = self.filters.entry(peer).or_default().push(rtt_ms, cfg);
 
         let dist = self.coord.estimate_rtt(remote);
         let total = (self.error + remote_error).max(ZERO);

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{ArgGroup, Parser};
 use experiments::config::{OverlayModel, Scheduler};
 use experiments::crossover;
