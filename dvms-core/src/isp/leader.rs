@@ -242,9 +242,25 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         Continue(())
     }
 
+    /// The keep-alive, and again every order of the running round not reported on
+    /// since the last one: an order or its report may be lost, and waiting for the
+    /// migration timeout (minutes) would leave the overload that long. The source runs
+    /// an order once and answers a repeat with the report it has (`Isp::on_migrate_order`).
     fn broadcast(&mut self, cx: &mut Ctx<Id>, now: Millis) {
-        self.keepalive_at = now;
+        let last = std::mem::replace(&mut self.keepalive_at, now);
         send_update(cx, &self.d, None);
+        if let Some(r) = &self.running {
+            for (s, sent) in r.outstanding.values() {
+                if *sent <= last {
+                    let msg = Message::Migrate {
+                        id: self.d.id.clone(),
+                        vm: s.vm,
+                        to: s.to.clone(),
+                    };
+                    cx.send(s.from.clone(), msg);
+                }
+            }
+        }
     }
 
     /// Solves the partition's problem and starts the plan, or grows (or gives up).

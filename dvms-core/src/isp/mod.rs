@@ -74,6 +74,9 @@ pub use solve::{SolveAnswer, SolveJob};
 
 use leader::{Flow, Leadership};
 
+/// Ended migrations a node remembers, to answer repeated orders.
+const MAX_ENDED: usize = 64;
+
 /// The overlay query the ISP grows by.
 pub trait Neighbours<Id> {
     /// The best node to grow by, seen from `from` (the initiator), among what the
@@ -208,8 +211,13 @@ struct Ctx<Id> {
     unsampled: bool,
     /// The overlay declared this node's leader failed (perhaps wrongly: see `follower`).
     suspected_leader: Option<Id>,
-    /// VMs this node is migrating: the partition and leader that ordered each.
-    migrating: BTreeMap<VmId, (PartitionId<Id>, Id)>,
+    /// VMs this node is migrating: the partition and leader that ordered each, and the
+    /// destination.
+    migrating: BTreeMap<VmId, (PartitionId<Id>, Id, Id)>,
+    /// The last migrations this node ended: VM, partition, destination, success. A
+    /// leader repeats an order it has no report of (the order or the report may have
+    /// been lost), and is answered from here.
+    ended: VecDeque<(VmId, PartitionId<Id>, Id, bool)>,
     /// Reservations per leader (see [`throttle`]).
     reservations: throttle::Throttle<Id>,
     incarnation: u64,
@@ -278,6 +286,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
                 host: HostState::default(),
                 underloaded_since: None,
                 migrating: BTreeMap::new(),
+                ended: VecDeque::new(),
                 reservations: throttle::Throttle::default(),
                 incarnation,
                 seq: 0,
@@ -548,7 +557,11 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             // Gone from here; do not wait for the next monitoring sample to know it.
             self.cx.host.vms.retain(|v| v.id != vm);
         }
-        if let Some((id, leader)) = self.cx.migrating.remove(&vm) {
+        if let Some((id, leader, to)) = self.cx.migrating.remove(&vm) {
+            if self.cx.ended.len() >= MAX_ENDED {
+                self.cx.ended.pop_front();
+            }
+            self.cx.ended.push_back((vm, id.clone(), to, ok));
             self.cx.send(leader, Message::Migrated { id, vm, ok });
         }
     }
@@ -712,6 +725,20 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         }
     }
 
+    /// How this order ended, if it is one this node carried out already: the same VM,
+    /// partition and destination, and the VM gone if it went (a VM that came back may be
+    /// ordered out again). A failed destination is never ordered again in a partition.
+    fn ended_order(&self, id: &PartitionId<Id>, vm: VmId, to: &Id) -> Option<bool> {
+        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
+        self.cx
+            .ended
+            .iter()
+            .rev()
+            .find(|(v, p, t, _)| *v == vm && p == id && t == to)
+            .map(|e| e.3)
+            .filter(|ok| !ok || !here)
+    }
+
     /// Executes a migration only when the leader of this node's partition orders it,
     /// toward another member of that partition, for a VM this host runs and does not
     /// migrate already.
@@ -725,13 +752,25 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         };
         if let Some(reason) = unauthorized {
             self.cx.refuse(from.clone(), "migrate", reason);
+        } else if let Some((running, _, _)) = self.cx.migrating.get(&vm) {
+            // The leader repeats an order it has no report of: this one runs, and its
+            // report goes when it ends.
+            if *running == id {
+                return;
+            }
+        } else if let Some(ok) = self.ended_order(&id, vm, &to) {
+            // Ended already: the report was lost, send it again (never run it twice).
+            self.cx.send(from, Message::Migrated { id, vm, ok });
+            return;
         }
         let here = self.cx.host.vms.iter().any(|v| v.id == vm);
         if unauthorized.is_some() || !here || self.cx.migrating.contains_key(&vm) {
             self.cx.send(from, Message::Migrated { id, vm, ok: false });
             return;
         }
-        self.cx.migrating.insert(vm, (id.clone(), from.clone()));
+        self.cx
+            .migrating
+            .insert(vm, (id.clone(), from.clone(), to.clone()));
         self.cx.event(Event::MigrationStarted {
             id,
             vm,

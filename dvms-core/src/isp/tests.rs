@@ -790,3 +790,48 @@ fn a_solve_runs_while_the_leader_leads_on_and_an_answer_for_old_members_is_not_a
         .iter()
         .any(|v| v.id == VmId(1) || v.id == VmId(2)));
 }
+
+#[test]
+fn a_lost_migration_order_or_report_is_sent_again_at_the_next_keep_alive() {
+    for lost in ["migrate", "migrated"] {
+        let mut h = H::new();
+        add(&mut h, 1, &[7], &[(1, 60.0), (2, 60.0)]);
+        add(&mut h, 7, &[1], &[]);
+        let mut dropped = 0;
+        h.set_drop_rule(Some(Box::new(move |_, _, _, m| {
+            let hit = matches!(m, NodeMessage::Isp(x) if x.kind() == lost);
+            dropped += usize::from(hit);
+            hit && dropped == 1
+        })));
+        h.run_until(20_000);
+        // One migration, run once although its order went twice or more...
+        assert_eq!(migrations(&h).len(), 1, "lost {lost}");
+        let orders = h
+            .sent()
+            .filter(|(_, _, _, m)| matches!(m, NodeMessage::Isp(Message::Migrate { .. })))
+            .count();
+        assert!(orders >= 2, "lost {lost}: the order was not sent again");
+        // ... and the partition ends solved within two keep-alives of the loss, not
+        // after the migration timeout (minutes).
+        let started = first_event(&h, 1, |e| matches!(e, Event::MigrationStarted { .. }));
+        let solved = h
+            .events()
+            .find(|(_, _, e)| {
+                matches!(
+                    e,
+                    Event::Dissolved {
+                        reason: EndReason::Solved,
+                        ..
+                    }
+                )
+            })
+            .map(|(t, _, _)| t);
+        let (Some(started), Some(solved)) = (started, solved) else {
+            panic!("lost {lost}: started {started:?}, solved {solved:?}");
+        };
+        assert!(
+            solved < started + 5_000,
+            "lost {lost}: solved at {solved}, started at {started}"
+        );
+    }
+}
