@@ -5,7 +5,7 @@
 # table (with the wall time and peak memory of the run), writes CSV files and SVG plots
 # per scale under experiments/results/ (or $1), then one line per scale: time to solve,
 # and what the overlay costs each node and how fast it forgets a crashed host. About
-# 40 minutes on this 2-core machine (the 8k run alone about 13).
+# 25 minutes on this 2-core machine (the 8k run alone about 9).
 #   scripts/scales.sh [OUT_DIR] [SCALES...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
