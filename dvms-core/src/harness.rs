@@ -81,17 +81,13 @@ impl Membership<u32> for FixedNeighbours {
         _now: Millis,
         input: overlay::Input<u32>,
         _rng: &mut StdRng,
-    ) -> Vec<overlay::Output<u32>> {
-        match input {
-            overlay::Input::Tick => {
-                let failed: Vec<u32> = self.to_declare_failed.drain(..).collect();
-                self.failed.extend(failed.iter().copied());
-                failed
-                    .into_iter()
-                    .map(|p| overlay::Output::Event(overlay::Event::Failed(p)))
-                    .collect()
+        out: &mut Vec<overlay::Output<u32>>,
+    ) {
+        if let overlay::Input::Tick = input {
+            for p in self.to_declare_failed.drain(..) {
+                self.failed.insert(p);
+                out.push(overlay::Output::Event(overlay::Event::Failed(p)));
             }
-            _ => Vec::new(),
         }
     }
 

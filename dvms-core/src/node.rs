@@ -49,23 +49,14 @@ use crate::isp::{self, Isp, Neighbours};
 /// What the node needs of its membership layer: the overlay's inputs and outputs, its
 /// timeouts, and the query partitions grow by.
 pub trait Membership<Id>: Neighbours<Id> {
+    /// Handles an input, appending what it asks to `out` (a buffer the node reuses).
     fn handle(
         &mut self,
         now: Millis,
         input: overlay::Input<Id>,
         rng: &mut StdRng,
-    ) -> Vec<overlay::Output<Id>>;
-
-    /// [`Membership::handle`], appending to `out` (a buffer the node reuses).
-    fn handle_into(
-        &mut self,
-        now: Millis,
-        input: overlay::Input<Id>,
-        rng: &mut StdRng,
         out: &mut Vec<overlay::Output<Id>>,
-    ) {
-        out.extend(self.handle(now, input, rng));
-    }
+    );
 
     /// When [`overlay::Input::Tick`] is next due.
     fn poll_timeout(&self) -> Option<Millis>;
@@ -116,15 +107,6 @@ impl<Id, M: Membership<Id>> ha::Ring<Id> for RingView<'_, M> {
 
 impl<Id: OverlayId> Membership<Id> for Overlay<Id> {
     fn handle(
-        &mut self,
-        now: Millis,
-        input: overlay::Input<Id>,
-        rng: &mut StdRng,
-    ) -> Vec<overlay::Output<Id>> {
-        Overlay::handle(self, now, input, rng)
-    }
-
-    fn handle_into(
         &mut self,
         now: Millis,
         input: overlay::Input<Id>,
@@ -191,18 +173,9 @@ impl<Id, M: Membership<Id> + ?Sized> Membership<Id> for Box<M> {
         now: Millis,
         input: overlay::Input<Id>,
         rng: &mut StdRng,
-    ) -> Vec<overlay::Output<Id>> {
-        (**self).handle(now, input, rng)
-    }
-
-    fn handle_into(
-        &mut self,
-        now: Millis,
-        input: overlay::Input<Id>,
-        rng: &mut StdRng,
         out: &mut Vec<overlay::Output<Id>>,
     ) {
-        (**self).handle_into(now, input, rng, out)
+        (**self).handle(now, input, rng, out)
     }
 
     fn poll_timeout(&self) -> Option<Millis> {
@@ -476,8 +449,7 @@ impl<Id: Clone + Ord + std::hash::Hash + Debug, M: Membership<Id>> Node<Id, M> {
 
     fn feed_overlay(&mut self, now: Millis, input: overlay::Input<Id>) {
         let mut outs = std::mem::take(&mut self.overlay_out);
-        self.membership
-            .handle_into(now, input, &mut self.rng, &mut outs);
+        self.membership.handle(now, input, &mut self.rng, &mut outs);
         for o in outs.drain(..) {
             match o {
                 overlay::Output::Send { to, msg } => self.out.push_back(Output::Send {

@@ -171,12 +171,12 @@ impl Membership<NodeIx> for SharedMember {
         now: Millis,
         input: overlay::Input<NodeIx>,
         _rng: &mut StdRng,
-    ) -> Vec<overlay::Output<NodeIx>> {
+        out: &mut Vec<overlay::Output<NodeIx>>,
+    ) {
         if !matches!(input, overlay::Input::Tick) {
-            return Vec::new();
+            return;
         }
         let view = self.view.borrow();
-        let mut out = Vec::new();
         while let Some(&(at, host, gen)) = view.failures.get(self.next_failure) {
             if at > now {
                 break;
@@ -186,7 +186,6 @@ impl Membership<NodeIx> for SharedMember {
                 out.push(overlay::Output::Event(overlay::Event::Failed(host)));
             }
         }
-        out
     }
 
     fn poll_timeout(&self) -> Option<Millis> {
@@ -218,8 +217,8 @@ impl Membership<NodeIx> for Nobody {
         _: Millis,
         _: overlay::Input<NodeIx>,
         _: &mut StdRng,
-    ) -> Vec<overlay::Output<NodeIx>> {
-        Vec::new()
+        _: &mut Vec<overlay::Output<NodeIx>>,
+    ) {
     }
 
     fn poll_timeout(&self) -> Option<Millis> {

@@ -72,9 +72,7 @@ impl<Id: OverlayId> State<Id> {
 
     pub(crate) fn forget(&mut self, id: &Id) {
         self.suspicions.remove(id);
-        if self.probes.values().any(|p| p.target == *id) {
-            self.probes.retain(|_, p| p.target != *id);
-        }
+        self.probes.retain(|_, p| p.target != *id);
     }
 
     /// `id` spoke to this node: rumours that it is suspected are stale.

@@ -252,15 +252,20 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         if let Some(r) = &self.running {
             for (s, sent) in r.outstanding.values() {
                 if *sent <= last {
-                    let msg = Message::Migrate {
-                        id: self.d.id.clone(),
-                        vm: s.vm,
-                        to: s.to.clone(),
-                    };
-                    cx.send(s.from.clone(), msg);
+                    self.order(cx, s);
                 }
             }
         }
+    }
+
+    /// Orders the source of `s` to migrate its VM.
+    fn order(&self, cx: &mut Ctx<Id>, s: &Step<Id>) {
+        let msg = Message::Migrate {
+            id: self.d.id.clone(),
+            vm: s.vm,
+            to: s.to.clone(),
+        };
+        cx.send(s.from.clone(), msg);
     }
 
     /// Solves the partition's problem and starts the plan, or grows (or gives up).
@@ -450,12 +455,7 @@ impl<Id: Clone + Ord + Hash + Debug> Leadership<Id> {
         }
         let empty = r.outstanding.is_empty();
         for s in orders {
-            let msg = Message::Migrate {
-                id: self.d.id.clone(),
-                vm: s.vm,
-                to: s.to,
-            };
-            cx.send(s.from, msg);
+            self.order(cx, &s);
         }
         if empty {
             return self.next_round(cx, now, nb);

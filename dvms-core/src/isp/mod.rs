@@ -728,8 +728,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
     /// How this order ended, if it is one this node carried out already: the same VM,
     /// partition and destination, and the VM gone if it went (a VM that came back may be
     /// ordered out again). A failed destination is never ordered again in a partition.
-    fn ended_order(&self, id: &PartitionId<Id>, vm: VmId, to: &Id) -> Option<bool> {
-        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
+    fn ended_order(&self, id: &PartitionId<Id>, vm: VmId, to: &Id, here: bool) -> Option<bool> {
         self.cx
             .ended
             .iter()
@@ -750,6 +749,7 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
         } else {
             None
         };
+        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
         if let Some(reason) = unauthorized {
             self.cx.refuse(from.clone(), "migrate", reason);
         } else if let Some((running, _, _)) = self.cx.migrating.get(&vm) {
@@ -758,12 +758,11 @@ impl<Id: Clone + Ord + Hash + Debug> Isp<Id> {
             if *running == id {
                 return;
             }
-        } else if let Some(ok) = self.ended_order(&id, vm, &to) {
+        } else if let Some(ok) = self.ended_order(&id, vm, &to, here) {
             // Ended already: the report was lost, send it again (never run it twice).
             self.cx.send(from, Message::Migrated { id, vm, ok });
             return;
         }
-        let here = self.cx.host.vms.iter().any(|v| v.id == vm);
         if unauthorized.is_some() || !here || self.cx.migrating.contains_key(&vm) {
             self.cx.send(from, Message::Migrated { id, vm, ok: false });
             return;

@@ -327,14 +327,7 @@ impl World {
     }
 
     pub(super) fn input(&mut self, id: u32, input: Input<u32>) {
-        let view = self.view(id);
-        let now = self.now;
-        self.hosts
-            .get_mut(&id)
-            .unwrap()
-            .ha
-            .handle(now, input, &view);
-        self.drain(id);
+        self.with_ha(id, |ha, now, view| ha.handle(now, input, view));
     }
 
     pub(super) fn run_until(&mut self, end: Millis) {
@@ -418,14 +411,7 @@ impl World {
             for id in ids {
                 let h = &self.hosts[&id];
                 if h.daemon && h.ha.poll_timeout().is_some_and(|t| t <= self.now) {
-                    let view = self.view(id);
-                    let now = self.now;
-                    self.hosts
-                        .get_mut(&id)
-                        .unwrap()
-                        .ha
-                        .handle_timeout(now, &view);
-                    self.drain(id);
+                    self.with_ha(id, |ha, now, view| ha.handle_timeout(now, view));
                 }
             }
         }
