@@ -182,16 +182,18 @@ fn by_kind(text: &str) -> Kinds {
         .collect()
 }
 
-/// (CPU ticks used, peak resident KiB) of a process.
-fn usage(pid: u32) -> (u64, u64) {
-    let (ticks, _, peak) = dvms_tests::proc_usage(&pid.to_string());
-    (ticks, peak)
+/// (CPU seconds used, peak resident KiB) of a process.
+fn usage(pid: u32) -> (f64, u64) {
+    let (cpu, _, peak) = dvms_tests::proc_usage(&pid.to_string());
+    (cpu, peak)
 }
 
 struct Cost {
     bytes_s: f64,
     messages_s: f64,
     cpu_pct: f64,
+    /// Connections opened (either side), per daemon: each costs a Noise handshake.
+    connections_s: f64,
     /// Peak resident memory of a daemon: median and largest (the bootstrap peer).
     peak_rss_mib: (f64, f64),
     /// (kind, bytes / s, messages / s) per daemon.
@@ -202,10 +204,14 @@ struct Cost {
 /// after `WARM_UP`, with no request to the daemons but the metric reads around it.
 fn measure(nodes: &[Node]) -> Cost {
     std::thread::sleep(WARM_UP);
-    let read = || -> Vec<(Kinds, u64)> {
+    let read = || -> Vec<(Kinds, f64, f64)> {
         nodes
             .iter()
-            .map(|n| (by_kind(&n.get("/metrics")), usage(n.pid().unwrap()).0))
+            .map(|n| {
+                let text = n.get("/metrics");
+                let opened = metric(&text, "libp2p_swarm_connections_established_total");
+                (by_kind(&text), usage(n.pid().unwrap()).0, opened)
+            })
             .collect()
     };
     let before = read();
@@ -225,12 +231,14 @@ fn measure(nodes: &[Node]) -> Cost {
             (after[0].0[k].0.clone(), per(b), per(m))
         })
         .collect();
-    let ticks: u64 = (0..nodes.len()).map(|i| after[i].1 - before[i].1).sum();
-    let hz = 100.0; // USER_HZ on Linux
+    let delta = |f: fn(&(Kinds, f64, f64)) -> f64| -> f64 {
+        (0..nodes.len()).map(|i| f(&after[i]) - f(&before[i])).sum()
+    };
     Cost {
         bytes_s: kinds.iter().map(|k| k.1).sum(),
         messages_s: kinds.iter().map(|k| k.2).sum(),
-        cpu_pct: per(ticks as f64 / hz) * 100.0,
+        cpu_pct: per(delta(|r| r.1)) * 100.0,
+        connections_s: per(delta(|r| r.2)),
         peak_rss_mib: {
             let mut peaks: Vec<f64> = nodes
                 .iter()
@@ -330,12 +338,7 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
     // Per round: seconds since the kill at its start and end, pairs still listed, survivors not answering,
     // the slowest answer (s) and whose, CPU seconds all survivors used since the kill.
     let killed_at = Instant::now();
-    let cpu = |nodes: &[&Node]| -> f64 {
-        nodes
-            .iter()
-            .map(|n| usage(n.pid().unwrap()).0 as f64 / 100.0)
-            .sum()
-    };
+    let cpu = |nodes: &[&Node]| -> f64 { nodes.iter().map(|n| usage(n.pid().unwrap()).0).sum() };
     let cpu0 = cpu(&survivors);
     #[allow(clippy::type_complexity)]
     let mut rounds: Vec<(f64, f64, usize, usize, f64, String, f64)> = Vec::new();
@@ -375,15 +378,15 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
         "after the kill (from s, to s, still listed, not answering, slowest answer s, whose, CPU s): {rounds:.2?}"
     );
     eprintln!(
-        "\n| daemons | overlay bytes sent / s | messages sent / s | CPU % of a core | peak RSS MiB, median |\n\
-         | --- | --- | --- | --- | --- |\n\
-         | {FIRST} | {:.0} | {:.1} | {:.2} | {:.1} (max {:.1}) |\n\
-         | {ALL} | {:.0} | {:.1} | {:.2} | {:.1} (max {:.1}) |\n\
+        "\n| daemons | overlay bytes sent / s | messages sent / s | connections opened / s | CPU % of a core | peak RSS MiB, median |\n\
+         | --- | --- | --- | --- | --- | --- |\n\
+         | {FIRST} | {:.0} | {:.1} | {:.2} | {:.3} | {:.1} (max {:.1}) |\n\
+         | {ALL} | {:.0} | {:.1} | {:.2} | {:.3} | {:.1} (max {:.1}) |\n\
          ratio 100/25: bytes {:.2}, CPU {:.2}; SIGKILLed {KILLED} forgotten by all after \
          (last drop logged, polls all clean) {gone:.1?}\n\
          bytes / s by kind at {FIRST}: {:?}\nat {ALL}: {:?}\n",
-        small.bytes_s, small.messages_s, small.cpu_pct, small.peak_rss_mib.0, small.peak_rss_mib.1,
-        large.bytes_s, large.messages_s, large.cpu_pct, large.peak_rss_mib.0, large.peak_rss_mib.1,
+        small.bytes_s, small.messages_s, small.connections_s, small.cpu_pct, small.peak_rss_mib.0, small.peak_rss_mib.1,
+        large.bytes_s, large.messages_s, large.connections_s, large.cpu_pct, large.peak_rss_mib.0, large.peak_rss_mib.1,
         large.bytes_s / small.bytes_s,
         large.cpu_pct / small.cpu_pct,
         small.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),

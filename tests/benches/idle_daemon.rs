@@ -20,19 +20,10 @@ use dvms_tests::{start_daemons_with, Testbed};
 const GUESTS_PER_HOST: usize = 10;
 const WINDOW: Duration = Duration::from_secs(60);
 
-/// (user + system CPU ticks, resident KiB) of a process.
-fn usage(pid: &str) -> (u64, u64) {
-    let (ticks, rss, _) = dvms_tests::proc_usage(pid);
-    (ticks, rss)
-}
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+/// (CPU seconds, resident KiB) of a process.
+fn usage(pid: &str) -> (f64, u64) {
+    let (cpu, rss, _) = dvms_tests::proc_usage(pid);
+    (cpu, rss)
 }
 
 fn main() {
@@ -63,7 +54,7 @@ fn main() {
         .map(|h| pid(format!("hosts/h{h}/libvirtd.pid")))
         .collect();
     let all: Vec<&String> = daemons.iter().chain(&libvirtds).collect();
-    let start: Vec<(u64, u64)> = all.iter().map(|p| usage(p)).collect();
+    let start: Vec<(f64, u64)> = all.iter().map(|p| usage(p)).collect();
     let mut peak_rss: Vec<u64> = start.iter().map(|u| u.1).collect();
     let t0 = Instant::now();
     while t0.elapsed() < WINDOW {
@@ -73,11 +64,10 @@ fn main() {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    let hz = clock_ticks();
     let cpu: Vec<f64> = all
         .iter()
         .zip(&start)
-        .map(|(p, s)| 100.0 * (usage(p).0 - s.0) as f64 / hz / secs)
+        .map(|(p, s)| 100.0 * (usage(p).0 - s.0) / secs)
         .collect();
     // Still idle: nothing was detected, nothing moved.
     assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));

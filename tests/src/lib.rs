@@ -399,9 +399,14 @@ pub fn start_daemons_with(tb: &Testbed, hosts: usize, guests_per_host: usize, ar
     assert!(tb.events().iter().all(|e| e["event"] != "overloaded"));
 }
 
-/// What a process has used so far, from `/proc`: CPU ticks (user + system, in USER_HZ),
-/// resident and peak resident memory in KiB. Zeros for a process that is gone.
-pub fn proc_usage(pid: &str) -> (u64, u64, u64) {
+/// What a process has used so far, from `/proc`: CPU seconds (user + system), resident
+/// and peak resident memory in KiB. Zeros for a process that is gone.
+///
+/// CPU time is the sum of its threads' run times in nanoseconds (`task/*/schedstat`):
+/// the process total in `stat` counts 10-ms clock ticks, and an idle daemon uses a few
+/// of them in a 20-s window. A thread that exited takes its time with it, so the
+/// process total counts when it is larger (it includes exited threads).
+pub fn proc_usage(pid: &str) -> (f64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime and stime are the
     // 12th and 13th.
@@ -411,6 +416,15 @@ pub fn proc_usage(pid: &str) -> (u64, u64, u64) {
         .filter_map(|x| x.parse().ok())
         .collect();
     let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let by_ticks = ticks as f64 / 100.0; // USER_HZ is 100 on Linux
+    let threads_ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    let cpu = (threads_ns as f64 / 1e9).max(by_ticks);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -419,5 +433,5 @@ pub fn proc_usage(pid: &str) -> (u64, u64, u64) {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     };
-    (ticks, kib("VmRSS:"), kib("VmHWM:"))
+    (cpu, kib("VmRSS:"), kib("VmHWM:"))
 }

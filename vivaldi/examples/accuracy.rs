@@ -10,7 +10,8 @@
 //! error |estimate - avg| / avg on the held-out pairs and on the training pairs.
 //! Options: --rounds N (default 6000), --dims 2..5 (default 4), --textbook (Dabek et al.
 //! as published: no filter, gravity, cap or smoothing), and overrides of the defaults:
-//! --cc, --cc-max, --ce, --window, --percentile, --rho, --cap, --smoothing.
+//! --cc, --cc-max, --ce, --window, --percentile, --rho, --cap, --smoothing;
+//! --pairs-out FILE.csv writes each held-out pair's estimate and error.
 
 use std::collections::HashMap;
 
@@ -39,6 +40,8 @@ struct Args {
     /// Share of samples taken from each node's closest neighbours by coordinates.
     near_share: f64,
     tune: Vec<(String, f64)>,
+    /// Where to write every held-out pair's estimate (CSV), to see which pairs miss.
+    pairs_out: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Args> {
         textbook: false,
         near_share: 0.0,
         tune: Vec::new(),
+        pairs_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -80,8 +84,9 @@ fn parse_args() -> Result<Args> {
                 a.tune.push((k.trim_start_matches('-').to_owned(), v));
             }
             "--textbook" => a.textbook = true,
+            "--pairs-out" => a.pairs_out = Some(val("--pairs-out")?),
             "--help" | "-h" => {
-                println!("usage: accuracy --data FILE.csv[.gz] [--seed S] [--holdout 0.2] [--noise] [--rounds N] [--dims D] [--textbook] [--cc X --ce X --window N --percentile P --rho MS --cap F --smoothing F]");
+                println!("usage: accuracy --data FILE.csv[.gz] [--seed S] [--holdout 0.2] [--noise] [--rounds N] [--dims D] [--textbook] [--cc X --ce X --window N --percentile P --rho MS --cap F --smoothing F] [--pairs-out FILE.csv]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (try --help)"),
@@ -139,7 +144,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Value {
+fn run<const D: usize>(args: &Args, names: &[String], pairs: &[Pair]) -> Result<serde_json::Value> {
+    let n = names.len();
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut train = Vec::new();
     let mut test = Vec::new();
@@ -225,12 +231,34 @@ fn run<const D: usize>(args: &Args, n: usize, pairs: &[Pair]) -> serde_json::Val
             .collect()
     };
     let (mut h, mut t) = (rel(&test), rel(&train));
-    serde_json::json!({
+    if let Some(path) = &args.pairs_out {
+        let mut csv = String::from(
+            "a,b,avg_ms,estimate_ms,relative_error,a_training_pairs,b_training_pairs\n",
+        );
+        for (&i, e) in test.iter().zip(&h) {
+            let p = &pairs[i];
+            let est = nodes[p.a]
+                .coordinate()
+                .estimate_rtt(&nodes[p.b].coordinate());
+            csv += &format!(
+                "{},{},{:.3},{:.3},{:.4},{},{}\n",
+                names[p.a],
+                names[p.b],
+                p.avg,
+                est,
+                e,
+                neighbours[p.a].len(),
+                neighbours[p.b].len()
+            );
+        }
+        std::fs::write(path, csv).with_context(|| format!("cannot write {path}"))?;
+    }
+    Ok(serde_json::json!({
         "seed": args.seed, "noise": args.noise, "dims": D, "rounds": args.rounds, "textbook": args.textbook,
         "nodes": n, "train_pairs": train.len(), "heldout_pairs": test.len(),
         "heldout_median": percentile(&mut h, 0.5), "heldout_p90": percentile(&mut h, 0.9),
         "train_median": percentile(&mut t, 0.5), "train_p90": percentile(&mut t, 0.9),
-    })
+    }))
 }
 
 fn main() -> Result<()> {
@@ -238,10 +266,10 @@ fn main() -> Result<()> {
     let (names, pairs) = load(&args.data)?;
     eprintln!("{} sites, {} measured pairs", names.len(), pairs.len());
     let out = match args.dims {
-        2 => run::<2>(&args, names.len(), &pairs),
-        3 => run::<3>(&args, names.len(), &pairs),
-        4 => run::<4>(&args, names.len(), &pairs),
-        5 => run::<5>(&args, names.len(), &pairs),
+        2 => run::<2>(&args, &names, &pairs)?,
+        3 => run::<3>(&args, &names, &pairs)?,
+        4 => run::<4>(&args, &names, &pairs)?,
+        5 => run::<5>(&args, &names, &pairs)?,
         d => bail!("--dims {d}: supported are 2..5"),
     };
     println!("{out}");
