@@ -11,10 +11,6 @@ use crate::message::{MemberInfo, Message};
 use crate::select::neighbour_set;
 use crate::{Event, Health, Millis, Output, Overlay, OverlayId, Peer};
 
-/// How soon the exchange with a newly found ring neighbour follows, ms (at most one
-/// such exchange per this long: a stream of ring changes cannot flood).
-const RING_NEWS_DELAY: Millis = 200;
-
 impl<Id: OverlayId> Overlay<Id> {
     /// The round's exchange: alternately a Cyclon shuffle with the oldest peer of the
     /// random view (which leaves the view until it answers: dead entries fade out) and
@@ -26,11 +22,6 @@ impl<Id: OverlayId> Overlay<Id> {
         rng: &mut impl Rng,
         out: &mut Vec<Output<Id>>,
     ) {
-        if let Some(news) = self.ring_news.take().filter(|n| self.is_alive(n)) {
-            let (msg, _) = self.exchange_to(now, &news, true, rng);
-            out.push(Output::Send { to: news, msg });
-            return;
-        }
         self.exchanges += 1;
         let seeds: Vec<Id> = self
             .seeds
@@ -313,15 +304,6 @@ impl<Id: OverlayId> Overlay<Id> {
         // The ring links are fixed by the ids (coordinates move, so the closest peers
         // may swap forever on a flat network): a changed ring link means not settled.
         self.neighbours_changed |= succ != self.succ || pred != self.pred;
-        let first_changed = |new: &[Id], old: &[Id]| -> Option<Id> {
-            new.first().filter(|n| old.first() != Some(*n)).cloned()
-        };
-        if let Some(news) =
-            first_changed(&succ, &self.succ).or_else(|| first_changed(&pred, &self.pred))
-        {
-            self.ring_news = Some(news);
-            self.next_exchange = self.next_exchange.min(now + RING_NEWS_DELAY);
-        }
         self.near = near;
         self.succ = succ;
         self.pred = pred;

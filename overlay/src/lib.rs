@@ -146,7 +146,7 @@ impl Default for Config {
             suspect_timeout_min: 750,
             exchange_interval: 2_000,
             random_view: 8,
-            shuffle_len: 2,
+            shuffle_len: 4,
             near: 8,
             ring: 2,
             retransmits: 6,
@@ -335,10 +335,6 @@ pub struct Overlay<Id: OverlayId> {
     /// The ring links changed since the last exchange: the neighbour set is still
     /// converging, so the next exchange comes sooner.
     neighbours_changed: bool,
-    /// A closer first successor or predecessor just found: the next exchange is with it,
-    /// soon (it knows the ring around itself, so around this node), outside the
-    /// alternation. Joins then settle in a few exchanges instead of rounds of 4 s.
-    ring_news: Option<Id>,
     /// Who probed this node lately, and when last: the nodes that list it.
     pingers: VecMap<Id, Millis>,
     /// No tombstone, unreachable mark or pinger expires before this: ticks skip the
@@ -382,7 +378,6 @@ impl<Id: OverlayId> Overlay<Id> {
             shuffle_sent: None,
             random_replaced: false,
             neighbours_changed: true,
-            ring_news: None,
             pingers: VecMap::new(),
             expiry_due: Millis::MAX,
             guarded: VecMap::new(),

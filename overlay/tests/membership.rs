@@ -29,19 +29,14 @@ struct Net {
 
 impl Net {
     fn new(n: u32, cfg: &Config, seed: u64) -> Net {
-        let centres = [(0.0, 0.0), (80.0, 0.0), (0.0, 60.0), (90.0, 70.0)];
-        Net::on_map(n, cfg, seed, &centres, 5.0)
-    }
-
-    /// Nodes around `centres` (in turn), up to `spread` ms away on each axis.
-    fn on_map(n: u32, cfg: &Config, seed: u64, centres: &[(f64, f64)], spread: f64) -> Net {
         let mut rng = StdRng::seed_from_u64(seed);
+        let centres = [(0.0, 0.0), (80.0, 0.0), (0.0, 60.0), (90.0, 70.0)];
         let pos = (0..n)
             .map(|i| {
-                let c = centres[i as usize % centres.len()];
+                let c = centres[i as usize % 4];
                 (
-                    c.0 + rng.random_range(-spread..spread),
-                    c.1 + rng.random_range(-spread..spread),
+                    c.0 + rng.random_range(-5.0..5.0),
+                    c.1 + rng.random_range(-5.0..5.0),
                 )
             })
             .collect();
@@ -534,46 +529,4 @@ mod properties {
             }
         }
     }
-}
-
-/// Per node and second, from `from` to the end: peers entering a node's views that it
-/// had not listed in the previous 30 s (over libp2p, each is a new connection).
-fn new_contacts(net: &Net, from: Millis) -> f64 {
-    let mut last: HashMap<(u32, u32), Millis> = HashMap::new();
-    let mut new = 0usize;
-    for (t, at, e) in &net.events {
-        let peer = match e {
-            Event::Joined(p) | Event::Forgotten(p) => *p,
-            _ => continue,
-        };
-        let before = last.insert((*at, peer), *t);
-        if matches!(e, Event::Joined(_))
-            && *t >= from
-            && before.is_none_or(|b| t.saturating_sub(b) > 30_000)
-        {
-            new += 1;
-        }
-    }
-    let secs = (net.now - from) as f64 / 1e3;
-    new as f64 / net.live().count() as f64 / secs
-}
-
-#[test]
-fn a_node_meets_at_most_half_a_new_peer_a_second_among_100_or_300() {
-    // One datacenter (RTTs 1-1.3 ms). Each peer a node meets that it had not listed in
-    // the previous 30 s costs a daemon a new connection (a Noise handshake): peer
-    // sampling mixes the views at a rate bounded whatever the cluster's size, and small
-    // (measured among 100: 0.33 a second with 2 records a shuffle, 0.84 with 4).
-    let run = |n: u32| {
-        let mut net = Net::on_map(n, &Config::default(), 3, &[(0.0, 0.0)], 0.1);
-        net.run_until(240_000);
-        assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());
-        new_contacts(&net, 120_000)
-    };
-    let (small, large) = (run(100), run(300));
-    eprintln!("new peers per node per second: {small:.3} among 100, {large:.3} among 300");
-    assert!(
-        small <= 0.5 && large <= 0.5,
-        "{small:.3} among 100, {large:.3} among 300"
-    );
 }
