@@ -1,10 +1,10 @@
 //! A hundred real daemons (overlay only) on loopback: every one builds full neighbour
 //! sets and the true ring links within 30 s of the last start; ten killed with SIGKILL
 //! are dropped by every survivor within 10 s (by the survivors' own logs; polls confirm
-//! none lists them after); what a daemon sends per second (from its own
-//! metrics) does not grow from 25 to 100 daemons. Prints a table of bytes, messages, CPU
-//! and peak memory per daemon at 25 and 100. `DVMS_NODE_BIN=target/release/dvms-node`
-//! measures the release build (what users run):
+//! none lists them after); what a daemon sends per second (from its own metrics) does
+//! not grow from 25 to 100 daemons. Prints a table of bytes, messages, connections
+//! opened, CPU and peak memory per daemon at 25 and 100.
+//! `DVMS_NODE_BIN=target/release/dvms-node` measures the release build (what users run):
 //!
 //!     cargo test -p dvms-node --test scale -- --nocapture
 

@@ -219,15 +219,15 @@ fn run<const D: usize>(args: &Args, names: &[String], pairs: &[Pair]) -> Result<
             let _ = nodes[me].observe(other as u64, &c, e, rtt, &mut rng);
         }
     }
+    let estimate = |i: usize| {
+        let p = &pairs[i];
+        nodes[p.a]
+            .coordinate()
+            .estimate_rtt(&nodes[p.b].coordinate())
+    };
     let rel = |set: &[usize]| -> Vec<f64> {
         set.iter()
-            .map(|&i| {
-                let p = &pairs[i];
-                let est = nodes[p.a]
-                    .coordinate()
-                    .estimate_rtt(&nodes[p.b].coordinate());
-                (est - p.avg).abs() / p.avg
-            })
+            .map(|&i| (estimate(i) - pairs[i].avg).abs() / pairs[i].avg)
             .collect()
     };
     let (mut h, mut t) = (rel(&test), rel(&train));
@@ -237,9 +237,7 @@ fn run<const D: usize>(args: &Args, names: &[String], pairs: &[Pair]) -> Result<
         );
         for (&i, e) in test.iter().zip(&h) {
             let p = &pairs[i];
-            let est = nodes[p.a]
-                .coordinate()
-                .estimate_rtt(&nodes[p.b].coordinate());
+            let est = estimate(i);
             csv += &format!(
                 "{},{},{:.3},{:.3},{:.4},{},{}\n",
                 names[p.a],

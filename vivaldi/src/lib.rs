@@ -145,8 +145,9 @@ pub struct Config {
     /// A coordinate farther than this (ms) from the origin is invalid.
     pub max_coordinate: f64,
     /// Robust springs: a sample moves the node at most by this fraction of the larger of
-    /// its RTT and the predicted one (0 = no cap, the springs of Dabek et al.). Pairs that no embedding can fit (triangle-inequality
-    /// violations, common on the Internet) then stop distorting everyone else's position.
+    /// its RTT and the predicted one (0 = no cap, the springs of Dabek et al.). Pairs that
+    /// no embedding can fit (triangle-inequality violations, common on the Internet) then
+    /// stop distorting everyone else's position.
     pub residual_cap: f64,
     /// Smoothing of the published coordinate (Ledlie et al.'s application-level
     /// coordinate): it follows the spring-driven one by this fraction per update once the
