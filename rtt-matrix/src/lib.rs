@@ -152,6 +152,62 @@ impl RttMatrix {
         self.rtt.get(&(a.to_owned(), b.to_owned())).copied()
     }
 
+    /// The measured pairs between two distinct sites that no latency between two places can
+    /// explain, with how far off each is. In any metric, `|rtt(a,c) - rtt(b,c)| <=
+    /// rtt(a,b)` for every third site `c`; Internet routing breaks this by a little, but a
+    /// pair whose excess `|rtt(a,c) - rtt(b,c)| - rtt(a,b)`, at the median over the third
+    /// sites measured to both (at least [`MIN_WITNESSES`]), is above `excess_ms` is not a
+    /// latency between the places its names say: the RIPE Atlas country file measures
+    /// Côte d'Ivoire to Japan at 2.9 ms, while every third site sees the two ends over 100
+    /// ms apart (probes whose country is wrong, anycast). Sorted by excess, largest first.
+    pub fn inconsistent_pairs(&self, excess_ms: f64) -> Vec<Inconsistent> {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for m in &self.measurements {
+            for s in [&m.a, &m.b] {
+                let next = index.len();
+                index.entry(s.as_str()).or_insert(next);
+            }
+        }
+        let n = index.len();
+        let mut rtt = vec![f64::NAN; n * n];
+        for m in self.measurements.iter().filter(|m| m.a != m.b) {
+            let (a, b) = (index[m.a.as_str()], index[m.b.as_str()]);
+            rtt[a * n + b] = m.avg;
+            rtt[b * n + a] = m.avg;
+        }
+        let mut out = Vec::new();
+        let mut excess = Vec::with_capacity(n);
+        for (i, m) in self.measurements.iter().enumerate() {
+            if m.a == m.b {
+                continue;
+            }
+            let (a, b) = (index[m.a.as_str()], index[m.b.as_str()]);
+            excess.clear();
+            excess.extend((0..n).filter(|&c| c != a && c != b).filter_map(|c| {
+                let (ac, bc) = (rtt[a * n + c], rtt[b * n + c]);
+                (!ac.is_nan() && !bc.is_nan()).then(|| (ac - bc).abs() - m.avg)
+            }));
+            if excess.len() < MIN_WITNESSES {
+                continue;
+            }
+            excess.sort_by(f64::total_cmp);
+            let median = excess[excess.len() / 2];
+            if median > excess_ms {
+                out.push(Inconsistent {
+                    index: i,
+                    excess_ms: median,
+                    witnesses: excess.len(),
+                });
+            }
+        }
+        out.sort_by(|x, y| {
+            y.excess_ms
+                .total_cmp(&x.excess_ms)
+                .then(x.index.cmp(&y.index))
+        });
+        out
+    }
+
     /// `k` sites, all pairs measured: greedily the best-measured sites that have an RTT
     /// to every site already chosen. Deterministic.
     pub fn pick_sites(&self, k: usize) -> Result<Vec<String>> {
@@ -188,6 +244,20 @@ impl RttMatrix {
             })
             .collect()
     }
+}
+
+/// Third sites needed to judge a pair (fewer: the pair is not judged).
+pub const MIN_WITNESSES: usize = 5;
+
+/// A measured pair that the rest of the matrix contradicts ([`RttMatrix::inconsistent_pairs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inconsistent {
+    /// Index in [`RttMatrix::measurements`].
+    pub index: usize,
+    /// Median over the witnesses of `|rtt(a,c) - rtt(b,c)| - rtt(a,b)`, ms.
+    pub excess_ms: f64,
+    /// Third sites measured to both ends.
+    pub witnesses: usize,
 }
 
 /// A uniform matrix: `intra` ms within a site, `inter` ms between sites.
@@ -247,6 +317,39 @@ mod tests {
         assert!(e.contains("line 1"), "{e}");
     }
 
+    /// Sites on a line (a metric: no pair is contradicted), then one pair measured far
+    /// shorter than the line allows (a probe in the wrong place): that pair alone is
+    /// flagged, and pairs with too few third sites are not judged.
+    #[test]
+    fn a_pair_far_shorter_than_its_ends_distances_to_others_allow_is_inconsistent() {
+        let at = |i: usize| 10.0 * i as f64;
+        let mut csv = String::from("site1,site2,rtt_ms\n");
+        for i in 0..8 {
+            for j in i + 1..8 {
+                let rtt = if (i, j) == (1, 6) {
+                    2.0
+                } else {
+                    at(j) - at(i) + 1.0
+                };
+                csv += &format!("s{i},s{j},{rtt}\n");
+            }
+        }
+        csv += "s0,s0,4\n"; // a site to itself is not a pair between two places
+        let m = RttMatrix::parse(&csv).unwrap();
+        let bad = m.inconsistent_pairs(20.0);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        let p = &m.measurements()[bad[0].index];
+        assert_eq!((p.a.as_str(), p.b.as_str()), ("s1", "s6"));
+        assert_eq!(bad[0].witnesses, 6);
+        assert!(bad[0].excess_ms > 20.0, "{bad:?}");
+        assert!(m.inconsistent_pairs(1000.0).is_empty());
+        let few = RttMatrix::parse("site1,site2,rtt_ms\na,b,1\na,c,100\nb,c,200\n").unwrap();
+        assert!(
+            few.inconsistent_pairs(0.0).is_empty(),
+            "1 witness: not judged"
+        );
+    }
+
     #[test]
     fn the_shipped_ripe_atlas_file_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/country_rtt.csv.gz");
@@ -255,5 +358,17 @@ mod tests {
         let sites = m.pick_sites(4).unwrap();
         let r = m.restrict(&sites).unwrap();
         assert!(r[0][1] > 0.0);
+        // Côte d'Ivoire - Japan at 2.9 ms is among the pairs the rest contradicts.
+        let bad = m.inconsistent_pairs(50.0);
+        assert!(bad.iter().any(|b| {
+            let p = &m.measurements()[b.index];
+            [p.a.as_str(), p.b.as_str()] == ["CI", "JP"]
+                || [p.a.as_str(), p.b.as_str()] == ["JP", "CI"]
+        }));
+        assert!(
+            bad.len() < m.measurements().len() / 50,
+            "{} flagged",
+            bad.len()
+        );
     }
 }
