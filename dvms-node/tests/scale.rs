@@ -192,8 +192,12 @@ struct Cost {
     bytes_s: f64,
     messages_s: f64,
     cpu_pct: f64,
+    /// The median daemon's (the mean counts the bootstrap daemon and any straggler).
+    cpu_median_pct: f64,
     /// Connections opened (either side), per daemon: each costs a Noise handshake.
     connections_s: f64,
+    /// Connections open at the end, per daemon (each pinged every ping interval).
+    connections_open: f64,
     /// Peak resident memory of a daemon: median and largest (the bootstrap peer).
     peak_rss_mib: (f64, f64),
     /// (kind, bytes / s, messages / s) per daemon.
@@ -204,13 +208,15 @@ struct Cost {
 /// after `WARM_UP`, with no request to the daemons but the metric reads around it.
 fn measure(nodes: &[Node]) -> Cost {
     std::thread::sleep(WARM_UP);
-    let read = || -> Vec<(Kinds, f64, f64)> {
+    // (kinds, CPU s, connections opened, connections closed)
+    let read = || -> Vec<(Kinds, f64, f64, f64)> {
         nodes
             .iter()
             .map(|n| {
                 let text = n.get("/metrics");
                 let opened = metric(&text, "libp2p_swarm_connections_established_total");
-                (by_kind(&text), usage(n.pid().unwrap()).0, opened)
+                let closed = metric(&text, "libp2p_swarm_connections_duration_seconds_count");
+                (by_kind(&text), usage(n.pid().unwrap()).0, opened, closed)
             })
             .collect()
     };
@@ -231,14 +237,20 @@ fn measure(nodes: &[Node]) -> Cost {
             (after[0].0[k].0.clone(), per(b), per(m))
         })
         .collect();
-    let delta = |f: fn(&(Kinds, f64, f64)) -> f64| -> f64 {
+    let delta = |f: fn(&(Kinds, f64, f64, f64)) -> f64| -> f64 {
         (0..nodes.len()).map(|i| f(&after[i]) - f(&before[i])).sum()
     };
+    let mut cpu: Vec<f64> = (0..nodes.len())
+        .map(|i| (after[i].1 - before[i].1) / secs * 100.0)
+        .collect();
+    cpu.sort_by(f64::total_cmp);
     Cost {
         bytes_s: kinds.iter().map(|k| k.1).sum(),
         messages_s: kinds.iter().map(|k| k.2).sum(),
         cpu_pct: per(delta(|r| r.1)) * 100.0,
+        cpu_median_pct: cpu[cpu.len() / 2],
         connections_s: per(delta(|r| r.2)),
+        connections_open: after.iter().map(|r| r.2 - r.3).sum::<f64>() / nodes.len() as f64,
         peak_rss_mib: {
             let mut peaks: Vec<f64> = nodes
                 .iter()
@@ -378,17 +390,18 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
         "after the kill (from s, to s, still listed, not answering, slowest answer s, whose, CPU s): {rounds:.2?}"
     );
     eprintln!(
-        "\n| daemons | overlay bytes sent / s | messages sent / s | connections opened / s | CPU % of a core | peak RSS MiB, median |\n\
-         | --- | --- | --- | --- | --- | --- |\n\
-         | {FIRST} | {:.0} | {:.1} | {:.2} | {:.3} | {:.1} (max {:.1}) |\n\
-         | {ALL} | {:.0} | {:.1} | {:.2} | {:.3} | {:.1} (max {:.1}) |\n\
-         ratio 100/25: bytes {:.2}, CPU {:.2}; SIGKILLed {KILLED} forgotten by all after \
+        "\n| daemons | overlay bytes sent / s | messages sent / s | connections opened / s | connections open | CPU % of a core, mean (median) | peak RSS MiB, median |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n\
+         | {FIRST} | {:.0} | {:.1} | {:.2} | {:.1} | {:.3} ({:.3}) | {:.1} (max {:.1}) |\n\
+         | {ALL} | {:.0} | {:.1} | {:.2} | {:.1} | {:.3} ({:.3}) | {:.1} (max {:.1}) |\n\
+         ratio 100/25: bytes {:.2}, CPU {:.2} (medians {:.2}); SIGKILLed {KILLED} forgotten by all after \
          (last drop logged, polls all clean) {gone:.1?}\n\
          bytes / s by kind at {FIRST}: {:?}\nat {ALL}: {:?}\n",
-        small.bytes_s, small.messages_s, small.connections_s, small.cpu_pct, small.peak_rss_mib.0, small.peak_rss_mib.1,
-        large.bytes_s, large.messages_s, large.connections_s, large.cpu_pct, large.peak_rss_mib.0, large.peak_rss_mib.1,
+        small.bytes_s, small.messages_s, small.connections_s, small.connections_open, small.cpu_pct, small.cpu_median_pct, small.peak_rss_mib.0, small.peak_rss_mib.1,
+        large.bytes_s, large.messages_s, large.connections_s, large.connections_open, large.cpu_pct, large.cpu_median_pct, large.peak_rss_mib.0, large.peak_rss_mib.1,
         large.bytes_s / small.bytes_s,
         large.cpu_pct / small.cpu_pct,
+        large.cpu_median_pct / small.cpu_median_pct,
         small.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
         large.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
     );
