@@ -158,8 +158,9 @@ impl RttMatrix {
     /// pair whose excess `|rtt(a,c) - rtt(b,c)| - rtt(a,b)`, at the median over the third
     /// sites measured to both (at least [`MIN_WITNESSES`]), is above `excess_ms` is not a
     /// latency between the places its names say: the RIPE Atlas country file measures
-    /// Côte d'Ivoire to Japan at 2.9 ms, while every third site sees the two ends over 100
-    /// ms apart (probes whose country is wrong, anycast). Sorted by excess, largest first.
+    /// Côte d'Ivoire to Japan at 2.9 ms, while the median third site sees the two ends
+    /// over 100 ms apart (addresses placed by their AS's country, anycast). Sorted by
+    /// excess, largest first.
     pub fn inconsistent_pairs(&self, excess_ms: f64) -> Vec<Inconsistent> {
         let mut index: HashMap<&str, usize> = HashMap::new();
         for m in &self.measurements {
