@@ -221,7 +221,7 @@ fn read(n: &Node) -> Reading {
 /// daemons), measured after `WARM_UP`, with no request to the daemons but the metric
 /// reads around it. The clusters are measured over the same window, so that whatever
 /// else the machine does (its other tenants, too) weighs on all of them alike.
-fn measure(clusters: &[&[&Node]]) -> Vec<Cost> {
+fn measure<const N: usize>(clusters: [&[&Node]; N]) -> [Cost; N] {
     std::thread::sleep(WARM_UP);
     let read_all = || -> Vec<Vec<Reading>> {
         clusters
@@ -234,11 +234,7 @@ fn measure(clusters: &[&[&Node]]) -> Vec<Cost> {
     std::thread::sleep(WINDOW);
     let after = read_all();
     let secs = t0.elapsed().as_secs_f64();
-    clusters
-        .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(nodes, (before, after))| cost(nodes, before, after, secs))
-        .collect()
+    std::array::from_fn(|c| cost(clusters[c], &before[c], &after[c], secs))
 }
 
 /// A cluster's [`Cost`] from its readings `secs` apart.
@@ -354,9 +350,7 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
         unsettled(&live(&nodes), &ids)
     );
     eprintln!("{ALL} daemons settled {settled:?} after the last start");
-    let [small, large]: [Cost; 2] = measure(&[&live(&small_nodes), &live(&nodes)])
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("one cost per cluster"));
+    let [small, large] = measure([&live(&small_nodes), &live(&nodes)]);
     let bound = overlay::Config::default();
     let views = bound.random_view + bound.near + 2 * bound.ring;
     for n in &nodes {
@@ -481,9 +475,7 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
     let settled = poll(Duration::from_secs(120), || {
         unsettled(&live(&nodes), &live_ids).is_empty()
     });
-    let [small, more_cost]: [Cost; 2] = measure(&[&live(&small_nodes), &live(&nodes)])
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("one cost per cluster"));
+    let [small, more_cost] = measure([&live(&small_nodes), &live(&nodes)]);
     eprintln!(
         "{more} daemons settled {settled:?} after the last start\n\n{HEADER}\n{}\n{}\n\
          ratio {more}/{FIRST}: bytes {:.2}, CPU {:.2} (medians {:.2}); {ALL} measured before: {}",

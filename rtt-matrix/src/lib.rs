@@ -162,13 +162,13 @@ impl RttMatrix {
     /// over 100 ms apart (addresses placed by their AS's country, anycast). Sorted by
     /// excess, largest first.
     pub fn inconsistent_pairs(&self, excess_ms: f64) -> Vec<Inconsistent> {
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for m in &self.measurements {
-            for s in [&m.a, &m.b] {
-                let next = index.len();
-                index.entry(s.as_str()).or_insert(next);
-            }
-        }
+        // Every site of a measurement is a key of `weight`.
+        let index: HashMap<&str, usize> = self
+            .weight
+            .keys()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
         let n = index.len();
         let mut rtt = vec![f64::NAN; n * n];
         for m in self.measurements.iter().filter(|m| m.a != m.b) {
