@@ -14,6 +14,7 @@ pub struct Metrics {
     pub sent: Counter,
     pub overlay_bytes_sent: Family<Labels, Counter>,
     pub overlay_messages_sent: Family<Labels, Counter>,
+    pub overlay_messages_dialed: Family<Labels, Counter>,
     pub received: Counter,
     pub dropped: Family<Labels, Counter>,
     pub refused: Family<Labels, Counter>,
@@ -42,6 +43,7 @@ impl Default for Metrics {
             sent: Counter::default(),
             overlay_bytes_sent: Family::default(),
             overlay_messages_sent: Family::default(),
+            overlay_messages_dialed: Family::default(),
             received: Counter::default(),
             dropped: Family::default(),
             refused: Family::default(),
@@ -82,6 +84,11 @@ impl Metrics {
             "overlay_messages_sent",
             "Overlay messages sent, by kind",
             m.overlay_messages_sent.clone(),
+        );
+        r.register(
+            "overlay_messages_dialed",
+            "Overlay messages sent to a peer with no open connection (each opens one), by kind",
+            m.overlay_messages_dialed.clone(),
         );
         r.register(
             "messages_received",

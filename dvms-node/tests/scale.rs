@@ -8,7 +8,9 @@
 //! open, CPU (mean and median daemon) and peak memory per daemon at 25 and 100.
 //! `DVMS_NODE_BIN=target/release/dvms-node` measures the release build (what users run);
 //! `DVMS_SCALE_MORE=200` then grows the 100 (90 after the kill) to 200 and measures them
-//! beside the 25 again (not asserted):
+//! beside the 25 again (not asserted); `DVMS_SCALE_CONFIG=FILE` gives every daemon that
+//! configuration file (e.g. an `[overlay]` table with `near_spread_ms = 2.0` and
+//! `near_keep_ms = 0.05`):
 //!
 //!     cargo test -p dvms-node --test scale -- --nocapture
 
@@ -159,8 +161,9 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// Per kind of overlay message: (kind, bytes, messages).
-type Kinds = Vec<(String, f64, f64)>;
+/// Per kind of overlay message: (kind, bytes, messages, messages that opened a
+/// connection).
+type Kinds = Vec<(String, f64, f64, f64)>;
 
 /// [`Kinds`] from a daemon's metrics.
 fn by_kind(text: &str) -> Kinds {
@@ -180,6 +183,7 @@ fn by_kind(text: &str) -> Kinds {
                 k.to_string(),
                 pick("dvms_overlay_bytes_sent_total"),
                 pick("dvms_overlay_messages_sent_total"),
+                pick("dvms_overlay_messages_dialed_total"),
             )
         })
         .collect()
@@ -203,7 +207,7 @@ struct Cost {
     connections_open: f64,
     /// Peak resident memory of a daemon: median and largest (the bootstrap peer).
     peak_rss_mib: (f64, f64),
-    /// (kind, bytes / s, messages / s) per daemon.
+    /// (kind, bytes / s, messages / s, messages that opened a connection / s) per daemon.
     kinds: Kinds,
 }
 
@@ -242,13 +246,11 @@ fn cost(nodes: &[&Node], before: &[Reading], after: &[Reading], secs: f64) -> Co
     let per = |v: f64| v / nodes.len() as f64 / secs;
     let kinds: Kinds = (0..after[0].0.len())
         .map(|k| {
-            let (b, m) = (0..nodes.len()).fold((0.0, 0.0), |(b, m), i| {
-                (
-                    b + after[i].0[k].1 - before[i].0[k].1,
-                    m + after[i].0[k].2 - before[i].0[k].2,
-                )
+            let (b, m, d) = (0..nodes.len()).fold((0.0, 0.0, 0.0), |(b, m, d), i| {
+                let (a, z) = (&after[i].0[k], &before[i].0[k]);
+                (b + a.1 - z.1, m + a.2 - z.2, d + a.3 - z.3)
             });
-            (after[0].0[k].0.clone(), per(b), per(m))
+            (after[0].0[k].0.clone(), per(b), per(m), per(d))
         })
         .collect();
     let delta = |f: fn(&Reading) -> f64| -> f64 {
@@ -294,7 +296,9 @@ fn start(
             .into_iter()
             .collect();
         // Views logged: each survivor's own log then says when it dropped a dead daemon.
-        let n = Node::start_logging(dir, &format!("{prefix}{i}"), psk, &boot, &[], LOG);
+        let config = std::env::var("DVMS_SCALE_CONFIG").ok();
+        let extra: Vec<&str> = config.iter().flat_map(|c| ["--config", c]).collect();
+        let n = Node::start_logging(dir, &format!("{prefix}{i}"), psk, &boot, &extra, LOG);
         ids.push(n.id());
         nodes.push(n);
     }
@@ -418,14 +422,14 @@ fn a_hundred_daemons_build_their_neighbour_sets_forget_the_dead_and_cost_what_25
         "\n{HEADER}\n{}\n{}\n\
          ratio 100/25: bytes {:.2}, CPU {:.2} (medians {:.2}); SIGKILLed {KILLED} forgotten by all after \
          (last drop logged, polls all clean) {gone:.1?}\n\
-         bytes / s by kind at {FIRST}: {:?}\nat {ALL}: {:?}\n",
+         per kind (bytes, messages, messages that opened a connection) / s at {FIRST}: {:?}\nat {ALL}: {:?}\n",
         row(FIRST, &small),
         row(ALL, &large),
         large.bytes_s / small.bytes_s,
         large.cpu_pct / small.cpu_pct,
         large.cpu_median_pct / small.cpu_median_pct,
-        small.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
-        large.kinds.iter().map(|k| format!("{} {:.0} B {:.2} msg", k.0, k.1, k.2)).collect::<Vec<_>>(),
+        kinds(&small),
+        kinds(&large),
     );
     let Some((gone, _)) = gone else {
         // Who still lists whom, and who did not answer: what tells a slow detector from
@@ -495,6 +499,14 @@ fn live(nodes: &[Node]) -> Vec<&Node> {
 
 const HEADER: &str = "| daemons | overlay bytes sent / s | messages sent / s | connections opened / s | connections open | CPU % of a core, mean (median) | peak RSS MiB, median |\n\
     | --- | --- | --- | --- | --- | --- | --- |";
+
+/// A cluster's cost per kind of overlay message.
+fn kinds(c: &Cost) -> Vec<String> {
+    c.kinds
+        .iter()
+        .map(|k| format!("{} {:.0} B {:.2} msg {:.3} dialed", k.0, k.1, k.2, k.3))
+        .collect()
+}
 
 /// A row of the table under [`HEADER`].
 fn row(daemons: usize, c: &Cost) -> String {

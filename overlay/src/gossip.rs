@@ -141,7 +141,16 @@ impl<Id: OverlayId> Overlay<Id> {
             .collect();
         cands.push((self.my_ring, self.me.id.clone(), self.coordinate()));
         let target = (to.ring_key(), to.clone());
-        let chosen = neighbour_set(&target, &origin, &cands, self.cfg.near, self.cfg.ring);
+        // Ranked as `to` itself ranks them (the pair's hash is the same from both ends).
+        let spread = self.cfg.near_spread_ms;
+        let chosen = neighbour_set(
+            &target,
+            &origin,
+            &cands,
+            self.cfg.near,
+            self.cfg.ring,
+            |i| -spread * pair_spread(target.0, cands[i].0),
+        );
         let picked: BTreeSet<usize> = chosen
             .near
             .into_iter()
@@ -282,12 +291,26 @@ impl<Id: OverlayId> Overlay<Id> {
             )
             .collect();
         let me = (self.my_ring, self.me.id.clone());
+        // Where peers are about as close, estimates only follow the jitter: ranked by
+        // them, near sets would keep swapping (each swap a new connection) and pile onto
+        // the few peers whose coordinates happen to sit in the middle. So peers within
+        // `near_spread_ms` of one another are ranked by a hash of the pair, and a member
+        // stays against a candidate not better by `near_keep_ms`.
+        let (spread, keep) = (self.cfg.near_spread_ms, self.cfg.near_keep_ms);
         let chosen = neighbour_set(
             &me,
             &self.coordinate(),
             &cands,
             self.cfg.near,
             self.cfg.ring,
+            |i| {
+                let held = if self.near.contains(&cands[i].1) {
+                    keep
+                } else {
+                    0.0
+                };
+                held - spread * pair_spread(self.my_ring, cands[i].0)
+            },
         );
         let ids = |ix: Vec<usize>| ix.into_iter().map(|i| cands[i].1.clone()).collect();
         let near: Vec<Id> = ids(chosen.near);
@@ -357,4 +380,10 @@ impl<Id: OverlayId> Overlay<Id> {
             out.push(Output::Event(Event::Forgotten(id)));
         }
     }
+}
+
+/// A number in [0, 1) fixed for a pair of ring keys, the same from both ends (so that two
+/// nodes tend to pick each other, and share the connection).
+fn pair_spread(a: u64, b: u64) -> f64 {
+    (crate::mix64(a ^ b) >> 11) as f64 / (1u64 << 53) as f64
 }

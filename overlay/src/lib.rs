@@ -123,6 +123,15 @@ pub struct Config {
     pub shuffle_len: usize,
     /// Closest peers kept by coordinates.
     pub near: usize,
+    /// Peers estimated within this of one another are ranked for the near set by a
+    /// hash of the pair, not by the estimate, ms (0: by the estimate alone). Where all
+    /// peers are about as close (one site, one rack), estimates only follow the jitter,
+    /// and near sets ranked by them keep changing: each newcomer costs a real daemon a
+    /// connection. Off by default: see overlay/README.md for what it costs.
+    pub near_spread_ms: f64,
+    /// A peer stays in the near set unless a candidate ranks better by more than this,
+    /// ms (0: none).
+    pub near_keep_ms: f64,
     /// Successors and predecessors kept on the ring, each side.
     pub ring: usize,
     /// Times each membership update is piggybacked.
@@ -148,6 +157,8 @@ impl Default for Config {
             random_view: 8,
             shuffle_len: 4,
             near: 8,
+            near_spread_ms: 0.0,
+            near_keep_ms: 0.0,
             ring: 2,
             retransmits: 6,
             max_record_age: 5_000,
@@ -194,6 +205,14 @@ impl Config {
                 "shuffle_len must be in 1..={}",
                 message::MAX_RECORDS
             ));
+        }
+        for (name, ms) in [
+            ("near_spread_ms", self.near_spread_ms),
+            ("near_keep_ms", self.near_keep_ms),
+        ] {
+            if !(0.0..=1_000.0).contains(&ms) {
+                return Err(format!("{name} ({ms}) must be in 0..=1000"));
+            }
         }
         if self.near + 2 * self.ring + 1 > message::MAX_RECORDS {
             return Err(format!(

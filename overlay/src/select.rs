@@ -77,9 +77,9 @@ pub fn first_on_ring_after<'a, Id: OverlayId>(
 }
 
 /// A node's neighbour set, chosen from `candidates` (ring key, coordinate, index into
-/// the caller's list): indices of the `k` closest to `origin` by coordinates, and of the
-/// `r` first successors and `r` first predecessors of `me` on the ring. Deterministic:
-/// ties by ring distance.
+/// the caller's list): indices of the `k` ranked closest to `origin` (the estimated RTT
+/// less the candidate's `favour`, ms), and of the `r` first successors and `r` first
+/// predecessors of `me` on the ring. Deterministic: ties by ring distance.
 pub struct Chosen {
     pub near: Vec<usize>,
     pub succ: Vec<usize>,
@@ -92,13 +92,14 @@ pub fn neighbour_set<Id: Ord + Clone>(
     candidates: &[(u64, Id, Coord)],
     k: usize,
     r: usize,
+    favour: impl Fn(usize) -> f64,
 ) -> Chosen {
     // Runs on every exchange: partial selection, not full sorts.
     let mut by_dist: Vec<(f64, u64, usize)> = candidates
         .iter()
         .enumerate()
         .map(|(i, (ring, id, c))| {
-            let d = origin.estimate_rtt(c);
+            let d = origin.estimate_rtt(c) - favour(i);
             (d, ring_distance(me, &(*ring, id.clone())), i)
         })
         .collect();
@@ -156,17 +157,39 @@ mod tests {
             (1200, 5, at(30.0)), // second successor
             (10, 6, at(100.0)),  // second predecessor
         ];
-        let c = neighbour_set(&me, &at(0.0), &cands, 2, 2);
+        let c = neighbour_set(&me, &at(0.0), &cands, 2, 2, |_| 0.0);
         assert_eq!(c.near, vec![2, 3]);
         assert_eq!(c.succ, vec![1, 4]);
         assert_eq!(c.pred, vec![0, 5]);
     }
 
     #[test]
+    fn a_favour_keeps_a_member_against_candidates_not_clearly_better() {
+        let me = (1000u64, 0u32);
+        // Candidate 0 holds the place (5 ms, favoured by 1 ms); 1 is 0.5 ms closer.
+        let cands = vec![(1, 1u32, at(5.0)), (2, 2, at(4.5))];
+        let keep = |i: usize| if i == 0 { 1.0 } else { 0.0 };
+        assert_eq!(
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, keep).near,
+            vec![0]
+        );
+        // Not favoured, or against one 1.5 ms closer, it gives way.
+        assert_eq!(
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, |_| 0.0).near,
+            vec![1]
+        );
+        let cands = vec![(1, 1u32, at(5.0)), (2, 2, at(3.5))];
+        assert_eq!(
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, keep).near,
+            vec![1]
+        );
+    }
+
+    #[test]
     fn the_ring_wraps_around() {
         let me = (u64::MAX - 5, 0u32);
         let cands = vec![(3u64, 1u32, at(0.0)), (u64::MAX - 10, 2, at(0.0))];
-        let c = neighbour_set(&me, &at(0.0), &cands, 0, 1);
+        let c = neighbour_set(&me, &at(0.0), &cands, 0, 1, |_| 0.0);
         assert_eq!(c.succ, vec![0]);
         assert_eq!(c.pred, vec![1]);
     }

@@ -387,6 +387,12 @@ impl Daemon {
             Ok(bytes) => {
                 if let Message::Overlay(m) = msg {
                     let kind = vec![("kind", m.kind())];
+                    if !self.swarm.is_connected(&to) {
+                        self.metrics
+                            .overlay_messages_dialed
+                            .get_or_create(&kind)
+                            .inc();
+                    }
                     let n = bytes.len() as u64;
                     self.metrics
                         .overlay_bytes_sent
