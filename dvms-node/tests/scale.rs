@@ -288,6 +288,8 @@ fn start(
     ids: &mut Vec<String>,
     upto: usize,
 ) {
+    let config = std::env::var("DVMS_SCALE_CONFIG").ok();
+    let extra: Vec<&str> = config.iter().flat_map(|c| ["--config", c]).collect();
     for i in nodes.len()..upto {
         // Every daemon knows the first one's address, as with one bootstrap peer.
         let boot: Vec<u16> = nodes
@@ -296,8 +298,6 @@ fn start(
             .into_iter()
             .collect();
         // Views logged: each survivor's own log then says when it dropped a dead daemon.
-        let config = std::env::var("DVMS_SCALE_CONFIG").ok();
-        let extra: Vec<&str> = config.iter().flat_map(|c| ["--config", c]).collect();
         let n = Node::start_logging(dir, &format!("{prefix}{i}"), psk, &boot, &extra, LOG);
         ids.push(n.id());
         nodes.push(n);

@@ -149,7 +149,7 @@ impl<Id: OverlayId> Overlay<Id> {
             &cands,
             self.cfg.near,
             self.cfg.ring,
-            |i| -spread * pair_spread(target.0, cands[i].0),
+            |i| -hashed(spread, target.0, cands[i].0),
         );
         let picked: BTreeSet<usize> = chosen
             .near
@@ -304,12 +304,12 @@ impl<Id: OverlayId> Overlay<Id> {
             self.cfg.near,
             self.cfg.ring,
             |i| {
-                let held = if self.near.contains(&cands[i].1) {
+                let held = if keep > 0.0 && self.near.contains(&cands[i].1) {
                     keep
                 } else {
                     0.0
                 };
-                held - spread * pair_spread(self.my_ring, cands[i].0)
+                held - hashed(spread, self.my_ring, cands[i].0)
             },
         );
         let ids = |ix: Vec<usize>| ix.into_iter().map(|i| cands[i].1.clone()).collect();
@@ -382,8 +382,13 @@ impl<Id: OverlayId> Overlay<Id> {
     }
 }
 
-/// A number in [0, 1) fixed for a pair of ring keys, the same from both ends (so that two
-/// nodes tend to pick each other, and share the connection).
-fn pair_spread(a: u64, b: u64) -> f64 {
-    (crate::mix64(a ^ b) >> 11) as f64 / (1u64 << 53) as f64
+/// `spread` times a number in [0, 1) fixed for a pair of ring keys, the same from both
+/// ends (so that two nodes tend to pick each other, and share the connection); nothing
+/// to compute when the option is off (the default), as this runs for every candidate of
+/// every exchange.
+fn hashed(spread: f64, a: u64, b: u64) -> f64 {
+    if spread == 0.0 {
+        return 0.0;
+    }
+    spread * ((crate::mix64(a ^ b) >> 11) as f64 / (1u64 << 53) as f64)
 }

@@ -385,15 +385,16 @@ impl Daemon {
         }
         match protocol::encode_message(msg) {
             Ok(bytes) => {
+                let n = bytes.len() as u64;
+                let dialed = self.send_bytes(to, bytes);
                 if let Message::Overlay(m) = msg {
                     let kind = vec![("kind", m.kind())];
-                    if !self.swarm.is_connected(&to) {
+                    if dialed {
                         self.metrics
                             .overlay_messages_dialed
                             .get_or_create(&kind)
                             .inc();
                     }
-                    let n = bytes.len() as u64;
                     self.metrics
                         .overlay_bytes_sent
                         .get_or_create(&kind)
@@ -403,7 +404,6 @@ impl Daemon {
                         .get_or_create(&kind)
                         .inc();
                 }
-                self.send_bytes(to, bytes)
             }
             Err(e) => warn!(%to, "message not sent: {e}"),
         }
@@ -420,12 +420,14 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) {
+    /// Sends `bytes` to `to`; true if there was no connection to it (one is dialed).
+    fn send_bytes(&mut self, to: PeerId, bytes: Vec<u8>) -> bool {
         // Connected: the connection is used. Otherwise dial the addresses it gossiped.
-        let addrs = if self.swarm.is_connected(&to) {
-            Vec::new()
-        } else {
+        let dialed = !self.swarm.is_connected(&to);
+        let addrs = if dialed {
             self.dial_addresses(&NodeId(to))
+        } else {
+            Vec::new()
         };
         let id = self
             .swarm
@@ -434,6 +436,7 @@ impl Daemon {
             .send_request_with_addresses(&to, Frame::Bytes(bytes), addrs);
         self.pending.insert(id);
         self.metrics.sent.inc();
+        dialed
     }
 
     /// While this node knows no peer: dials the bootstrap addresses and the peers it
