@@ -9,8 +9,8 @@
 //! `DVMS_NODE_BIN=target/release/dvms-node` measures the release build (what users run);
 //! `DVMS_SCALE_MORE=200` then grows the 100 (90 after the kill) to 200 and measures them
 //! beside the 25 again (not asserted); `DVMS_SCALE_CONFIG=FILE` gives every daemon that
-//! configuration file (e.g. an `[overlay]` table with `near_spread_ms = 2.0` and
-//! `near_keep_ms = 0.05`):
+//! configuration file (e.g. an `[overlay]` table with `near_spread_ms = 0.0`, near sets
+//! ranked by estimates alone):
 //!
 //!     cargo test -p dvms-node --test scale -- --nocapture
 

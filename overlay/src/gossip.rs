@@ -42,7 +42,12 @@ impl<Id: OverlayId> Overlay<Id> {
             .iter()
             .max_by_key(|(_, age)| *age)
             .map(|(id, _)| id.clone());
-        let neighbour = {
+        // A new ring link first, if still one and alive; else any neighbour.
+        let news: Vec<Id> = std::mem::take(&mut self.ring_news)
+            .into_iter()
+            .filter(|id| (self.succ.contains(id) || self.pred.contains(id)) && self.is_alive(id))
+            .collect();
+        let neighbour = news.first().cloned().or_else(|| {
             let set: BTreeSet<&Id> = self
                 .near
                 .iter()
@@ -53,8 +58,12 @@ impl<Id: OverlayId> Overlay<Id> {
                 .filter(|id| self.is_alive(id))
                 .choose(rng)
                 .cloned()
-        };
+        });
+        self.ring_news = news;
         let cyclon = self.exchanges % 2 == 1 || neighbour.is_none();
+        if let Some(p) = neighbour.as_ref().filter(|_| !cyclon) {
+            self.ring_news.retain(|id| id != p);
+        }
         let Some(partner) = (if cyclon { oldest } else { neighbour }) else {
             return;
         };
@@ -90,7 +99,9 @@ impl<Id: OverlayId> Overlay<Id> {
         let sample = sent.iter().filter_map(|id| self.record(id, now)).collect();
         let near = self.near_for(to, now);
         let neighbour = self.near.contains(to) || self.succ.contains(to) || self.pred.contains(to);
-        let listers = if neighbour {
+        // In the exchanges it starts (not in answers): each neighbour hears them often
+        // enough for `LISTER_MEMORY`, and an exchange carries them once, not twice.
+        let listers = if neighbour && reply {
             self.pingers.keys().cloned().collect()
         } else {
             Vec::new()
@@ -141,15 +152,14 @@ impl<Id: OverlayId> Overlay<Id> {
             .collect();
         cands.push((self.my_ring, self.me.id.clone(), self.coordinate()));
         let target = (to.ring_key(), to.clone());
-        // Ranked as `to` itself ranks them (the pair's hash is the same from both ends).
-        let spread = self.cfg.near_spread_ms;
         let chosen = neighbour_set(
             &target,
             &origin,
             &cands,
             self.cfg.near,
             self.cfg.ring,
-            |i| -hashed(spread, target.0, cands[i].0),
+            self.cfg.near_spread_ms,
+            |_| 0.0,
         );
         let picked: BTreeSet<usize> = chosen
             .near
@@ -291,25 +301,21 @@ impl<Id: OverlayId> Overlay<Id> {
             )
             .collect();
         let me = (self.my_ring, self.me.id.clone());
-        // Where peers are about as close, estimates only follow the jitter: ranked by
-        // them, near sets would keep swapping (each swap a new connection) and pile onto
-        // the few peers whose coordinates happen to sit in the middle. So peers within
-        // `near_spread_ms` of one another are ranked by a hash of the pair, and a member
-        // stays against a candidate not better by `near_keep_ms`.
-        let (spread, keep) = (self.cfg.near_spread_ms, self.cfg.near_keep_ms);
+        // A member stays against a candidate not better by `near_keep_ms`.
+        let keep = self.cfg.near_keep_ms;
         let chosen = neighbour_set(
             &me,
             &self.coordinate(),
             &cands,
             self.cfg.near,
             self.cfg.ring,
+            self.cfg.near_spread_ms,
             |i| {
-                let held = if keep > 0.0 && self.near.contains(&cands[i].1) {
+                if keep > 0.0 && self.near.contains(&cands[i].1) {
                     keep
                 } else {
                     0.0
-                };
-                held - hashed(spread, self.my_ring, cands[i].0)
+                }
             },
         );
         let ids = |ix: Vec<usize>| ix.into_iter().map(|i| cands[i].1.clone()).collect();
@@ -327,6 +333,12 @@ impl<Id: OverlayId> Overlay<Id> {
         // The ring links are fixed by the ids (coordinates move, so the closest peers
         // may swap forever on a flat network): a changed ring link means not settled.
         self.neighbours_changed |= succ != self.succ || pred != self.pred;
+        for id in succ.iter().chain(&pred) {
+            let new = !self.succ.contains(id) && !self.pred.contains(id);
+            if new && !self.ring_news.contains(id) {
+                self.ring_news.push(id.clone());
+            }
+        }
         self.near = near;
         self.succ = succ;
         self.pred = pred;
@@ -380,15 +392,4 @@ impl<Id: OverlayId> Overlay<Id> {
             out.push(Output::Event(Event::Forgotten(id)));
         }
     }
-}
-
-/// `spread` times a number in [0, 1) fixed for a pair of ring keys, the same from both
-/// ends (so that two nodes tend to pick each other, and share the connection); nothing
-/// to compute when the option is off (the default), as this runs for every candidate of
-/// every exchange.
-fn hashed(spread: f64, a: u64, b: u64) -> f64 {
-    if spread == 0.0 {
-        return 0.0;
-    }
-    spread * ((crate::mix64(a ^ b) >> 11) as f64 / (1u64 << 53) as f64)
 }

@@ -123,11 +123,11 @@ pub struct Config {
     pub shuffle_len: usize,
     /// Closest peers kept by coordinates.
     pub near: usize,
-    /// Peers estimated within this of one another are ranked for the near set by a
-    /// hash of the pair, not by the estimate, ms (0: by the estimate alone). Where all
-    /// peers are about as close (one site, one rack), estimates only follow the jitter,
-    /// and near sets ranked by them keep changing: each newcomer costs a real daemon a
-    /// connection. Off by default: see overlay/README.md for what it costs.
+    /// Peers estimated within this of the closest count as equally close for the near
+    /// set, and the nearest on the ring (either way round) are taken first, ms (0: by
+    /// the estimate alone). Where all peers are about as close (one site, one rack),
+    /// estimates only follow the jitter: near sets ranked by them keep changing (each
+    /// newcomer costs a real daemon a connection) and pile onto a few peers.
     pub near_spread_ms: f64,
     /// A peer stays in the near set unless a candidate ranks better by more than this,
     /// ms (0: none).
@@ -157,7 +157,7 @@ impl Default for Config {
             random_view: 8,
             shuffle_len: 4,
             near: 8,
-            near_spread_ms: 0.0,
+            near_spread_ms: 1.0,
             near_keep_ms: 0.0,
             ring: 2,
             retransmits: 6,
@@ -354,6 +354,10 @@ pub struct Overlay<Id: OverlayId> {
     /// The ring links changed since the last exchange: the neighbour set is still
     /// converging, so the next exchange comes sooner.
     neighbours_changed: bool,
+    /// Peers that became ring links since this node last exchanged with them: the next
+    /// neighbour exchanges go to them first (one that holds this node as a ring link
+    /// may not know it: ring repair would otherwise wait for a random pick).
+    ring_news: Vec<Id>,
     /// Who probed this node lately, and when last: the nodes that list it.
     pingers: VecMap<Id, Millis>,
     /// No tombstone, unreachable mark or pinger expires before this: ticks skip the
@@ -397,6 +401,7 @@ impl<Id: OverlayId> Overlay<Id> {
             shuffle_sent: None,
             random_replaced: false,
             neighbours_changed: true,
+            ring_news: Vec::new(),
             pingers: VecMap::new(),
             expiry_due: Millis::MAX,
             guarded: VecMap::new(),
@@ -728,9 +733,11 @@ impl<Id: OverlayId> Overlay<Id> {
                 listers,
                 ..
             } => {
-                if self.near.contains(&from)
-                    || self.succ.contains(&from)
-                    || self.pred.contains(&from)
+                // Listers travel in the exchanges a node starts (answers carry none).
+                if reply
+                    && (self.near.contains(&from)
+                        || self.succ.contains(&from)
+                        || self.pred.contains(&from))
                 {
                     self.guarded.insert(from.clone(), listers);
                 }

@@ -99,7 +99,8 @@ pub enum Message<Id> {
     /// on the ring), in one exchange; `reply` asks for the receiver's own.
     ///
     /// `listers`: the nodes that probed the sender lately (they list it), sent to its
-    /// neighbours so that whoever declares it dead can tell them all at once.
+    /// neighbours in the exchanges it starts so that whoever declares it dead can tell
+    /// them all at once.
     Exchange {
         me: MemberInfo<Id>,
         sample: Vec<MemberInfo<Id>>,

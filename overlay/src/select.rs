@@ -79,7 +79,9 @@ pub fn first_on_ring_after<'a, Id: OverlayId>(
 /// A node's neighbour set, chosen from `candidates` (ring key, coordinate, index into
 /// the caller's list): indices of the `k` ranked closest to `origin` (the estimated RTT
 /// less the candidate's `favour`, ms), and of the `r` first successors and `r` first
-/// predecessors of `me` on the ring. Deterministic: ties by ring distance.
+/// predecessors of `me` on the ring. Candidates ranked within `spread` ms of the closest
+/// count as equally close and are taken nearest on the ring first (either way round);
+/// with `spread` 0, ties go clockwise. Deterministic.
 pub struct Chosen {
     pub near: Vec<usize>,
     pub succ: Vec<usize>,
@@ -92,6 +94,7 @@ pub fn neighbour_set<Id: Ord + Clone>(
     candidates: &[(u64, Id, Coord)],
     k: usize,
     r: usize,
+    spread: f64,
     favour: impl Fn(usize) -> f64,
 ) -> Chosen {
     // Runs on every exchange: partial selection, not full sorts.
@@ -100,9 +103,26 @@ pub fn neighbour_set<Id: Ord + Clone>(
         .enumerate()
         .map(|(i, (ring, id, c))| {
             let d = origin.estimate_rtt(c) - favour(i);
-            (d, ring_distance(me, &(*ring, id.clone())), i)
+            let cand = (*ring, id.clone());
+            let clockwise = ring_distance(me, &cand);
+            let tie = if spread > 0.0 {
+                clockwise.min(ring_distance(&cand, me))
+            } else {
+                clockwise
+            };
+            (d, tie, i)
         })
         .collect();
+    if spread > 0.0 {
+        // Where peers are about as close, estimates only follow the jitter: the ring
+        // order is fixed, so such near sets hold still.
+        let closest = by_dist.iter().map(|x| x.0).fold(f64::INFINITY, f64::min);
+        for x in &mut by_dist {
+            if x.0 <= closest + spread {
+                x.0 = closest;
+            }
+        }
+    }
     let cmp =
         |a: &(f64, u64, usize), b: &(f64, u64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
     if k < by_dist.len() && k > 0 {
@@ -157,7 +177,7 @@ mod tests {
             (1200, 5, at(30.0)), // second successor
             (10, 6, at(100.0)),  // second predecessor
         ];
-        let c = neighbour_set(&me, &at(0.0), &cands, 2, 2, |_| 0.0);
+        let c = neighbour_set(&me, &at(0.0), &cands, 2, 2, 0.0, |_| 0.0);
         assert_eq!(c.near, vec![2, 3]);
         assert_eq!(c.succ, vec![1, 4]);
         assert_eq!(c.pred, vec![0, 5]);
@@ -170,26 +190,48 @@ mod tests {
         let cands = vec![(1, 1u32, at(5.0)), (2, 2, at(4.5))];
         let keep = |i: usize| if i == 0 { 1.0 } else { 0.0 };
         assert_eq!(
-            neighbour_set(&me, &at(0.0), &cands, 1, 0, keep).near,
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, 0.0, keep).near,
             vec![0]
         );
         // Not favoured, or against one 1.5 ms closer, it gives way.
         assert_eq!(
-            neighbour_set(&me, &at(0.0), &cands, 1, 0, |_| 0.0).near,
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, 0.0, |_| 0.0).near,
             vec![1]
         );
         let cands = vec![(1, 1u32, at(5.0)), (2, 2, at(3.5))];
         assert_eq!(
-            neighbour_set(&me, &at(0.0), &cands, 1, 0, keep).near,
+            neighbour_set(&me, &at(0.0), &cands, 1, 0, 0.0, keep).near,
             vec![1]
         );
+    }
+
+    #[test]
+    fn within_the_spread_the_nearest_on_the_ring_either_way_come_first() {
+        let me = (1000u64, 0u32);
+        // 1-4 all estimated within 1 ms of the closest (1): by the ring, 2 (100 before)
+        // and 3 (200 after) win over 1 and 4 (far on the ring); 5 is 2 ms away.
+        let cands = vec![
+            (1u64 << 40, 1u32, at(0.3)),
+            (900, 2, at(0.9)),
+            (1200, 3, at(1.2)),
+            (1u64 << 41, 4, at(0.5)),
+            (1300, 5, at(2.4)),
+        ];
+        let c = neighbour_set(&me, &at(0.0), &cands, 2, 0, 1.0, |_| 0.0);
+        assert_eq!(c.near, vec![1, 2]);
+        // Beyond the spread, estimates rank: 5 only after the four within it.
+        let c = neighbour_set(&me, &at(0.0), &cands, 5, 0, 1.0, |_| 0.0);
+        assert_eq!(c.near, vec![1, 2, 0, 3, 4]);
+        // Without a spread, by estimates alone.
+        let c = neighbour_set(&me, &at(0.0), &cands, 2, 0, 0.0, |_| 0.0);
+        assert_eq!(c.near, vec![0, 3]);
     }
 
     #[test]
     fn the_ring_wraps_around() {
         let me = (u64::MAX - 5, 0u32);
         let cands = vec![(3u64, 1u32, at(0.0)), (u64::MAX - 10, 2, at(0.0))];
-        let c = neighbour_set(&me, &at(0.0), &cands, 0, 1, |_| 0.0);
+        let c = neighbour_set(&me, &at(0.0), &cands, 0, 1, 0.0, |_| 0.0);
         assert_eq!(c.succ, vec![0]);
         assert_eq!(c.pred, vec![1]);
     }

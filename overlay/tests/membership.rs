@@ -198,10 +198,18 @@ fn two_hundred_nodes_build_bounded_views_and_the_true_ring() {
     assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());
 }
 
-/// On a flat network (every pair 1 ms apart, each sample within 5 % of it), from `from`
-/// to `to` (sampled every second): near-set members swapped per node per minute, and the
-/// most near sets any one node is in at the end.
-fn near_sets_when_all_are_as_close(cfg: &Config, from: Millis, to: Millis) -> (f64, usize) {
+/// Near sets on a flat network (every pair 1 ms apart, each sample within 5 % of it),
+/// from `from` to `to` (sampled every second).
+struct FlatNearSets {
+    /// Members swapped per node per minute.
+    swaps_per_minute: f64,
+    /// The most near sets any one node is in at the end.
+    busiest: usize,
+    /// The share of near-set links at the end whose other end holds this node too.
+    mutual: f64,
+}
+
+fn near_sets_when_all_are_as_close(cfg: &Config, from: Millis, to: Millis) -> FlatNearSets {
     const N: usize = 60;
     let mut net = Net::new(N as u32, cfg, 3);
     net.pos = vec![(0.0, 0.0); N];
@@ -226,37 +234,62 @@ fn near_sets_when_all_are_as_close(cfg: &Config, from: Millis, to: Millis) -> (f
     for p in before.iter().flatten() {
         in_degree[*p as usize] += 1;
     }
-    let per_minute = swaps as f64 / N as f64 / ((to - from) as f64 / 60_000.0);
-    (per_minute, in_degree.into_iter().max().unwrap_or(0))
+    let links: Vec<(usize, u32)> = before
+        .iter()
+        .enumerate()
+        .flat_map(|(i, set)| set.iter().map(move |p| (i, *p)))
+        .collect();
+    let mutual = links
+        .iter()
+        .filter(|(i, p)| before[*p as usize].contains(&(*i as u32)))
+        .count();
+    FlatNearSets {
+        swaps_per_minute: swaps as f64 / N as f64 / ((to - from) as f64 / 60_000.0),
+        busiest: in_degree.into_iter().max().unwrap_or(0),
+        mutual: mutual as f64 / links.len().max(1) as f64,
+    }
 }
 
 #[test]
-fn near_sets_ranked_by_pair_hash_hold_still_and_spread_when_every_peer_is_as_close() {
+fn near_sets_hold_still_spread_and_are_mutual_when_every_peer_is_as_close() {
     // Where every peer is about as close (one rack, or loopback), coordinates only
-    // follow the jitter: each swap would cost the daemon a new connection, and a node
-    // in everyone's near set would be probed by all.
-    let by_estimate = Config::default();
-    let spread = Config {
-        near_spread_ms: 2.0,
-        near_keep_ms: 0.05,
-        ..by_estimate.clone()
+    // follow the jitter: each swap would cost the daemon a new connection, a node in
+    // everyone's near set would be probed by all, and a one-sided link costs two
+    // connections where a mutual one costs one.
+    let cfg = Config::default();
+    let by_estimate = Config {
+        near_spread_ms: 0.0,
+        ..cfg.clone()
     };
-    let (kept, busiest) = near_sets_when_all_are_as_close(&spread, 120_000, 240_000);
-    let (swapped, busiest_by_estimate) =
-        near_sets_when_all_are_as_close(&by_estimate, 120_000, 240_000);
+    let ring = near_sets_when_all_are_as_close(&cfg, 120_000, 240_000);
+    let est = near_sets_when_all_are_as_close(&by_estimate, 120_000, 240_000);
     eprintln!(
-        "near-set swaps per node per minute: {kept:.2} (ranked by estimates alone {swapped:.2}); \
-         most near sets a node is in: {busiest} ({busiest_by_estimate}), mean {}",
-        spread.near
+        "near-set swaps per node per minute: {:.2} (ranked by estimates alone {:.2}); \
+         most near sets a node is in: {} ({}), mean {}; mutual links {:.0} % ({:.0} %)",
+        ring.swaps_per_minute,
+        est.swaps_per_minute,
+        ring.busiest,
+        est.busiest,
+        cfg.near,
+        ring.mutual * 100.0,
+        est.mutual * 100.0
     );
     assert!(
-        kept * 10.0 <= swapped && kept <= 0.5,
-        "near-set swaps per node per minute: {kept:.2}, {swapped:.2} ranked by estimates alone"
+        ring.swaps_per_minute * 10.0 <= est.swaps_per_minute && ring.swaps_per_minute <= 0.5,
+        "near-set swaps per node per minute: {:.2}, {:.2} ranked by estimates alone",
+        ring.swaps_per_minute,
+        est.swaps_per_minute
     );
     assert!(
-        busiest <= 3 * spread.near,
-        "one node is in {busiest} near sets (mean {})",
-        spread.near
+        ring.busiest <= 2 * cfg.near,
+        "one node is in {} near sets (mean {})",
+        ring.busiest,
+        cfg.near
+    );
+    assert!(
+        ring.mutual >= 0.8,
+        "{:.2} of near links mutual",
+        ring.mutual
     );
 }
 
