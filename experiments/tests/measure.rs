@@ -12,7 +12,7 @@ fn a_simulated_run_measured_from_its_events_agrees_with_the_engine() {
     let mut scenario = Scenario::load(path.as_ref()).unwrap();
     scenario.duration = 20 * 60_000;
     let mut detections = 0;
-    for seed in [3, 4, 5, 6, 7] {
+    for seed in 3..=10 {
         scenario.seed = seed;
         let run = scenario
             .runs()
@@ -51,14 +51,28 @@ fn a_simulated_run_measured_from_its_events_agrees_with_the_engine() {
             (a - b).abs() <= 1 + b / 10,
             "seed {seed}: {a} vs {b} solved"
         );
-        let mean = |m: &experiments::report::Metrics| {
-            let t = m.solve_times_s();
-            t.iter().sum::<f64>() / t.len().max(1) as f64
-        };
-        let (ma, mb) = (mean(&shared), mean(engine));
+        // The overloads both count as solved (same host, same detection): solved at the
+        // same time, give or take the sample that saw it (a second). Means over a handful
+        // of overloads would move by a tenth with one overload more on one side.
+        let mut matched = 0;
+        for (host, detected, at) in &engine.solved {
+            let Some((_, _, seen)) = shared
+                .solved
+                .iter()
+                .find(|(h, d, _)| h == host && d == detected)
+            else {
+                continue;
+            };
+            matched += 1;
+            assert!(
+                seen.abs_diff(*at) <= 1_000,
+                "seed {seed}: host {host}'s overload of {detected} ms solved at {at} ms by the \
+                 engine, {seen} ms by the shared measure"
+            );
+        }
         assert!(
-            (ma - mb).abs() <= 0.1 * mb,
-            "seed {seed}: mean {ma} vs {mb}"
+            matched + 1 + b as usize / 10 >= engine.solved.len(),
+            "seed {seed}: {matched} of {b} solves matched"
         );
     }
     assert!(detections >= 20, "too quiet: {detections} overloads in all");

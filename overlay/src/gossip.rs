@@ -339,6 +339,9 @@ impl<Id: OverlayId> Overlay<Id> {
                 self.ring_news.push(id.clone());
             }
         }
+        // Bounded by the ring links themselves, however many exchanges arrive.
+        self.ring_news
+            .retain(|id| succ.contains(id) || pred.contains(id));
         self.near = near;
         self.succ = succ;
         self.pred = pred;
