@@ -45,7 +45,7 @@ impl<Id: OverlayId> Overlay<Id> {
         // A new ring link first, if still one and alive; else any neighbour.
         let news: Vec<Id> = std::mem::take(&mut self.ring_news)
             .into_iter()
-            .filter(|id| (self.succ.contains(id) || self.pred.contains(id)) && self.is_alive(id))
+            .filter(|id| self.is_ring_link(id) && self.is_alive(id))
             .collect();
         let neighbour = news.first().cloned().or_else(|| {
             let set: BTreeSet<&Id> = self
@@ -98,7 +98,7 @@ impl<Id: OverlayId> Overlay<Id> {
             .collect();
         let sample = sent.iter().filter_map(|id| self.record(id, now)).collect();
         let near = self.near_for(to, now);
-        let neighbour = self.near.contains(to) || self.succ.contains(to) || self.pred.contains(to);
+        let neighbour = self.in_neighbour_set(to);
         // In the exchanges it starts (not in answers): each neighbour hears them often
         // enough for `LISTER_MEMORY`, and an exchange carries them once, not twice.
         let listers = if neighbour && reply {

@@ -464,6 +464,16 @@ impl<Id: OverlayId> Overlay<Id> {
             .is_some_and(|p| p.health == Health::Alive)
     }
 
+    /// Whether `id` is one of this node's ring successors or predecessors.
+    pub(crate) fn is_ring_link(&self, id: &Id) -> bool {
+        self.succ.contains(id) || self.pred.contains(id)
+    }
+
+    /// Whether `id` is in this node's neighbour set (near or on the ring).
+    pub(crate) fn in_neighbour_set(&self, id: &Id) -> bool {
+        self.near.contains(id) || self.is_ring_link(id)
+    }
+
     /// Whether `id` is in one of this node's views (alive or suspected).
     pub fn lists(&self, id: &Id) -> bool {
         self.peers.contains_key(id)
@@ -734,11 +744,7 @@ impl<Id: OverlayId> Overlay<Id> {
                 ..
             } => {
                 // Listers travel in the exchanges a node starts (answers carry none).
-                if reply
-                    && (self.near.contains(&from)
-                        || self.succ.contains(&from)
-                        || self.pred.contains(&from))
-                {
+                if reply && self.in_neighbour_set(&from) {
                     self.guarded.insert(from.clone(), listers);
                 }
                 self.exchanged(now, from, me, sample, near, reply, rng, out)
