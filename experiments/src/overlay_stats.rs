@@ -13,11 +13,22 @@ use crate::stats::percentile;
 /// for every id on the wire.
 pub const PEER_ID_BYTES: usize = 38;
 
+/// The daemon's default idle timeout (`idle_timeout_s` in dvms-node), ms: a connection
+/// that carried nothing for this long is closed, and the next message opens another.
+pub const CONNECTION_IDLE_MS: Millis = 30_000;
+
 #[derive(Clone, Debug, Default)]
 pub struct OverlayStats {
     /// Overlay bytes sent by each host, summed over its daemon's lives.
     pub bytes_sent: Vec<u64>,
     pub messages: u64,
+    /// When each pair of hosts (lower index in the high half) last exchanged a message,
+    /// while within [`CONNECTION_IDLE_MS`]: the connections a daemon would hold open.
+    last_contact: std::collections::HashMap<u64, Millis>,
+    pruned_at: Millis,
+    /// Messages between two hosts that exchanged none for [`CONNECTION_IDLE_MS`]: each
+    /// would open a connection (TCP and handshakes) in the daemon.
+    pub connections_opened: u64,
     /// A live host suspected, or declared failed, by another.
     pub false_suspicions: u64,
     pub false_failures: u64,
@@ -54,6 +65,8 @@ pub struct OverlaySummary {
     pub overlay_bytes_per_node_s: Option<f64>,
     pub overlay_bytes_busiest_node_s: Option<f64>,
     pub overlay_messages_per_node_s: Option<f64>,
+    /// Modelled: messages (of any kind) that would open a connection, per host per s.
+    pub connections_opened_per_node_s: Option<f64>,
     pub peers_per_node_max: Option<usize>,
     pub false_suspicions: Option<u64>,
     pub false_failures: Option<u64>,
@@ -98,6 +111,22 @@ impl OverlayStats {
         self.messages += 1;
         if let Some(b) = self.bytes_sent.get_mut(from as usize) {
             *b += bytes as u64;
+        }
+    }
+
+    /// A message between `a` and `b` (either way) at `now`: counts a connection opened if
+    /// the two exchanged none for [`CONNECTION_IDLE_MS`].
+    pub fn contact(&mut self, now: Millis, a: NodeIx, b: NodeIx) {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let key = (u64::from(lo) << 32) | u64::from(hi);
+        let last = self.last_contact.insert(key, now);
+        self.connections_opened +=
+            u64::from(last.is_none_or(|t| now.saturating_sub(t) > CONNECTION_IDLE_MS));
+        // Idle pairs are forgotten once per idle period: the map holds open connections.
+        if now.saturating_sub(self.pruned_at) > CONNECTION_IDLE_MS {
+            self.pruned_at = now;
+            self.last_contact
+                .retain(|_, t| now.saturating_sub(*t) <= CONNECTION_IDLE_MS);
         }
     }
 
@@ -207,6 +236,9 @@ impl OverlayStats {
                 as f64
                 / secs),
             overlay_messages_per_node_s: any(self.messages as f64 / hosts.max(1) as f64 / secs),
+            connections_opened_per_node_s: any(self.connections_opened as f64
+                / hosts.max(1) as f64
+                / secs),
             peers_per_node_max: gossip.then_some(self.max_listed),
             false_suspicions: gossip.then_some(self.false_suspicions),
             false_failures: gossip.then_some(self.false_failures),

@@ -387,6 +387,9 @@ pub fn table(runs: &[Summary]) -> String {
         ("  messages per node per s", |s| {
             opt(s.overlay.overlay_messages_per_node_s)
         }),
+        ("  connections opened per node per s", |s| {
+            opt(s.overlay.connections_opened_per_node_s)
+        }),
         ("  peers per node, max", |s| {
             count(s.overlay.peers_per_node_max.map(|x| x as u64))
         }),

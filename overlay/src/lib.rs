@@ -109,6 +109,9 @@ pub struct Config {
     pub probe_interval: Millis,
     /// Time an ack may take beyond twice the peer's RTT, ms.
     pub ack_timeout: Millis,
+    /// A peer known only from the random view is probed once nothing was heard from it
+    /// for this long (since it entered the views), ms. Most leave sooner (shuffled out).
+    pub probe_random_after: Millis,
     /// Peers asked to probe a silent peer for us.
     pub indirect_probes: usize,
     /// From suspicion to death when nobody else suspects, ms.
@@ -150,6 +153,7 @@ impl Default for Config {
         Config {
             probe_interval: 500,
             ack_timeout: 300,
+            probe_random_after: 6_000,
             indirect_probes: 3,
             suspect_timeout: 2_000,
             suspect_timeout_min: 750,
@@ -189,6 +193,12 @@ impl Config {
             return Err(format!(
                 "ack_timeout ({} ms) must be > 0 and at most 4 probe intervals",
                 self.ack_timeout
+            ));
+        }
+        if self.probe_random_after > self.tombstone_for {
+            return Err(format!(
+                "probe_random_after ({} ms) must not exceed tombstone_for ({} ms)",
+                self.probe_random_after, self.tombstone_for
             ));
         }
         if self.suspect_timeout_min > self.suspect_timeout {

@@ -109,7 +109,11 @@ impl<Id: OverlayId> State<Id> {
 impl<Id: OverlayId> Overlay<Id> {
     /// The round's probe: the alive peer this node itself heard from least recently
     /// (counting from its entry into the views if never), and every peer this node
-    /// suspects (probed until it answers or dies).
+    /// suspects (probed until it answers or dies). A peer only in the random view waits
+    /// `probe_random_after` first: most are shuffled out within seconds, and probing
+    /// each would open a connection (a real daemon's costliest act) to a peer about to
+    /// go. A crashed one still leaves the random views: its records stop travelling after
+    /// `max_record_age`, shuffles replace it, and its death is gossiped.
     ///
     /// Why its own contact and not the freshest record: records spread slowly, so
     /// probing by them makes every node that lists a crashed peer wait until its records
@@ -118,10 +122,14 @@ impl<Id: OverlayId> Overlay<Id> {
     pub(crate) fn probe(&mut self, now: Millis, _rng: &mut impl Rng, out: &mut Vec<Output<Id>>) {
         let probed = self.swim.probed();
         let free = |p: &&Peer<Id>| probed.binary_search(&&p.info.id).is_err();
+        let after = self.cfg.probe_random_after;
         let target = self
             .peers
             .values()
             .filter(|p| p.health == Health::Alive)
+            .filter(|p| {
+                self.in_neighbour_set(&p.info.id) || now.saturating_sub(p.contacted_at) >= after
+            })
             .filter(free)
             .min_by_key(|p| (p.contacted_at, p.heard_at))
             .map(|p| p.info.id.clone());

@@ -775,6 +775,7 @@ impl Sim {
                 (MessageKind::Ha, bytes)
             }
         };
+        self.metrics.overlay.contact(self.now, from, to);
         let us = self.cfg.solve_cost.message_us;
         self.metrics
             .traffic
