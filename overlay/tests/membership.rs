@@ -153,6 +153,19 @@ impl Net {
         self.now = until;
     }
 
+    /// Runs until no live node lists any of `crashed` (checked every 250 ms): how long
+    /// that took, ms (None: still listed 30 s later).
+    fn until_unlisted(&mut self, crashed: &[u32]) -> Option<Millis> {
+        let t0 = self.now;
+        while self.now < t0 + 30_000 {
+            self.run_until(self.now + 250);
+            if !self.live().any(|(_, o)| crashed.iter().any(|k| o.lists(k))) {
+                return Some(self.now - t0);
+            }
+        }
+        None
+    }
+
     fn live(&self) -> impl Iterator<Item = (u32, &Overlay<u32>)> {
         self.nodes
             .iter()
@@ -320,14 +333,7 @@ fn connections_and_detection(cfg: &Config, seed: u64) -> (f64, Option<Millis>) {
     for k in &killed {
         net.nodes[*k as usize] = None;
     }
-    let t0 = net.now;
-    while net.now < t0 + 30_000 {
-        net.run_until(net.now + 250);
-        if !net.live().any(|(_, o)| killed.iter().any(|k| o.lists(k))) {
-            return (per_node_s, Some(net.now - t0));
-        }
-    }
-    (per_node_s, None)
+    (per_node_s, net.until_unlisted(&killed))
 }
 
 #[test]
@@ -365,20 +371,9 @@ fn crashes_are_forgotten_everywhere_and_no_live_node_is_declared_failed_under_lo
     for k in &killed {
         net.nodes[*k as usize] = None;
     }
-    let t0 = net.now;
-    let mut gone_at = None;
-    while net.now < t0 + 30_000 {
-        net.run_until(net.now + 250);
-        let still = net
-            .live()
-            .filter(|(_, o)| killed.iter().any(|k| o.lists(k)))
-            .count();
-        if still == 0 {
-            gone_at = Some(net.now - t0);
-            break;
-        }
-    }
-    let gone = gone_at.expect("crashed nodes still listed 30 s later");
+    let gone = net
+        .until_unlisted(&killed)
+        .expect("crashed nodes still listed 30 s later");
     assert!(gone <= 10_000, "crashed nodes listed for {gone} ms");
     net.run_until(net.now + 60_000);
     assert!(net.failed_live().is_empty(), "{:?}", net.failed_live());

@@ -443,11 +443,15 @@ fn a_daemon_killed_mid_partition_leaves_no_stuck_partition_and_no_lost_vm() {
     );
     // A later overload is still solved: the surviving host other than h1 gets room, and
     // h1 (still over its 30 % with two guests at 16 %) leaves margin for the idle guests'
-    // own use on a CPU-starved machine (the dead host's guests still run: at 24 % a
-    // 2-host partition was seen short by 7 % of a core).
+    // own use on a CPU-starved machine (at 24 % a 2-host partition was seen short by 7 %
+    // of a core).
     let survivor = survivors.iter().copied().find(|h| *h != 1).unwrap();
     load(&tb, &guests_on(&tb, &format!("h{survivor}")), 0);
     load(&tb, &guests_on(&tb, "h1"), 16);
+    // The dead daemon's guests still run (its hypervisor is up) and, at 12 %, took a
+    // quarter of a core from the two hosts left on this 2-core machine: in CI, with other
+    // tests running, the 2-host partition was then short by up to 3 % for 30 s.
+    load(&tb, &guests_on(&tb, &format!("h{leader}")), 0);
     let solved = wait_for(Duration::from_secs(60), || {
         check_vms(&tb);
         tb.events().iter().any(|e| {
