@@ -257,7 +257,10 @@ impl FileConfig {
             log_format: self.log_format.unwrap_or_default(),
             ping_interval,
             // Connections to one-off partners (a shuffle, a relayed probe) close soon.
-            idle_timeout: Duration::from_secs(self.idle_timeout_s.unwrap_or(30)),
+            idle_timeout: self.idle_timeout_s.map_or(
+                Duration::from_millis(overlay::CONNECTION_IDLE_MS),
+                Duration::from_secs,
+            ),
             scheduler,
             ha,
             overlay,

@@ -8,14 +8,11 @@ use dvms_core::host::Millis;
 
 use crate::network::{Network, NodeIx};
 use crate::stats::percentile;
+use overlay::CONNECTION_IDLE_MS;
 
 /// Size of a libp2p peer id in the daemon's encoding, bytes: what the simulator counts
 /// for every id on the wire.
 pub const PEER_ID_BYTES: usize = 38;
-
-/// The daemon's default idle timeout (`idle_timeout_s` in dvms-node), ms: a connection
-/// that carried nothing for this long is closed, and the next message opens another.
-pub const CONNECTION_IDLE_MS: Millis = 30_000;
 
 #[derive(Clone, Debug, Default)]
 pub struct OverlayStats {

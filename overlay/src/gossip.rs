@@ -334,7 +334,7 @@ impl<Id: OverlayId> Overlay<Id> {
         // may swap forever on a flat network): a changed ring link means not settled.
         self.neighbours_changed |= succ != self.succ || pred != self.pred;
         for id in succ.iter().chain(&pred) {
-            let new = !self.succ.contains(id) && !self.pred.contains(id);
+            let new = !self.is_ring_link(id);
             if new && !self.ring_news.contains(id) {
                 self.ring_news.push(id.clone());
             }
@@ -346,11 +346,7 @@ impl<Id: OverlayId> Overlay<Id> {
         self.succ = succ;
         self.pred = pred;
         for r in fresh {
-            let wanted = self.random.iter().any(|(id, _)| *id == r.id)
-                || self.near.contains(&r.id)
-                || self.succ.contains(&r.id)
-                || self.pred.contains(&r.id);
-            if !wanted {
+            if !self.in_views(&r.id) {
                 continue;
             }
             let id = r.id.clone();
@@ -373,16 +369,10 @@ impl<Id: OverlayId> Overlay<Id> {
 
     /// Forgets the peers no view holds any more (and view entries with no peer).
     pub(crate) fn collect_garbage(&mut self, out: &mut Vec<Output<Id>>) {
-        let held = |o: &Self, id: &Id| {
-            o.random.iter().any(|(r, _)| r == id)
-                || o.near.contains(id)
-                || o.succ.contains(id)
-                || o.pred.contains(id)
-        };
         let gone: Vec<Id> = self
             .peers
             .keys()
-            .filter(|id| !held(self, id))
+            .filter(|id| !self.in_views(id))
             .cloned()
             .collect();
         let peers = &self.peers;

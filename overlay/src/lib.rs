@@ -180,6 +180,10 @@ pub const MAX_SEEDS: usize = 16;
 pub const MAX_PENDING: usize = 64;
 /// Most updates waiting to be piggybacked.
 pub const MAX_QUEUED_UPDATES: usize = 64;
+/// How long a daemon keeps a connection that carries nothing open, ms (dvms-node's
+/// default `idle_timeout_s`): a message to a peer silent for longer opens a new one. Not
+/// used by the overlay itself; the simulator and the tests count connections with it.
+pub const CONNECTION_IDLE_MS: Millis = 30_000;
 /// A node that probed this one within this long still lists it, ms.
 pub const LISTER_MEMORY: Millis = 30_000;
 
@@ -482,6 +486,11 @@ impl<Id: OverlayId> Overlay<Id> {
     /// Whether `id` is in this node's neighbour set (near or on the ring).
     pub(crate) fn in_neighbour_set(&self, id: &Id) -> bool {
         self.near.contains(id) || self.is_ring_link(id)
+    }
+
+    /// Whether one of the views (random, near, ring) holds `id`: what makes it a peer.
+    pub(crate) fn in_views(&self, id: &Id) -> bool {
+        self.random.iter().any(|(r, _)| r == id) || self.in_neighbour_set(id)
     }
 
     /// Whether `id` is in one of this node's views (alive or suspected).

@@ -6,7 +6,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
-use overlay::{Config, Contact, Event, Input, Message, Millis, Mode, Output, Overlay, OverlayId};
+use overlay::{
+    Config, Contact, Event, Input, Message, Millis, Mode, Output, Overlay, OverlayId,
+    CONNECTION_IDLE_MS,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,13 +29,11 @@ struct Net {
     sent: u64,
     bytes: u64,
     /// When each pair (lower id first) last exchanged a message, and how many messages
-    /// found the pair silent for [`IDLE_MS`]: each would open a connection in a daemon.
+    /// found the pair silent for [`CONNECTION_IDLE_MS`]: each would open a connection in
+    /// a daemon.
     last_contact: HashMap<(u32, u32), Millis>,
     opened: u64,
 }
-
-/// The daemon's default idle timeout: a connection silent this long is closed.
-const IDLE_MS: Millis = 30_000;
 
 impl Net {
     fn new(n: u32, cfg: &Config, seed: u64) -> Net {
@@ -97,7 +98,8 @@ impl Net {
                     self.bytes += msg.wire_bytes(38) as u64;
                     let pair = (at.min(to), at.max(to));
                     let last = self.last_contact.insert(pair, self.now);
-                    self.opened += u64::from(last.is_none_or(|t| self.now - t > IDLE_MS));
+                    self.opened +=
+                        u64::from(last.is_none_or(|t| self.now - t > CONNECTION_IDLE_MS));
                     if self.cut.contains(&at) || self.cut.contains(&to) {
                         continue;
                     }
